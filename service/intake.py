@@ -1,0 +1,141 @@
+"""`POST /hooks/alertmanager`: authenticate, check, validate, commit, answer.
+
+The answer is 200 only once the notification and each of its alerts are durably committed, so an
+acknowledged alert is never lost; 503 when the store cannot commit (Alertmanager retries on 5xx);
+4xx for requests that retrying cannot fix. Nothing is stored for a rejected request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from service.clock import Clock
+from service.metrics import Metrics
+from service.store import NotificationReceipt, SQLiteStore, StoreError
+from service.webhook import describe_errors, parse
+
+log = logging.getLogger("remediator.intake")
+
+_READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class WebhookAuth:
+    """Credentials as Alertmanager's `http_config` sends them; both kinds may be configured at once."""
+
+    bearer_token: str | None = None
+    basic_username: str | None = None
+    basic_password: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.bearer_token is not None or self.basic_password is not None
+
+    def challenge(self) -> str:
+        schemes = []
+        if self.bearer_token is not None:
+            schemes.append('Bearer realm="remediator"')
+        if self.basic_password is not None:
+            schemes.append('Basic realm="remediator", charset="UTF-8"')
+        return ", ".join(schemes)
+
+    def accepts(self, authorization: str | None) -> bool:
+        if not self.enabled:
+            return True
+        if not authorization:
+            return False
+        scheme, _, credentials = authorization.strip().partition(" ")
+        credentials = credentials.strip()
+        if scheme.lower() == "bearer" and self.bearer_token is not None:
+            return hmac.compare_digest(credentials.encode(), self.bearer_token.encode())
+        if scheme.lower() == "basic" and self.basic_password is not None and self.basic_username is not None:
+            try:
+                decoded = base64.b64decode(credentials, validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            username, _, password = decoded.partition(b":")
+            # Compare both, always, so the time taken does not say which one was wrong.
+            user_ok = hmac.compare_digest(username, self.basic_username.encode())
+            password_ok = hmac.compare_digest(password, self.basic_password.encode())
+            return user_ok and password_ok
+        return False
+
+
+@dataclass(frozen=True)
+class Intake:
+    store: SQLiteStore
+    auth: WebhookAuth
+    metrics: Metrics
+    clock: Clock
+    max_body_bytes: int
+    on_committed: Callable[[NotificationReceipt], None]
+
+
+def _error(
+    status: int, message: str, details: list[dict[str, str]] | None = None, headers: dict[str, str] | None = None
+) -> web.Response:
+    body: dict[str, Any] = {"status": "error", "error": message}
+    if details:
+        body["details"] = details
+    return web.json_response(body, status=status, headers=headers)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_bounded(request: web.Request, limit: int) -> bytes:
+    """Read the body, giving up as soon as it passes `limit` (chunked bodies have no length to check)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _TooLarge
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(_READ_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def handle(intake: Intake, request: web.Request) -> web.Response:
+    if not intake.auth.accepts(request.headers.get("Authorization")):
+        return _error(401, "missing or invalid credentials", headers={"WWW-Authenticate": intake.auth.challenge()})
+    if request.content_type != "application/json":
+        return _error(415, f"content type must be application/json, got {request.content_type!r}")
+    try:
+        body = await _read_bounded(request, intake.max_body_bytes)
+    except _TooLarge:
+        return _error(413, f"body larger than the limit of {intake.max_body_bytes} bytes")
+    try:
+        notification = parse(body)
+    except ValidationError as exc:
+        details = describe_errors(exc)
+        return _error(400, "invalid Alertmanager webhook payload: " + details[0]["field"], details)
+    started = time.perf_counter()
+    try:
+        receipt = await intake.store.record_notification(notification, body, intake.clock.now())
+    except StoreError as exc:
+        log.error("could not store notification", extra={"error": str(exc), "group_key": notification.groupKey})
+        return _error(503, "the store cannot commit right now; retry", headers={"Retry-After": "5"})
+    intake.metrics.store_commit_seconds.observe(time.perf_counter() - started)
+    for alert in notification.alerts:
+        intake.metrics.alerts_received.labels(alert.status).inc()
+    intake.on_committed(receipt)
+    return web.json_response(
+        {
+            "status": "accepted",
+            "notification_id": receipt.notification_id,
+            "alerts": len(receipt.alert_event_ids),
+        }
+    )

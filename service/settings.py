@@ -1,0 +1,192 @@
+"""Service settings: `remediator.yaml`, then environment overrides, then secrets from files or env.
+
+Secrets are never read from the YAML itself: it names files (`*_file`), and the environment may give
+the values directly (`REMEDIATOR_WEBHOOK_BEARER_TOKEN`, ...), which is what container platforms do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "REMEDIATOR_"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreSettings(_Section):
+    path: Path = Path("var/remediator.db")
+
+
+class WebhookAuthSettings(_Section):
+    """Credentials Alertmanager's `http_config` sends (bearer and/or basic). Unset means no auth."""
+
+    bearer_token_file: Path | None = None
+    basic_username: str | None = None
+    basic_password_file: Path | None = None
+
+
+class OperatorSettings(_Section):
+    """The token that approves, denies and acknowledges; separate from the webhook's credentials."""
+
+    token_file: Path | None = None
+
+
+class LimitSettings(_Section):
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    max_concurrent_executions: int = Field(default=8, ge=1, le=1000)
+    storm_max_admissions: int = Field(default=20, ge=1)
+    storm_window_seconds: float = Field(default=60.0, gt=0)
+    output_limit_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+
+
+class Settings(_Section):
+    listen_host: str = "127.0.0.1"
+    listen_port: int = Field(default=9095, ge=0, le=65535)
+    external_url: str = "http://127.0.0.1:9095"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    dry_run: bool = False
+    rules: list[str] = Field(default_factory=lambda: ["rules/*.yaml"])
+    playbooks: list[str] = Field(default_factory=lambda: ["playbooks/*.yaml"])
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    webhook_auth: WebhookAuthSettings = Field(default_factory=WebhookAuthSettings)
+    operator: OperatorSettings = Field(default_factory=OperatorSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    prometheus_url: str = "http://127.0.0.1:9090"
+    alertmanager_url: str = "http://127.0.0.1:9093"
+    nats_url: str = "nats://127.0.0.1:4222"
+    nats_monitor_url: str = "http://127.0.0.1:8222"
+    base_dir: Path = Field(default=Path("."), description="relative paths resolve against this")
+
+    @field_validator("external_url", "prometheus_url", "alertmanager_url", "nats_monitor_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+    def resolve(self, path: Path) -> Path:
+        return path if path.is_absolute() else self.base_dir / path
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secret values, kept out of `Settings` so they never end up in a dump or a report."""
+
+    webhook_bearer_token: str | None
+    webhook_basic_password: str | None
+    operator_token: str | None
+
+    def values(self) -> list[str]:
+        return [v for v in (self.webhook_bearer_token, self.webhook_basic_password, self.operator_token) if v]
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; the message names the file and the field."""
+
+
+def _env_overrides(env: Mapping[str, str], model: type[BaseModel]) -> dict[str, Any]:
+    """REMEDIATOR_LISTEN_PORT=1 -> {listen_port: "1"}; REMEDIATOR_STORE__PATH -> {store: {path}}.
+
+    Lists take comma-separated values. Secret values (…_TOKEN, …_PASSWORD) are not settings.
+    """
+    overrides: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key in _SECRET_ENV.values():
+            continue
+        parts = key[len(ENV_PREFIX) :].lower().split("__")
+        fields: type[BaseModel] | None = model
+        target = overrides
+        for index, part in enumerate(parts):
+            if fields is None or part not in fields.model_fields:
+                break
+            annotation = fields.model_fields[part].annotation
+            if index == len(parts) - 1:
+                target[part] = value.split(",") if annotation == list[str] else value
+            else:
+                fields = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+                target = target.setdefault(part, {})
+    return overrides
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+_SECRET_ENV = {
+    "webhook_bearer_token": "REMEDIATOR_WEBHOOK_BEARER_TOKEN",
+    "webhook_basic_password": "REMEDIATOR_WEBHOOK_BASIC_PASSWORD",
+    "operator_token": "REMEDIATOR_OPERATOR_TOKEN",
+}
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    where = "(defaults)"
+    if path is not None:
+        where = str(path)
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SettingsError(f"{path}: cannot read: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise SettingsError(f"{path}: invalid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise SettingsError(f"{path}: the top level must be a mapping of settings")
+        raw = loaded or {}
+        raw.setdefault("base_dir", str(path.parent.resolve()))
+    raw = _merge(raw, _env_overrides(env, Settings))
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{_field_path(tuple(e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
+        raise SettingsError(f"{where}: {problems}") from exc
+
+
+def _read_secret_file(settings: Settings, path: Path | None, field: str) -> str | None:
+    if path is None:
+        return None
+    full = settings.resolve(path)
+    try:
+        value = full.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SettingsError(f"{field}: cannot read secret file {full}: {exc.strerror}") from exc
+    if not value:
+        raise SettingsError(f"{field}: secret file {full} is empty")
+    return value
+
+
+def load_secrets(settings: Settings, env: Mapping[str, str] | None = None) -> Secrets:
+    env = os.environ if env is None else env
+    auth = settings.webhook_auth
+    secrets = Secrets(
+        webhook_bearer_token=env.get(_SECRET_ENV["webhook_bearer_token"])
+        or _read_secret_file(settings, auth.bearer_token_file, "webhook_auth.bearer_token_file"),
+        webhook_basic_password=env.get(_SECRET_ENV["webhook_basic_password"])
+        or _read_secret_file(settings, auth.basic_password_file, "webhook_auth.basic_password_file"),
+        operator_token=env.get(_SECRET_ENV["operator_token"])
+        or _read_secret_file(settings, settings.operator.token_file, "operator.token_file"),
+    )
+    if (secrets.webhook_basic_password is None) != (auth.basic_username is None):
+        raise SettingsError("webhook_auth: basic auth needs both basic_username and a password (file or env)")
+    return secrets
