@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
-from typing import Literal
+import signal
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from service.steps import StepSpecBase
+from service.steps import StepContext, StepOutcome, StepSpecBase
+from service.steps.capture import TailBuffer
 
 # Environment variable names we accept in ``env``; anything else is a typo or an attempt to smuggle
 # an ``=`` into the environment block.
@@ -48,3 +54,173 @@ class Spec(StepSpecBase):
                 # PATH is fixed so a rendered value can never redirect argv[0]; name the program by path.
                 raise ValueError("PATH cannot be set; give argv[0] as an absolute path instead")
         return env
+
+
+# Fixed so that neither the service's environment nor a rendered value decides which program runs.
+SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Inherited variables a child must not see: the service's own settings and secrets, and stale alert
+# variables that would pass for this alert's.
+_PRIVATE_PREFIXES = ("REMEDIATOR_", "ALERT_LABEL_", "ALERT_ANNOTATION_")
+TERM_GRACE_S = 2.0  # after SIGTERM to the group on timeout, before SIGKILL
+DRAIN_GRACE_S = 1.0  # after exit, how long a daemon the program started may hold the output pipe open
+_REAP_TIMEOUT_S = 5.0  # a SIGKILLed process is gone at once unless stuck in the kernel
+_GROUP_POLL_S = 0.05
+
+
+def env_suffix(name: str) -> str:
+    """A label or annotation name as an environment variable suffix: ``[A-Z0-9_]`` only."""
+    return re.sub(r"[^A-Z0-9_]", "_", name.upper())
+
+
+def build_env(spec: Spec, ctx: StepContext, inherited: Mapping[str, str]) -> dict[str, str]:
+    """The child's environment; later sources win: inherited, alert variables, ``spec.env``, fixed ones.
+
+    Names that collide after :func:`env_suffix` (``foo`` and ``FOO``) resolve in sorted order.
+    """
+    env: dict[str, str] = {}
+    if spec.inherit_env:
+        env.update((k, v) for k, v in inherited.items() if not k.startswith(_PRIVATE_PREFIXES))
+    for prefix, values in (("ALERT_LABEL_", ctx.labels), ("ALERT_ANNOTATION_", ctx.annotations)):
+        for name in sorted(values):
+            env[prefix + env_suffix(name)] = values[name]
+    env.update(spec.env)
+    env["PATH"] = SAFE_PATH
+    env["REMEDIATOR_EXECUTION_ID"] = ctx.execution_id
+    return env
+
+
+class _Collector(asyncio.Protocol):
+    """Feeds the child's merged stdout/stderr into a tail buffer as it arrives."""
+
+    def __init__(self, buffer: TailBuffer, closed: asyncio.Future[None]) -> None:
+        self._buffer = buffer
+        self.closed = closed
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer.feed(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+def _signal_group(pgid: int, sig: int) -> bool:
+    """Signal every process of the group (0: just probe it); False when the group no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def _kill_group(proc: asyncio.subprocess.Process) -> str:
+    """SIGTERM the whole group, give it TERM_GRACE_S to go, then SIGKILL what is left; reap the leader.
+
+    Returns the last signal that was needed. The group is polled (not just the leader) because a
+    grandchild that ignores SIGTERM outlives a leader that obeys it.
+    """
+    pgid = proc.pid  # start_new_session made the child its group's leader
+    last = "SIGTERM"
+    if _signal_group(pgid, signal.SIGTERM):
+        # No event tells when a process group empties, so probe it, bounded by the grace period.
+        for _ in range(round(TERM_GRACE_S / _GROUP_POLL_S)):
+            if not _signal_group(pgid, 0):
+                break
+            await asyncio.sleep(_GROUP_POLL_S)
+        if _signal_group(pgid, signal.SIGKILL):
+            last = "SIGKILL"
+    try:
+        await asyncio.wait_for(proc.wait(), _REAP_TIMEOUT_S)
+    except TimeoutError:
+        pass  # stuck in uninterruptible sleep; the child watcher reaps it whenever it dies
+    return last
+
+
+async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
+    started = time.monotonic()
+    program = spec.argv[0]
+    env = build_env(spec, ctx, os.environ)
+    buffer = TailBuffer(ctx.output_limit)
+    loop = asyncio.get_running_loop()
+    read_fd, write_fd = os.pipe()
+    reader = os.fdopen(read_fd, "rb", buffering=0)
+    try:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *spec.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                cwd=spec.cwd,
+                env=env,
+                start_new_session=True,  # its own process group, so a timeout can kill all it started
+            )
+        except (OSError, ValueError) as exc:  # not found, not executable, bad cwd, NUL in a value
+            return StepOutcome(
+                ok=False,
+                status="error",
+                summary=f"could not start {program}: {exc}",
+                duration_s=time.monotonic() - started,
+            )
+        finally:
+            os.close(write_fd)  # only the child holds the write end, so EOF comes when it is done
+        collector = _Collector(buffer, loop.create_future())
+        transport, _ = await loop.connect_read_pipe(lambda: collector, reader)
+        try:
+            killed_with: str | None = None
+            rc: int | None
+            try:
+                async with asyncio.timeout(spec.timeout):
+                    rc = await proc.wait()
+            except TimeoutError:
+                killed_with = await _kill_group(proc)
+                rc = proc.returncode
+            except asyncio.CancelledError:
+                _signal_group(proc.pid, signal.SIGKILL)
+                raise
+            try:
+                await asyncio.wait_for(asyncio.shield(collector.closed), DRAIN_GRACE_S)
+                output_open = False
+            except TimeoutError:
+                output_open = True
+        finally:
+            transport.close()
+    finally:
+        reader.close()
+    data: dict[str, Any] = {"exit_code": rc, "pid": proc.pid, "output_bytes": buffer.total}
+    # A daemon started without redirecting its output keeps our pipe open; say so, as its later
+    # writes now fail (redirect a daemon's output to a file).
+    held_open = " (a background process still held its output open)" if output_open else ""
+    if output_open:
+        data["output_held_open"] = True
+    duration = time.monotonic() - started
+    if killed_with is not None:
+        data["killed_with"] = killed_with
+        return StepOutcome(
+            ok=False,
+            status="timeout",
+            summary=f"{program} still running after {spec.timeout:g}s: process group killed ({killed_with})",
+            output=buffer.text(),
+            exit_code=rc,
+            data=data,
+            duration_s=duration,
+        )
+    ok = rc in spec.expect_exit
+    how = f"exited {rc}" if rc is not None and rc >= 0 else f"killed by {_signal_name(rc)}"
+    expected = "" if ok else f", expected {' or '.join(str(c) for c in spec.expect_exit)}"
+    return StepOutcome(
+        ok=ok,
+        status="ok" if ok else "failed",
+        summary=f"{program} {how}{expected}{held_open}",
+        output=buffer.text(),
+        exit_code=rc,
+        data=data,
+        duration_s=duration,
+    )
+
+
+def _signal_name(rc: int | None) -> str:
+    try:
+        return signal.Signals(-(rc or 0)).name
+    except ValueError:
+        return f"signal {-(rc or 0)}"

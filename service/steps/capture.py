@@ -1,0 +1,27 @@
+"""Bounded output capture shared by the step runners."""
+
+from __future__ import annotations
+
+
+class TailBuffer:
+    """Keeps only the last ``limit`` bytes fed to it, so a chatty source cannot fill memory.
+
+    ``text()`` renders like :func:`service.steps.tail`, marking how many bytes were cut.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._kept = bytearray()
+        self.total = 0  # every byte ever fed, kept or not
+
+    def feed(self, data: bytes) -> None:
+        self.total += len(data)
+        self._kept += data
+        excess = len(self._kept) - self._limit
+        if excess > 0:
+            del self._kept[:excess]
+
+    def text(self) -> str:
+        body = self._kept.decode("utf-8", "replace")
+        dropped = self.total - len(self._kept)
+        return f"[... {dropped} bytes cut ...]\n{body}" if dropped else body
