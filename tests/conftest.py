@@ -1,0 +1,56 @@
+"""Shared pytest fixtures and hooks."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+
+import pytest
+from realprocs import (
+    LOGS_KEY,
+    AlertmanagerServer,
+    NatsServer,
+    PrometheusServer,
+    RealProcesses,
+    attach_logs,
+)
+
+# --- real processes (tests/realprocs.py) ---------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    attach_logs(item, report)
+    return report
+
+
+@pytest.fixture
+def real_processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RealProcesses]:
+    """Starts real servers for this test; every one is stopped by PID when it ends, pass or fail."""
+    procs = RealProcesses(tmp_path)
+    request.node.stash[LOGS_KEY] = procs
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+def nats_server(real_processes: RealProcesses) -> NatsServer:
+    """A running nats-server with JetStream: ``client_url``, ``monitor_url``, ``pid``, ``stop()``, ``start()``."""
+    return real_processes.nats()
+
+
+@pytest.fixture
+def prometheus_server(real_processes: RealProcesses) -> Callable[..., PrometheusServer]:
+    """``prometheus_server(targets={job: [host:port]}, rule_files=[...], alertmanagers=[...])`` starts one."""
+    return real_processes.prometheus
+
+
+@pytest.fixture
+def alertmanager_server(real_processes: RealProcesses) -> Callable[[str], AlertmanagerServer]:
+    """``alertmanager_server(config_yaml_text)`` starts one."""
+    return real_processes.alertmanager
