@@ -40,7 +40,11 @@ def real_processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[R
 
 @pytest.fixture
 def nats_server(real_processes: RealProcesses) -> NatsServer:
-    """A running nats-server with JetStream: ``client_url``, ``monitor_url``, ``pid``, ``stop()``, ``start()``."""
+    """A running nats-server with JetStream.
+
+    ``client_url``, ``monitor_url``, ``pid``; ``stop()`` then ``start()`` restarts it on the same ports
+    and store dir (blocking: from a test with live servers in its loop, call via ``asyncio.to_thread``).
+    """
     return real_processes.nats()
 
 

@@ -167,7 +167,15 @@ class NatsServer(RealProcess):
         self.monitor_port = free_port()
         self.store_dir = workdir / "jetstream"
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        argv = [require_binary("nats-server"), "-a", LOOPBACK, "-p", str(self.port), "-m", str(self.monitor_port)]
+        argv = [
+            require_binary("nats-server"),
+            "-a",
+            LOOPBACK,
+            "-p",
+            str(self.port),
+            "-m",
+            str(self.monitor_port),
+        ]
         if jetstream:
             argv += ["-js", "-sd", str(self.store_dir)]
         # /healthz answers 200 only once JetStream (when enabled) is up.
@@ -198,7 +206,9 @@ class PrometheusServer(RealProcess):
         config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
             "rule_files": [str(p) for p in rule_files],
-            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": t}]} for job, t in scrape.items()],
+            "scrape_configs": [
+                {"job_name": job, "static_configs": [{"targets": t}]} for job, t in scrape.items()
+            ],
         }
         if alertmanagers:
             config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
@@ -287,7 +297,9 @@ class RealProcesses:
     ) -> PrometheusServer:
         workdir = self._workdir("prometheus")
         return self._start(
-            PrometheusServer(workdir, targets=targets or {}, rule_files=rule_files, alertmanagers=alertmanagers)
+            PrometheusServer(
+                workdir, targets=targets or {}, rule_files=rule_files, alertmanagers=alertmanagers
+            )
         )
 
     def alertmanager(self, config: str) -> AlertmanagerServer:
