@@ -27,7 +27,10 @@ def create_metrics() -> Metrics:
     return Metrics(
         registry=registry,
         webhook_requests=Counter(
-            "remediator_webhook_requests", "Webhook requests answered, by HTTP status code.", ["code"], registry=registry
+            "remediator_webhook_requests",
+            "Webhook requests answered, by HTTP status code.",
+            ["code"],
+            registry=registry,
         ),
         alerts_received=Counter(
             "remediator_alerts_received", "Alerts accepted and stored, by alert status.", ["status"], registry=registry

@@ -23,9 +23,9 @@ class WebhookAlert(BaseModel):
     status: AlertStatus
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: AwareDatetime  # noqa: N815 - Alertmanager's field names
-    endsAt: AwareDatetime | None = None  # noqa: N815
-    generatorURL: str = ""  # noqa: N815
+    startsAt: AwareDatetime
+    endsAt: AwareDatetime | None = None
+    generatorURL: str = ""
     fingerprint: str = Field(min_length=1, max_length=128)
 
     @field_validator("endsAt")
@@ -40,14 +40,14 @@ class WebhookNotification(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True, frozen=True)
 
     version: Literal["4"]
-    groupKey: str  # noqa: N815
-    truncatedAlerts: int = Field(default=0, ge=0)  # noqa: N815
+    groupKey: str
+    truncatedAlerts: int = Field(default=0, ge=0)
     status: AlertStatus
     receiver: str
-    groupLabels: dict[str, str] = Field(default_factory=dict)  # noqa: N815
-    commonLabels: dict[str, str] = Field(default_factory=dict)  # noqa: N815
-    commonAnnotations: dict[str, str] = Field(default_factory=dict)  # noqa: N815
-    externalURL: str = ""  # noqa: N815
+    groupLabels: dict[str, str] = Field(default_factory=dict)
+    commonLabels: dict[str, str] = Field(default_factory=dict)
+    commonAnnotations: dict[str, str] = Field(default_factory=dict)
+    externalURL: str = ""
     alerts: list[WebhookAlert] = Field(min_length=1)
 
 
