@@ -1,0 +1,239 @@
+"""YAML loading that remembers where every value came from.
+
+Config files are edited by hand at 3 a.m.; an error that says only "field required" is useless. So
+the loader keeps the line of every mapping key and sequence item, keyed by the path to it, and
+turns pydantic validation errors into ``file:line: field: message`` lines.
+
+Usage (generic: rules, playbooks and ``remediator.yaml`` settings all go through it)::
+
+    doc = load_yaml_file(path)                   # raises ConfigErrors on bad YAML / duplicate keys
+    try:
+        model = MyModel.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ConfigErrors(validation_errors(exc, doc)) from None
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BeforeValidator, ValidationError
+
+PathPart = str | int
+YamlPath = tuple[PathPart, ...]
+
+# Pydantic prefixes messages raised by our own validators; the prefix is noise in a config error.
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+# Friendlier words for the pydantic error types people hit most in hand-written files.
+_FRIENDLY_MESSAGES = {
+    "extra_forbidden": "unknown field",
+    "missing": "required field is missing",
+}
+
+
+@dataclass(frozen=True)
+class ConfigError:
+    """One problem in one config file, pointing at the line and the field to fix."""
+
+    file: str
+    line: int | None
+    field: str  # e.g. "rules[2].match[1]"; "" for the whole document
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class ConfigErrors(Exception):
+    """Raised by loaders with every problem found, so one run of ``check`` lists them all."""
+
+    def __init__(self, errors: Iterable[ConfigError]) -> None:
+        self.errors: tuple[ConfigError, ...] = tuple(errors)
+        super().__init__("\n".join(str(e) for e in self.errors))
+
+
+def format_path(path: Sequence[PathPart]) -> str:
+    """``('rules', 2, 'match', 1)`` -> ``rules[2].match[1]``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+@dataclass(frozen=True)
+class YamlDocument:
+    """Parsed YAML plus the 1-based line of each mapping key and sequence item, by path."""
+
+    file: str
+    data: Any
+    lines: Mapping[YamlPath, int]
+
+    def line_of(self, path: Sequence[PathPart]) -> int | None:
+        """Line of ``path``, or of its nearest ancestor present in the file (a missing field
+        is reported at the mapping that should hold it)."""
+        key = tuple(path)
+        while True:
+            if key in self.lines:
+                return self.lines[key]
+            if not key:
+                return None
+            key = key[:-1]
+
+    def error(self, path: Sequence[PathPart], message: str) -> ConfigError:
+        """A ConfigError for a semantic problem found after validation (cross-checks)."""
+        return ConfigError(self.file, self.line_of(path), format_path(path), message)
+
+
+def load_yaml(source: str | bytes, file: str) -> YamlDocument:
+    """Parse one YAML document with the safe loader, recording lines; duplicate keys are errors.
+
+    Raises :class:`ConfigErrors` for syntax errors (with the line YAML reports) and duplicate keys.
+    """
+    loader = yaml.SafeLoader(source)
+    try:
+        try:
+            node = loader.get_single_node()
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark is not None else None
+            problem = exc.problem or exc.context or "syntax error"
+            raise ConfigErrors([ConfigError(file, line, "", f"invalid YAML: {problem}")]) from None
+        if node is None:
+            return YamlDocument(file, None, {(): 1})
+        lines: dict[YamlPath, int] = {(): node.start_mark.line + 1}
+        errors: list[ConfigError] = []
+        _walk(loader, node, (), lines, errors, file, set())
+        if errors:
+            raise ConfigErrors(errors)
+        try:
+            data = loader.construct_document(node)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark is not None else None
+            raise ConfigErrors([ConfigError(file, line, "", f"invalid YAML: {exc.problem}")]) from None
+        return YamlDocument(file, data, lines)
+    finally:
+        loader.dispose()
+
+
+def load_yaml_file(path: Path, display_name: str | None = None) -> YamlDocument:
+    """Read and parse ``path``; ``display_name`` is what errors call the file (e.g. relative)."""
+    name = display_name if display_name is not None else str(path)
+    try:
+        source = path.read_bytes()
+    except OSError as exc:
+        raise ConfigErrors([ConfigError(name, None, "", f"cannot read: {exc.strerror}")]) from None
+    return load_yaml(source, name)
+
+
+def _walk(
+    loader: yaml.SafeLoader,
+    node: yaml.Node,
+    path: YamlPath,
+    lines: dict[YamlPath, int],
+    errors: list[ConfigError],
+    file: str,
+    active: set[int],
+) -> None:
+    # An alias can point back at an enclosing node; stop rather than recurse forever.
+    if id(node) in active:
+        return
+    active.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                _walk(loader, value_node, path, lines, errors, file, active)
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # unhashable key (a mapping as key): leave it to the model to refuse
+                continue
+            child = (*path, key if isinstance(key, int | str) else str(key))
+            if first is not None:
+                message = f'duplicate key "{key}" (first at line {first})'
+                errors.append(ConfigError(file, line, format_path(child), message))
+                continue
+            seen[key] = line
+            lines.setdefault(child, line)
+            _walk(loader, value_node, child, lines, errors, file, active)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            child = (*path, index)
+            lines.setdefault(child, item.start_mark.line + 1)
+            _walk(loader, item, child, lines, errors, file, active)
+    active.discard(id(node))
+
+
+def validation_errors(
+    exc: ValidationError, doc: YamlDocument, prefix: Sequence[PathPart] = ()
+) -> list[ConfigError]:
+    """Turn a pydantic ValidationError into ConfigErrors with lines from ``doc``.
+
+    ``prefix`` is the path of the validated value inside ``doc`` when only part of the document
+    was validated. Pydantic puts union member tags (``exec``, ``function-after[...]``) into error
+    locations; parts that do not exist in the data are dropped unless they are the last part
+    (a missing or unknown field), so the field path is what the user wrote.
+    """
+    out: list[ConfigError] = []
+    root = _descend(doc.data, prefix)
+    for err in exc.errors(include_url=False):
+        path = (*prefix, *_data_path(root, err["loc"]))
+        message = _FRIENDLY_MESSAGES.get(err["type"], err["msg"])
+        for noise in _PYDANTIC_PREFIXES:
+            message = message.removeprefix(noise)
+        out.append(ConfigError(doc.file, doc.line_of(path), format_path(path), message))
+    return out
+
+
+def _descend(data: Any, path: Sequence[PathPart]) -> Any:
+    for part in path:
+        data = data[part]
+    return data
+
+
+def _data_path(data: Any, loc: Sequence[PathPart]) -> YamlPath:
+    out: list[PathPart] = []
+    for position, part in enumerate(loc):
+        last = position == len(loc) - 1
+        if isinstance(data, Mapping) and part in data:
+            data = data[part]
+            out.append(part)
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+            out.append(part)
+        elif last and not isinstance(data, list):
+            out.append(part)
+    return tuple(out)
+
+
+_DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?")
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from a number or a Prometheus-style duration (``90s``, ``5m``, ``1h30m``, ``2d``)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m or 1h, not a boolean")
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION_RE.fullmatch(value.strip())
+        if match and any(match.groups()):
+            d, h, m, s, ms = (int(g) if g else 0 for g in match.groups())
+            return d * 86400 + h * 3600 + m * 60 + s + ms / 1000
+    raise ValueError(f"invalid duration {value!r}: expected seconds or e.g. 30s, 5m, 1h30m, 2d")
+
+
+# A duration field: YAML may say ``300`` or ``5m``; the model holds seconds.
+Duration = Annotated[float, BeforeValidator(parse_duration)]
