@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
+import time
 from typing import Any, Literal, Self
 
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from service.steps import StepSpecBase
+from service.steps import StepContext, StepOutcome, StepSpecBase
+from service.steps.capture import TailBuffer, read_body
+from service.steps.errors import reason
 
 _OPERATORS = ("equals", "not_equals", "in", "lt", "le", "gt", "ge", "exists")
 _SEGMENT = re.compile(r"([^.\[\]]+)?((?:\[\d+\])*)")
@@ -102,3 +108,123 @@ class Spec(StepSpecBase):
         if self.body is not None and "json_body" in self.model_fields_set:
             raise ValueError("give either body or json, not both")
         return self
+
+
+def resolve(doc: Any, path: JsonPath) -> tuple[bool, Any]:
+    """(found, value) of ``path`` in a parsed JSON document."""
+    node = doc
+    for part in path:
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                return False, None
+        elif not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _same(a: Any, b: Any) -> bool:
+    # JSON true is not 1: Python's True == 1 must not leak into the comparison.
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return bool(a == b)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check(expectation: JsonExpectation, doc: Any) -> dict[str, Any]:
+    """Evaluate one expectation; a record with what was expected, what was found and ``ok``."""
+    (op,) = expectation.operators()
+    expected = getattr(expectation, "in_" if op == "in" else op)
+    found, actual = resolve(doc, parse_json_path(expectation.path))
+    record: dict[str, Any] = {"path": expectation.path, "op": op, "expected": expected, "actual": actual}
+    if op == "exists":
+        record["ok"] = found == expected
+    elif not found:
+        record["ok"] = False
+        record["actual"] = "<missing>"
+    elif op == "equals":
+        record["ok"] = _same(actual, expected)
+    elif op == "not_equals":
+        record["ok"] = not _same(actual, expected)
+    elif op == "in":
+        record["ok"] = any(_same(actual, candidate) for candidate in expected)
+    else:
+        comparisons = {
+            "lt": actual < expected if _is_number(actual) else False,
+            "le": actual <= expected if _is_number(actual) else False,
+            "gt": actual > expected if _is_number(actual) else False,
+            "ge": actual >= expected if _is_number(actual) else False,
+        }
+        record["ok"] = comparisons[op]
+    return record
+
+
+async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
+    started = time.monotonic()
+    tail = TailBuffer(ctx.output_limit)
+    what = f"{spec.method} {spec.url}"
+
+    def outcome(ok: bool, status: str, summary: str, data: dict[str, Any] | None = None) -> StepOutcome:
+        return StepOutcome(
+            ok=ok,
+            status=status,
+            summary=f"{what}: {summary}",
+            output=tail.text(),
+            data=data or {},
+            duration_s=time.monotonic() - started,
+        )
+
+    try:
+        async with asyncio.timeout(spec.timeout):
+            connector = aiohttp.TCPConnector(ssl=spec.verify_tls)
+            async with (
+                aiohttp.ClientSession(connector=connector) as session,
+                session.request(
+                    spec.method,
+                    spec.url,
+                    headers=spec.headers,
+                    data=spec.body.encode() if spec.body is not None else None,
+                    json=spec.json_body,
+                    allow_redirects=False,
+                ) as resp,
+            ):
+                body = await read_body(resp, tail)
+                status_code = resp.status
+    except TimeoutError:
+        return outcome(False, "timeout", f"no complete response within {spec.timeout:g}s")
+    # A bad URL or header is the playbook's error, not the target's.
+    except aiohttp.InvalidURL as exc:
+        return outcome(False, "error", f"invalid URL {str(exc)!r}")
+    except ValueError as exc:
+        return outcome(False, "error", f"invalid request: {exc}")
+    except (aiohttp.ClientError, OSError) as exc:
+        return outcome(False, "failed", f"request failed: {reason(exc)}")
+
+    data: dict[str, Any] = {"status": status_code}
+    doc: Any = None
+    parsed = False
+    if body:
+        try:
+            doc = json.loads(body)
+            parsed = True
+            data["json"] = doc
+        except ValueError:
+            pass  # not JSON: fine unless an expectation needs it
+    if status_code not in spec.expect_status:
+        expected = " or ".join(str(c) for c in spec.expect_status)
+        return outcome(False, "failed", f"status {status_code}, expected {expected}", data)
+    if not spec.expect_json:
+        return outcome(True, "ok", f"status {status_code}", data)
+    if not parsed:
+        why = "larger than the JSON limit" if body is None else "not JSON"
+        return outcome(False, "failed", f"status {status_code} but the body is {why}", data)
+    checks = [check(expectation, doc) for expectation in spec.expect_json]
+    data["checks"] = checks
+    failing = [c for c in checks if not c["ok"]]
+    if failing:
+        detail = "; ".join(f"{c['path']} {c['op']} {c['expected']!r}: got {c['actual']!r}" for c in failing)
+        return outcome(False, "failed", f"status {status_code}, JSON expectation failed: {detail}", data)
+    return outcome(True, "ok", f"status {status_code}, {len(checks)} JSON expectation(s) hold", data)
