@@ -33,9 +33,7 @@ class Spec(StepSpecBase):
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
     cwd: str | None = None
     expect_exit: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    inherit_env: bool = Field(
-        default=True, description="start from the service's environment (minus its own secrets)"
-    )
+    inherit_env: bool = Field(default=True, description="start from the service's environment (minus its own secrets)")
 
     @field_validator("argv")
     @classmethod
