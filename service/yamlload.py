@@ -15,6 +15,7 @@ Usage (generic: rules, playbooks and ``remediator.yaml`` settings all go through
 
 from __future__ import annotations
 
+import glob
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -176,9 +177,7 @@ def _walk(
     active.discard(id(node))
 
 
-def validation_errors(
-    exc: ValidationError, doc: YamlDocument, prefix: Sequence[PathPart] = ()
-) -> list[ConfigError]:
+def validation_errors(exc: ValidationError, doc: YamlDocument, prefix: Sequence[PathPart] = ()) -> list[ConfigError]:
     """Turn a pydantic ValidationError into ConfigErrors with lines from ``doc``.
 
     ``prefix`` is the path of the validated value inside ``doc`` when only part of the document
@@ -237,3 +236,23 @@ def parse_duration(value: object) -> float:
 
 # A duration field: YAML may say ``300`` or ``5m``; the model holds seconds.
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def expand_globs(patterns: Sequence[str], base_dir: Path) -> tuple[list[tuple[Path, str]], list[ConfigError]]:
+    """Files matching ``patterns`` (relative to ``base_dir``), sorted, each once, with the name
+    errors should use (relative to ``base_dir`` when inside it). A pattern matching nothing is an
+    error: a typo in a glob must not silently load zero rules."""
+    found: dict[Path, str] = {}
+    errors: list[ConfigError] = []
+    for pattern in patterns:
+        full = pattern if Path(pattern).is_absolute() else str(base_dir / pattern)
+        matches = sorted(Path(p) for p in glob.glob(full, recursive=True) if Path(p).is_file())
+        if not matches:
+            errors.append(ConfigError(pattern, None, "", "no files match"))
+        for path in matches:
+            try:
+                display = str(path.relative_to(base_dir))
+            except ValueError:
+                display = str(path)
+            found.setdefault(path, display)
+    return list(found.items()), errors

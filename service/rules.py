@@ -1,0 +1,543 @@
+"""Rules: which alerts run which playbook with which params. Format in ``docs/rules.md``.
+
+Matching follows Alertmanager routes: rules are tried in file order (files sorted by name), every
+matcher of a rule must hold, the first matching rule wins unless it says ``continue: true``.
+
+Speed: deciding for one alert must not scan 10,000 rules. Each enabled rule with an equality matcher
+(``name="value"``, value not empty) is indexed under one such pair (``alertname`` preferred); a rule
+can only match alerts carrying that exact label value. For an alert the candidates are the rules
+indexed under one of its label pairs plus the few rules with no equality matcher, merged back into
+file order, and only those are evaluated in full. Cost grows with the number of candidates, not the
+number of rules.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+
+from service.matchers import Matcher, MatcherError, parse_matcher_list, parse_matchers
+from service.playbooks import LoadedPlaybook, ParamError, ParamValue, check_param, load_playbooks, validate_params
+from service.templating import TemplateEngine, TemplateError
+from service.yamlload import (
+    ConfigError,
+    ConfigErrors,
+    Duration,
+    YamlDocument,
+    expand_globs,
+    load_yaml,
+    validation_errors,
+)
+
+# What rule templates (params, target) may read; built by RuleSet for each matched alert.
+RULE_VARIABLES = frozenset(
+    {
+        "labels",
+        "annotations",
+        "status",
+        "fingerprint",
+        "startsAt",
+        "generatorURL",
+        "commonLabels",
+        "commonAnnotations",
+        "groupLabels",
+        "externalURL",
+        "receiver",
+    }
+)
+# Rate limits and concurrency apply per target. The instance is what a remediation acts on; an
+# alert without one falls back to its own fingerprint so it still gets a stable, narrow key.
+DEFAULT_TARGET = "{{ labels.instance | default(fingerprint) }}"
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+# Prometheus' FNV-1a 64 label-set fingerprint (prometheus/common model.LabelSet.Fingerprint).
+_FNV_OFFSET = 14695981039346656037
+_FNV_PRIME = 1099511628211
+_FNV_MASK = 0xFFFFFFFFFFFFFFFF
+_SEPARATOR = 0xFF
+
+AlertStatus = Literal["firing", "resolved"]
+
+
+def _valid_matcher(text: str) -> str:
+    try:
+        parse_matchers(text)
+    except MatcherError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Limits(_Model):
+    """Consumed by admission; see docs/rules.md for the meaning of each."""
+
+    cooldown: Duration = Field(default=300, ge=0, description="after a run for a target, wait this long")
+    max_runs: int = Field(default=3, ge=1, le=10000, description="runs per target per window")
+    window: Duration = Field(default=3600, gt=0, le=30 * 86400)
+    concurrency: Literal["single", "queued", "restart", "parallel"] = "single"
+    max_queue: int = Field(default=10, ge=1, le=10000, description="queued mode: waiting runs per target")
+    max_parallel: int = Field(default=4, ge=1, le=1000, description="parallel mode: runs at once per target")
+    rerun_after: Duration | None = Field(
+        default=None, gt=0, description="run again for an alert that is still firing after this long"
+    )
+
+
+class Rule(_Model):
+    name: str = Field(pattern=_NAME_RE)
+    description: str = ""
+    owner: str = ""
+    match: list[Annotated[str, AfterValidator(_valid_matcher)]] = Field(min_length=1)
+    status: Literal["firing", "resolved", "any"] = "firing"
+    playbook: str
+    params: dict[str, ParamValue] = Field(default_factory=dict)
+    target: str = Field(default=DEFAULT_TARGET, min_length=1)
+    limits: Limits = Field(default_factory=Limits)
+    mode: Literal["enforce", "shadow"] = "enforce"
+    continue_: bool = Field(default=False, alias="continue")
+    enabled: bool = True
+    escalate_on_refusal: bool = True
+    severity: Literal["info", "warning", "critical", "page"] = "critical"
+
+
+class RulesFile(_Model):
+    rules: list[Rule]
+
+
+# --- alerts as matching sees them ---------------------------------------------------------------
+
+
+class AlertLike(Protocol):
+    """What matching needs from an alert; the webhook model can be adapted to :class:`Alert`."""
+
+    @property
+    def labels(self) -> Mapping[str, str]: ...
+    @property
+    def annotations(self) -> Mapping[str, str]: ...
+    @property
+    def status(self) -> AlertStatus: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def starts_at(self) -> datetime | None: ...
+    @property
+    def generator_url(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Alert:
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    status: AlertStatus = "firing"
+    fingerprint: str = ""
+    starts_at: datetime | None = None
+    generator_url: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.fingerprint:
+            object.__setattr__(self, "fingerprint", label_fingerprint(self.labels))
+
+
+@dataclass(frozen=True)
+class NotificationContext:
+    """Notification-level fields of the webhook, shared by its alerts."""
+
+    external_url: str = ""
+    receiver: str = ""
+    common_labels: Mapping[str, str] = field(default_factory=dict)
+    common_annotations: Mapping[str, str] = field(default_factory=dict)
+    group_labels: Mapping[str, str] = field(default_factory=dict)
+
+
+def label_fingerprint(labels: Mapping[str, str]) -> str:
+    """Alertmanager's alert fingerprint (FNV-1a 64 over sorted name, 0xff, value, 0xff), as hex."""
+    h = _FNV_OFFSET
+    for name in sorted(labels):
+        for part in (name, labels[name]):
+            for byte in part.encode("utf-8"):
+                h = ((h ^ byte) * _FNV_PRIME) & _FNV_MASK
+            h = ((h ^ _SEPARATOR) * _FNV_PRIME) & _FNV_MASK
+    return f"{h:016x}"
+
+
+def template_context(alert: AlertLike, context: NotificationContext) -> dict[str, Any]:
+    """The variables of RULE_VARIABLES for one alert."""
+    return {
+        "labels": dict(alert.labels),
+        "annotations": dict(alert.annotations),
+        "status": alert.status,
+        "fingerprint": alert.fingerprint,
+        "startsAt": alert.starts_at.isoformat() if alert.starts_at else "",
+        "generatorURL": alert.generator_url,
+        "commonLabels": dict(context.common_labels),
+        "commonAnnotations": dict(context.common_annotations),
+        "groupLabels": dict(context.group_labels),
+        "externalURL": context.external_url,
+        "receiver": context.receiver,
+    }
+
+
+# --- loaded rules and results -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedRule:
+    rule: Rule
+    file: str
+    line: int | None
+    position: int  # order across all files: the order rules are tried in
+    matchers: tuple[Matcher, ...]
+    version: str  # sha256 of the rule's canonical JSON: changes whenever its meaning does
+
+    @property
+    def name(self) -> str:
+        return self.rule.name
+
+    def status_ok(self, status: str) -> bool:
+        return self.rule.status in ("any", status)
+
+    def index_key(self) -> tuple[str, str] | None:
+        equalities = [m for m in self.matchers if m.is_equality]
+        if not equalities:
+            return None
+        chosen = next((m for m in equalities if m.name == "alertname"), equalities[0])
+        return chosen.name, chosen.value
+
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """A rule that matched an alert and what would run. With ``error`` set (a template failed to
+    render or a param was refused) it is *not* a match: nothing may run, the dispatcher records
+    and escalates it, and later rules are still tried."""
+
+    rule: LoadedRule
+    playbook: str
+    params: Mapping[str, ParamValue]
+    target: str
+    rule_version: str
+    playbook_version: str
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def mode(self) -> str:
+        return self.rule.rule.mode
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule.name,
+            "playbook": self.playbook,
+            "params": dict(self.params),
+            "target": self.target,
+            "mode": self.mode,
+            "rule_version": self.rule_version,
+            "playbook_version": self.playbook_version,
+            "error": self.error,
+        }
+
+
+Verdict = Literal["matched", "not_matched", "error", "disabled", "not_reached"]
+
+
+@dataclass(frozen=True)
+class MatcherCheck:
+    matcher: str
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class RuleExplanation:
+    """One rule's verdict for one alert, in evaluation order."""
+
+    rule: str
+    file: str
+    line: int | None
+    verdict: Verdict
+    reasons: tuple[str, ...]
+    matchers: tuple[MatcherCheck, ...]
+    would_run: RuleMatch | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "file": self.file,
+            "line": self.line,
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "matchers": [{"matcher": m.matcher, "ok": m.ok, "reason": m.reason} for m in self.matchers],
+            "would_run": self.would_run.to_dict() if self.would_run else None,
+        }
+
+
+# --- the rule set --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Index:
+    by_label: Mapping[str, Mapping[str, tuple[int, ...]]]
+    unindexed: tuple[int, ...]
+
+    @classmethod
+    def build(cls, rules: Sequence[LoadedRule]) -> _Index:
+        by_label: dict[str, dict[str, list[int]]] = {}
+        unindexed: list[int] = []
+        for rule in rules:
+            if not rule.rule.enabled:
+                continue
+            key = rule.index_key()
+            if key is None:
+                unindexed.append(rule.position)
+            else:
+                by_label.setdefault(key[0], {}).setdefault(key[1], []).append(rule.position)
+        frozen = {name: {value: tuple(p) for value, p in values.items()} for name, values in by_label.items()}
+        return cls(frozen, tuple(unindexed))
+
+    def candidates(self, labels: Mapping[str, str]) -> Iterable[int]:
+        lists: list[tuple[int, ...]] = [self.unindexed] if self.unindexed else []
+        for name, values in self.by_label.items():
+            value = labels.get(name)
+            if value is not None:
+                found = values.get(value)
+                if found:
+                    lists.append(found)
+        if len(lists) == 1:
+            return lists[0]
+        return heapq.merge(*lists)  # each list is in file order; no rule is in two lists
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    """Immutable rules + playbooks, swapped whole on reload. Build with :meth:`build`."""
+
+    rules: tuple[LoadedRule, ...]
+    playbooks: Mapping[str, LoadedPlaybook]
+    engine: TemplateEngine = field(compare=False, repr=False)
+    _index: _Index = field(compare=False, repr=False)
+
+    @classmethod
+    def build(
+        cls, rules: Sequence[LoadedRule], playbooks: Mapping[str, LoadedPlaybook], engine: TemplateEngine
+    ) -> RuleSet:
+        return cls(tuple(rules), MappingProxyType(dict(playbooks)), engine, _Index.build(rules))
+
+    def get(self, name: str) -> LoadedRule | None:
+        return next((r for r in self.rules if r.name == name), None)
+
+    def match(self, alert: AlertLike, context: NotificationContext | None = None) -> list[RuleMatch]:
+        """Rules matching ``alert`` in order, stopping after the first good match without
+        ``continue``. Entries with ``error`` are failed renders, not matches (see RuleMatch)."""
+        out: list[RuleMatch] = []
+        variables: dict[str, Any] | None = None
+        labels = alert.labels
+        for position in self._index.candidates(labels):
+            rule = self.rules[position]
+            if not rule.status_ok(alert.status):
+                continue
+            if not all(m.matches(labels) for m in rule.matchers):
+                continue
+            if variables is None:
+                variables = template_context(alert, context or NotificationContext())
+            result = self._render(rule, variables)
+            out.append(result)
+            if result.ok and not rule.rule.continue_:
+                break
+        return out
+
+    def matching_rules(self, alert: AlertLike) -> list[LoadedRule]:
+        """The rules whose matchers and status accept ``alert`` (ignoring ``continue``, nothing
+        rendered): what the benchmark and coverage checks measure."""
+        out = []
+        for position in self._index.candidates(alert.labels):
+            rule = self.rules[position]
+            if rule.status_ok(alert.status) and all(m.matches(alert.labels) for m in rule.matchers):
+                out.append(rule)
+        return out
+
+    def explain(self, alert: AlertLike, context: NotificationContext | None = None) -> list[RuleExplanation]:
+        """Every rule in order with its verdict and reasons; agrees with :meth:`match`."""
+        variables = template_context(alert, context or NotificationContext())
+        out: list[RuleExplanation] = []
+        stopped_by: str | None = None
+        for rule in self.rules:
+            checks = tuple(
+                MatcherCheck(str(m), m.matches(alert.labels), m.explain(alert.labels)) for m in rule.matchers
+            )
+            reasons = [c.reason for c in checks if not c.ok]
+            if not rule.status_ok(alert.status):
+                reasons.insert(0, f"alert status {alert.status} is not the rule's status {rule.rule.status}")
+            verdict: Verdict
+            would_run: RuleMatch | None = None
+            if not rule.rule.enabled:
+                verdict, reasons = "disabled", ["rule is disabled (enabled: false)", *reasons]
+            elif reasons:
+                verdict = "not_matched"
+            elif stopped_by is not None:
+                verdict, reasons = (
+                    "not_reached",
+                    [f'would match, but rule "{stopped_by}" matched earlier without continue'],
+                )
+            else:
+                would_run = self._render(rule, variables)
+                if would_run.error is not None:
+                    verdict, reasons = "error", [would_run.error]
+                else:
+                    verdict = "matched"
+                    if not rule.rule.continue_:
+                        stopped_by = rule.name
+            out.append(RuleExplanation(rule.name, rule.file, rule.line, verdict, tuple(reasons), checks, would_run))
+        return out
+
+    def _render(self, rule: LoadedRule, variables: Mapping[str, Any]) -> RuleMatch:
+        playbook = self.playbooks[rule.rule.playbook]
+        params: dict[str, ParamValue] = {}
+        target = ""
+        error: str | None = None
+        try:
+            for name, value in rule.rule.params.items():
+                params[name] = self.engine.render(value, variables) if isinstance(value, str) else value
+            params = validate_params(playbook.playbook, params)
+            target = self.engine.render(rule.rule.target, variables)
+            if not target.strip():
+                error = f'target "{rule.rule.target}" rendered empty'
+        except (TemplateError, ParamError) as exc:
+            error = str(exc)
+        return RuleMatch(rule, playbook.name, MappingProxyType(params), target, rule.version, playbook.version, error)
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_rules(
+    files: Iterable[tuple[Path, str]],
+    playbooks: Mapping[str, LoadedPlaybook] | None,
+    engine: TemplateEngine,
+) -> RuleSet:
+    """Load rule files (``(path, display_name)``, tried in the order given) and cross-check them.
+
+    With ``playbooks=None`` (the playbooks failed to load) only the rules themselves are checked,
+    so one ``check`` run still lists every error. Raises ConfigErrors with all problems.
+    """
+    errors: list[ConfigError] = []
+    loaded: list[LoadedRule] = []
+    first_seen: dict[str, str] = {}
+    for path, display in files:
+        try:
+            source = path.read_bytes()
+        except OSError as exc:
+            errors.append(ConfigError(display, None, "", f"cannot read: {exc.strerror}"))
+            continue
+        try:
+            rules, doc = _parse_file(source, display)
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        for index, rule in enumerate(rules):
+            where = ("rules", index)
+            if rule.name in first_seen:
+                errors.append(
+                    doc.error((*where, "name"), f'duplicate rule name "{rule.name}" (first at {first_seen[rule.name]})')
+                )
+                continue
+            first_seen[rule.name] = f"{display}:{doc.line_of(where)}"
+            problems = _cross_check(doc, index, rule, playbooks, engine)
+            errors += problems
+            if not problems:
+                version = hashlib.sha256(
+                    json.dumps(rule.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+                ).hexdigest()
+                matchers = tuple(parse_matcher_list(rule.match))
+                loaded.append(LoadedRule(rule, display, doc.line_of(where), len(loaded), matchers, version))
+    if errors or playbooks is None:
+        raise ConfigErrors(errors)
+    return RuleSet.build(loaded, playbooks, engine)
+
+
+def load_ruleset(rule_globs: Sequence[str], playbook_globs: Sequence[str], base_dir: Path) -> RuleSet:
+    """Playbooks and rules from globs relative to ``base_dir``; raises ConfigErrors listing every
+    problem in every file (what ``remediator check`` prints and reload refuses on)."""
+    engine = TemplateEngine()
+    playbook_files, errors = expand_globs(playbook_globs, base_dir)
+    rule_files, rule_glob_errors = expand_globs(rule_globs, base_dir)
+    errors += rule_glob_errors
+    playbooks: dict[str, LoadedPlaybook] | None
+    try:
+        playbooks = load_playbooks(playbook_files, engine)
+    except ConfigErrors as exc:
+        errors += exc.errors
+        playbooks = None
+    try:
+        ruleset = load_rules(rule_files, playbooks, engine)
+    except ConfigErrors as exc:
+        raise ConfigErrors([*errors, *exc.errors]) from None
+    if errors:
+        raise ConfigErrors(errors)
+    return ruleset
+
+
+def _parse_file(source: bytes, file: str) -> tuple[list[Rule], YamlDocument]:
+    doc = load_yaml(source, file)
+    if doc.data is None:
+        return [], doc  # an empty file is a file with no rules yet
+    try:
+        return RulesFile.model_validate(doc.data).rules, doc
+    except ValidationError as exc:
+        raise ConfigErrors(validation_errors(exc, doc)) from None
+
+
+def _cross_check(
+    doc: YamlDocument,
+    index: int,
+    rule: Rule,
+    playbooks: Mapping[str, LoadedPlaybook] | None,
+    engine: TemplateEngine,
+) -> list[ConfigError]:
+    where = ("rules", index)
+    errors: list[ConfigError] = []
+    templated = [(("params", name), value) for name, value in rule.params.items() if isinstance(value, str)]
+    for sub, source in [*templated, (("target",), rule.target)]:
+        try:
+            unknown = sorted(engine.undeclared_variables(source) - RULE_VARIABLES)
+        except TemplateError as exc:
+            errors.append(doc.error((*where, *sub), str(exc)))
+            continue
+        if unknown:
+            known = ", ".join(sorted(RULE_VARIABLES))
+            errors.append(doc.error((*where, *sub), f"unknown template variable {', '.join(unknown)} (known: {known})"))
+    if playbooks is None:
+        return errors
+    loaded = playbooks.get(rule.playbook)
+    if loaded is None:
+        known = ", ".join(sorted(playbooks)) or "none"
+        errors.append(doc.error((*where, "playbook"), f'unknown playbook "{rule.playbook}" (known: {known})'))
+        return errors
+    declared = loaded.playbook.params
+    for name, value in rule.params.items():
+        spec = declared.get(name)
+        if spec is None:
+            errors.append(
+                doc.error((*where, "params", name), f'param "{name}" is not declared by playbook "{rule.playbook}"')
+            )
+        elif not (isinstance(value, str) and "{" in value):
+            # A literal value can be checked now rather than refused at 3 a.m.
+            checked = check_param(spec, value)
+            if isinstance(checked, str):
+                errors.append(doc.error((*where, "params", name), checked))
+    for name, spec in declared.items():
+        if spec.is_required and name not in rule.params:
+            at = (*where, "params") if rule.params else where
+            errors.append(doc.error(at, f'playbook "{rule.playbook}" requires param "{name}"'))
+    return errors
