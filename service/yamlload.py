@@ -31,6 +31,8 @@ YamlPath = tuple[PathPart, ...]
 # Pydantic prefixes messages raised by our own validators; the prefix is noise in a config error.
 _PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
 # Friendlier words for the pydantic error types people hit most in hand-written files.
+# Error types whose last location part is a field absent from the data (and must be kept).
+_NAMES_A_FIELD = frozenset({"missing", "extra_forbidden"})
 _FRIENDLY_MESSAGES = {
     "extra_forbidden": "unknown field",
     "missing": "required field is missing",
@@ -182,13 +184,18 @@ def validation_errors(exc: ValidationError, doc: YamlDocument, prefix: Sequence[
 
     ``prefix`` is the path of the validated value inside ``doc`` when only part of the document
     was validated. Pydantic puts union member tags (``exec``, ``function-after[...]``) into error
-    locations; parts that do not exist in the data are dropped unless they are the last part
-    (a missing or unknown field), so the field path is what the user wrote.
+    locations; parts that do not exist in the data are dropped unless they name the missing or
+    unknown field the error is about, so the field path is what the user wrote.
     """
     out: list[ConfigError] = []
     root = _descend(doc.data, prefix)
     for err in exc.errors(include_url=False):
-        path = (*prefix, *_data_path(root, err["loc"]))
+        loc = tuple(err["loc"])
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            # Point at the discriminator key (``type:``) rather than the whole item.
+            loc = (*loc, str(err.get("ctx", {}).get("discriminator", "")).strip("'"))
+        keep_last = err["type"] in _NAMES_A_FIELD or err["type"].startswith("union_tag")
+        path = (*prefix, *_data_path(root, loc, keep_last))
         message = _FRIENDLY_MESSAGES.get(err["type"], err["msg"])
         for noise in _PYDANTIC_PREFIXES:
             message = message.removeprefix(noise)
@@ -202,10 +209,10 @@ def _descend(data: Any, path: Sequence[PathPart]) -> Any:
     return data
 
 
-def _data_path(data: Any, loc: Sequence[PathPart]) -> YamlPath:
+def _data_path(data: Any, loc: Sequence[PathPart], keep_last: bool) -> YamlPath:
     out: list[PathPart] = []
     for position, part in enumerate(loc):
-        last = position == len(loc) - 1
+        last = keep_last and position == len(loc) - 1
         if isinstance(data, Mapping) and part in data:
             data = data[part]
             out.append(part)

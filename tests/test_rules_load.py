@@ -94,7 +94,10 @@ def test_rule_version_changes_only_with_meaning(tmp_path: Path) -> None:
 
 
 def test_duplicate_names_across_files(tmp_path: Path) -> None:
-    rule = "rules:\n  - name: same\n    match: ['alertname=\"X\"']\n    playbook: jetstream-purge\n    params: {stream: DECIDE}\n"
+    rule = (
+        "rules:\n  - name: same\n    match: ['alertname=\"X\"']\n"
+        "    playbook: jetstream-purge\n    params: {stream: DECIDE}\n"
+    )
     (tmp_path / "a.yaml").write_text(rule)
     (tmp_path / "b.yaml").write_text("\n" + rule)
     with pytest.raises(ConfigErrors) as info:
