@@ -205,6 +205,8 @@ class Router:
         m.subscriber_up.set(1)
         for breaker in self.sim.breakers.values():
             m.set_breaker(breaker)
+            for state in BreakerState:
+                m.breaker_transitions.labels(breaker.tenant, breaker.provider, state.value)
         for provider in self.cfg.providers:
             m.provider_requests.labels(provider)
             m.provider_errors.labels(provider)
