@@ -1,10 +1,11 @@
 """The store: the only module that speaks SQL.
 
-SQLite in WAL mode, one file, zero set-up. Every write goes through one writer thread that commits
-concurrent requests together (group commit): each caller still waits for its own durable COMMIT
-(synchronous=FULL), but 16 concurrent posts cost one fsync, not sixteen, and there is exactly one
-writer, so `database is locked` cannot happen. Each caller's work runs in its own SAVEPOINT, so one
-failing write never takes its neighbours in the batch down with it.
+SQLite in WAL mode, one file, zero set-up. Writes are group-committed: callers queue their work on
+the event loop, and one flush at a time takes everything queued so far to the single writer thread,
+runs it in one transaction and commits. Each caller still waits for its own durable COMMIT
+(synchronous=FULL), but concurrent posts share one fsync and one thread hand-off, and there is exactly
+one writer, so `database is locked` cannot happen. If any job of a batch fails, the batch is rolled
+back and its jobs re-run one transaction each, so a bad job never takes its neighbours down.
 
 The public surface is the `Store` protocol; a PostgreSQL implementation can follow it without
 touching callers.
@@ -15,9 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -162,93 +161,12 @@ def _migrate(conn: sqlite3.Connection) -> None:
             raise
 
 
-_Job = tuple[Callable[[sqlite3.Connection], Any], "concurrent.futures.Future[Any]"]
+_Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+_Outcome = tuple[Any, BaseException | None]
 
 
-class _GroupCommitWriter:
-    """One thread, one connection; drains whatever is queued into one transaction."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
-        self._started = concurrent.futures.Future[None]()
-
-    def start(self) -> concurrent.futures.Future[None]:
-        self._thread.start()
-        return self._started
-
-    def submit(self, job: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._jobs.put((job, future))
-        return future
-
-    def stop(self) -> None:
-        self._jobs.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            conn = _connect(self._path)
-            _migrate(conn)
-        except BaseException as exc:
-            self._started.set_exception(exc)
-            return
-        self._started.set_result(None)
-        try:
-            while True:
-                first = self._jobs.get()
-                if first is None:
-                    return
-                batch = [first]
-                stopping = False
-                while len(batch) < _MAX_BATCH:
-                    try:
-                        job = self._jobs.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is None:
-                        stopping = True
-                        break
-                    batch.append(job)
-                self._commit(conn, batch)
-                if stopping:
-                    return
-        finally:
-            conn.close()
-
-    @staticmethod
-    def _commit(conn: sqlite3.Connection, batch: list[_Job]) -> None:
-        done: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            for job, future in batch:
-                if not future.set_running_or_notify_cancel():
-                    continue
-                conn.execute("SAVEPOINT job")
-                try:
-                    result = job(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    done.append((future, None, exc))
-                else:
-                    conn.execute("RELEASE job")
-                    done.append((future, result, None))
-            conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            failure = StoreError(f"commit failed: {exc}")
-            for _job, future in batch:
-                if future.running():
-                    future.set_exception(failure)
-            return
-        for future, result, error in done:
-            if error is None:
-                future.set_result(result)
-            else:
-                future.set_exception(error)
+def _failure(exc: BaseException) -> StoreError | BaseException:
+    return StoreError(f"commit failed: {exc}") if isinstance(exc, sqlite3.Error) else exc
 
 
 def _row_to_occurrence(row: sqlite3.Row) -> Occurrence:
@@ -271,10 +189,14 @@ def _row_to_occurrence(row: sqlite3.Row) -> Occurrence:
 class SQLiteStore:
     def __init__(self, path: Path) -> None:
         self._path = path
-        self._writer: _GroupCommitWriter | None = None
-        # Reads run on their own connection in one worker thread; WAL lets them overlap writes.
+        # One thread owns the write connection; reads have their own connection and thread (WAL lets
+        # them overlap writes).
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._write_conn: sqlite3.Connection | None = None
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
+        self._pending: list[_Job] = []
+        self._flushing: asyncio.Task[None] | None = None
 
     @property
     def path(self) -> Path:
@@ -282,34 +204,94 @@ class SQLiteStore:
 
     @property
     def is_open(self) -> bool:
-        return self._writer is not None
+        return self._write_conn is not None
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        writer = _GroupCommitWriter(self._path)
+        writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        loop = asyncio.get_running_loop()
         try:
-            await asyncio.wrap_future(writer.start())
+            conn = await loop.run_in_executor(writer, _connect, self._path)
+            await loop.run_in_executor(writer, _migrate, conn)
         except sqlite3.Error as exc:
+            writer.shutdown(wait=True)
             raise StoreError(f"cannot open store {self._path}: {exc}") from exc
-        self._writer = writer
+        self._writer, self._write_conn = writer, conn
         self._reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader")
 
     async def close(self) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            await asyncio.to_thread(writer.stop)
+        """Finish every queued write, then close both connections."""
+        while self._flushing is not None:
+            await asyncio.shield(self._flushing)
+        if self._writer is not None and self._write_conn is not None:
+            writer, conn = self._writer, self._write_conn
+            self._writer = self._write_conn = None
+            await asyncio.get_running_loop().run_in_executor(writer, conn.close)
+            writer.shutdown(wait=True)
         if self._reader is not None:
             reader, self._reader = self._reader, None
             if self._read_conn is not None:
-                conn, self._read_conn = self._read_conn, None
-                reader.submit(conn.close).result()
+                read_conn, self._read_conn = self._read_conn, None
+                reader.submit(read_conn.close).result()
             reader.shutdown(wait=True)
 
     async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run `job` inside a committed transaction; returns once the commit is durable."""
-        if self._writer is None:
+        if self._write_conn is None:
             raise StoreError("store is closed")
-        return await asyncio.wrap_future(self._writer.submit(job))
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, future))
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        """Commit what is queued; what arrives meanwhile forms the next batch (one flush at a time)."""
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                outcomes: list[_Outcome]
+                try:
+                    outcomes = [(result, None) for result in await self._commit([work for work, _ in batch])]
+                except Exception as exc:
+                    if len(batch) == 1:
+                        outcomes = [(None, _failure(exc))]
+                    else:  # isolate the failing job: commit each on its own
+                        outcomes = [await self._commit_alone(work) for work, _future in batch]
+                for (_work, future), (result, error) in zip(batch, outcomes, strict=True):
+                    if future.cancelled():
+                        continue  # the caller went away; what it asked for is committed all the same
+                    if error is None:
+                        future.set_result(result)
+                    else:
+                        future.set_exception(error)
+        finally:
+            self._flushing = None
+
+    async def _commit_alone(self, work: Callable[[sqlite3.Connection], Any]) -> _Outcome:
+        try:
+            return (await self._commit([work]))[0], None
+        except Exception as exc:
+            return None, _failure(exc)
+
+    async def _commit(self, works: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        """Run `works` in one transaction; rolled back and re-raised if any fails.
+
+        The statements run here on the loop (microseconds each, on pages the cache holds); only the
+        COMMIT, which waits for the fsync, goes to the writer thread. One thread hand-off per batch
+        instead of one per statement keeps the two threads from trading the GIL back and forth.
+        """
+        assert self._writer is not None and self._write_conn is not None
+        conn = self._write_conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = [work(conn) for work in works]
+            await asyncio.get_running_loop().run_in_executor(self._writer, conn.execute, "COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
 
     async def read(self, job: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader is None:
@@ -438,4 +420,3 @@ class SQLiteStore:
             )
 
         await self.write(update)
-

@@ -1,0 +1,135 @@
+"""Intake throughput and latency: the real receiver (durable commit) against a bare aiohttp ceiling.
+
+Both servers run in turn on core 0 under the same wrk load on core 1 (Lua POST script, 16 connections).
+Prints requests/s, p50 and p99 for both, and the real receiver's ratio to the ceiling; ratios are what
+to compare across machines, since absolute numbers drift on shared hosts.
+
+    .venv/bin/python bench/intake.py [--duration 10] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests/fixtures/alertmanager/firing-nats-jetstream-unhealthy.json"
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def pinned(core: int, argv: list[str]) -> list[str]:
+    return ["taskset", "-c", str(core), *argv] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else argv
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{url} not ready after {timeout}s")
+
+
+def latency_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise ValueError(text)
+    return float(match[1]) * UNITS[match[2]]
+
+
+def run_wrk(name: str, url: str, duration: int, connections: int) -> Result:
+    out = subprocess.run(
+        pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s",
+                   str(ROOT / "bench/intake_post.lua"), url]),
+        capture_output=True, text=True, timeout=duration + 60,
+        env={**os.environ, "BENCH_BODY": FIXTURE.read_text().strip()}, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    p50 = latency_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
+    p99 = latency_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return Result(name, rps, p50, p99, int(bad[1]) if bad else 0)
+
+
+def serve_and_measure(name: str, argv: list[str], env: dict[str, str], port: int, args: argparse.Namespace) -> Result:
+    proc = subprocess.Popen(pinned(0, argv), env={**os.environ, **env}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/-/ready", proc)
+        url = f"http://127.0.0.1:{port}/hooks/alertmanager"
+        run_wrk(name, url, 2, args.connections)  # warm-up
+        return run_wrk(name, url, args.duration, args.connections)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install -y wrk")
+    with tempfile.TemporaryDirectory(prefix="bench-intake-") as tmp:
+        db = Path(tmp) / "bench.db"
+        port = free_port()
+        bare = serve_and_measure("bare aiohttp (parse only)", [sys.executable, str(ROOT / "bench/bare_server.py"),
+                                 str(port)], {}, port, args)
+        port = free_port()
+        real = serve_and_measure(
+            "remediator (durable commit)",
+            [sys.executable, "-m", "service.cli", "serve"],
+            {"REMEDIATOR_LISTEN_PORT": str(port), "REMEDIATOR_STORE__PATH": str(db), "REMEDIATOR_RULES": "",
+             "REMEDIATOR_PLAYBOOKS": "", "REMEDIATOR_LOG_LEVEL": "warning"},
+            port, args,
+        )
+        with sqlite3.connect(db) as conn:
+            stored = conn.execute("SELECT count(*) FROM notifications").fetchone()[0]
+    print(f"{'server':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+    for r in (bare, real):
+        print(f"{r.name:34} {r.requests_per_s:9.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.non_2xx:8d}")
+    ratio = real.requests_per_s / bare.requests_per_s
+    print(f"\nreal/bare throughput ratio: {ratio:.2f} (target >= 0.5); real p99 {real.p99_ms:.1f} ms (target < 25 ms)")
+    print(f"notifications durably stored by the real receiver: {stored}")
+    return 0 if ratio >= 0.5 and real.p99_ms < 25 and real.non_2xx == 0 else 1
+
+
+
+if __name__ == "__main__":
+    sys.exit(main())
