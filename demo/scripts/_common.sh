@@ -79,7 +79,11 @@ wait_until() {  # TIMEOUT CMD...
 }
 
 pid_gone() {  # PID
-    ! kill -0 "$1" 2>/dev/null
+    local state
+    kill -0 "$1" 2>/dev/null || return 0
+    # A zombie has exited already; only its parent's wait() is missing.
+    state="$(sed -n 's/.*) \(.\).*/\1/p' "/proc/$1/stat" 2>/dev/null)" || return 0
+    [[ "$state" == Z ]]
 }
 
 # SIGTERM, then SIGKILL after BEAMLINE_STOP_TIMEOUT; removes PIDFILE once the process is gone.
