@@ -43,6 +43,7 @@ _MATCHER_RE = re.compile(
     r"^[\t\n\f\r ]*([a-zA-Z_:][a-zA-Z0-9_:]*)[\t\n\f\r ]*(=~|=|!=|!~)[\t\n\f\r ]*(.*?)[\t\n\f\r ]*\Z",
     re.DOTALL,
 )
+REGEX_CACHE_ENTRIES = 4096
 _OPS: dict[str, Op] = {"=": "=", "!=": "!=", "=~": "=~", "!~": "!~"}
 _RE2_MAX_REPEAT = 1000
 # (?...) group prefixes Python accepts and RE2 does not.
@@ -59,6 +60,8 @@ _UNSUPPORTED_GROUPS = (
 _RE2_FLAGS = frozenset("ims-")
 _INLINE_FLAGS_RE = re.compile(r"\?([A-Za-z-]+)[:)]")
 _LEADING_FLAGS_RE = re.compile(r"(?:\(\?[ims]+\))+")
+# Alternatives made only of characters that are never regex syntax: matching is set membership.
+_LITERAL_ALTERNATION_RE = re.compile(r"[A-Za-z0-9_:/ -]+(?:\|[A-Za-z0-9_:/ -]+)*")
 _REPEAT_RE = re.compile(r"\{(\d+)(?:,(\d*))?\}")
 
 
@@ -74,6 +77,9 @@ class Matcher:
     op: Op
     value: str
     _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    # Like Alertmanager's per-matcher cache: label values repeat (alertname, severity), and a dict
+    # lookup is several times cheaper than running the regex. Bounded by clearing when full.
+    _results: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.op in ("=~", "!~"):
@@ -82,13 +88,19 @@ class Matcher:
     def matches(self, labels: Mapping[str, str]) -> bool:
         """True if ``labels`` satisfy this matcher; a missing label counts as ``""``."""
         value = labels.get(self.name, "")
-        if self.op == "=":
+        op = self.op
+        if op == "=":
             return value == self.value
-        if self.op == "!=":
+        if op == "!=":
             return value != self.value
-        assert self._regex is not None  # set in __post_init__ for both regex ops
-        found = self._regex.fullmatch(value) is not None
-        return found if self.op == "=~" else not found
+        found = self._results.get(value)
+        if found is None:
+            assert self._regex is not None  # set in __post_init__ for both regex ops
+            found = self._regex.fullmatch(value) is not None
+            if len(self._results) >= REGEX_CACHE_ENTRIES:
+                self._results.clear()
+            self._results[value] = found
+        return found if op == "=~" else not found
 
     def explain(self, labels: Mapping[str, str]) -> str:
         """One readable line saying whether and why ``labels`` satisfy this matcher."""
@@ -100,10 +112,15 @@ class Matcher:
         return f"{subject} {verdict} {self.op}{_quote(self.value)}"
 
     @property
-    def is_equality(self) -> bool:
-        """An ``=`` matcher on a non-empty value: the only kind a label index can serve, since
-        ``foo=""`` is also satisfied by an absent label."""
-        return self.op == "=" and self.value != ""
+    def index_values(self) -> frozenset[str] | None:
+        """The exact values this matcher accepts when they are a finite set an index can serve:
+        ``foo="a"`` and ``foo=~"a|b|c"`` (plain literals only). None otherwise, and for an empty
+        value, since ``foo=""`` is also satisfied by an absent label."""
+        if self.op == "=":
+            return frozenset({self.value}) if self.value else None
+        if self.op == "=~" and _LITERAL_ALTERNATION_RE.fullmatch(self.value):
+            return frozenset(self.value.split("|"))
+        return None
 
     def __str__(self) -> str:
         return f"{self.name}{self.op}{_quote(self.value)}"

@@ -48,9 +48,7 @@ class TemplateEngine:
     """Compiles templates once and renders them strictly."""
 
     def __init__(self) -> None:
-        self._env = _Environment(
-            undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True
-        )
+        self._env = _Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
         self._templates: dict[str, jinja2.Template] = {}
         self._expressions: dict[str, Callable[..., Any]] = {}
 

@@ -157,7 +157,30 @@ def test_list_form_and_list_of_strings_combine() -> None:
     assert [str(m) for m in ms] == ['alertname="A"', 'env!="dev"', 'severity=~"critical|page"']
 
 
-def test_is_equality_excludes_empty_value() -> None:
-    assert parse_matcher('a="b"').is_equality
-    assert not parse_matcher('a=""').is_equality
-    assert not parse_matcher('a=~"b"').is_equality
+@pytest.mark.parametrize(
+    ("text", "values"),
+    [
+        ('a="b"', {"b"}),
+        ('a=""', None),  # also satisfied by a missing label: no index can serve it
+        ('a=~"b|c d|e-f:g/h"', {"b", "c d", "e-f:g/h"}),
+        ('a=~"b.c"', None),
+        ('a=~"b|"', None),
+        ('a=~"(?i)b"', None),
+        ('a!="b"', None),
+        ('a!~"b|c"', None),
+    ],
+)
+def test_index_values(text: str, values: set[str] | None) -> None:
+    m = parse_matcher(text)
+    assert m.index_values == (frozenset(values) if values is not None else None)
+    if values:  # the index must agree with the regex
+        assert all(m.matches({"a": v}) for v in values)
+        assert not m.matches({"a": "zzz"})
+
+
+def test_cached_regex_results_stay_correct() -> None:
+    m = parse_matcher('a=~"x.*"')
+    for _ in range(2):
+        assert m.matches({"a": "xy"}) and not m.matches({"a": "yx"})
+    n = parse_matcher('a!~"x.*"')
+    assert not n.matches({"a": "xy"}) and n.matches({"a": "yx"})
