@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from realprocs import (
-    LOGS_KEY,
     AlertmanagerServer,
     NatsServer,
     PrometheusServer,
@@ -28,10 +27,21 @@ def pytest_runtest_makereport(
 
 
 @pytest.fixture
-def real_processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RealProcesses]:
+def real_processes(tmp_path: Path) -> Iterator[RealProcesses]:
     """Starts real servers for this test; every one is stopped by PID when it ends, pass or fail."""
     procs = RealProcesses(tmp_path)
-    request.node.stash[LOGS_KEY] = procs
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_processes(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RealProcesses]:
+    """Like ``real_processes`` but shared by a module's tests (a Prometheus takes ~5 s to first scrape)."""
+    procs = RealProcesses(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1]))
     try:
         yield procs
     finally:

@@ -206,9 +206,7 @@ class PrometheusServer(RealProcess):
         config: dict[str, Any] = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
             "rule_files": [str(p) for p in rule_files],
-            "scrape_configs": [
-                {"job_name": job, "static_configs": [{"targets": t}]} for job, t in scrape.items()
-            ],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": t}]} for job, t in scrape.items()],
         }
         if alertmanagers:
             config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]}
@@ -297,9 +295,7 @@ class RealProcesses:
     ) -> PrometheusServer:
         workdir = self._workdir("prometheus")
         return self._start(
-            PrometheusServer(
-                workdir, targets=targets or {}, rule_files=rule_files, alertmanagers=alertmanagers
-            )
+            PrometheusServer(workdir, targets=targets or {}, rule_files=rule_files, alertmanagers=alertmanagers)
         )
 
     def alertmanager(self, config: str) -> AlertmanagerServer:
@@ -316,13 +312,15 @@ class RealProcesses:
             raise errors[0]
 
 
-LOGS_KEY = pytest.StashKey[RealProcesses]()
-
-
 def attach_logs(item: pytest.Item, report: pytest.TestReport) -> None:
-    """Add each real process's log tail to the report of a failed test phase."""
-    procs = item.stash.get(LOGS_KEY, None)
-    if procs is None or not report.failed:
+    """Add the log tail of every real process the test used to the report of a failed phase.
+
+    The processes are found among the test's fixture values (its whole closure), whatever their scope.
+    """
+    if not report.failed:
         return
-    for proc in procs.started:
-        report.sections.append((f"{proc.name} log ({proc.log_path})", proc.log_tail()))
+    funcargs: dict[str, object] = getattr(item, "funcargs", {})
+    groups = {id(v): v for v in funcargs.values() if isinstance(v, RealProcesses)}
+    for procs in groups.values():
+        for proc in procs.started:
+            report.sections.append((f"{proc.name} log ({proc.log_path})", proc.log_tail()))

@@ -104,7 +104,9 @@ async def test_post_body_headers_and_json(server: TestServer) -> None:
     assert out.data["json"]["headers"]["X-Remediator"] == "ex-http"
     assert out.data["json"]["query"] == "x=1"
 
-    as_json = await run(Spec(type="http", method="PUT", url=url(server, "/echo"), json={"tenant": "t1"}), CTX)
+    # "json" as written in a playbook (the model field is json_body: "json" shadows a BaseModel method)
+    spec = Spec.model_validate({"type": "http", "method": "PUT", "url": url(server, "/echo"), "json": {"tenant": "t1"}})
+    as_json = await run(spec, CTX)
     assert json.loads(as_json.data["json"]["body"]) == {"tenant": "t1"}
     assert as_json.data["json"]["headers"]["Content-Type"] == "application/json"
 
@@ -193,4 +195,4 @@ def test_spec_validation() -> None:
     with pytest.raises(ValueError, match="exactly one"):
         JsonExpectation(path="a")
     with pytest.raises(ValueError, match="either body or json"):
-        Spec(type="http", url="http://127.0.0.1/", body="x", json={"a": 1})
+        Spec.model_validate({"type": "http", "url": "http://127.0.0.1/", "body": "x", "json": {"a": 1}})

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from realprocs import NatsServer, RealProcesses, http_get
 
 from service.steps import StepContext
@@ -129,7 +130,7 @@ async def test_health_sees_jetstream_disabled(real_processes: RealProcesses) -> 
 async def test_publish_core_and_jetstream(nats_server: NatsServer, backlog: Client) -> None:
     received: asyncio.Queue[bytes] = asyncio.Queue()
 
-    async def on_msg(msg: nats.aio.msg.Msg) -> None:
+    async def on_msg(msg: Msg) -> None:
         await received.put(msg.data)
 
     await backlog.subscribe("remediator.test", cb=on_msg)
