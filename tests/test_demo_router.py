@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -45,7 +46,7 @@ class Router:
     def value(self, name: str, **labels: str) -> float:
         return self.samples()[(name, frozenset(labels.items()))]
 
-    def admin(self, method: str, path: str, body: object = None, token: str | None = TOKEN) -> tuple[int, object]:
+    def admin(self, method: str, path: str, body: object = None, token: str | None = TOKEN) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, method=method)
         if token is not None:
@@ -143,27 +144,27 @@ def test_admin_requires_the_token(router: Router) -> None:
     assert router.admin("POST", path, token="wrong-token-0000000")[0] == 401
     assert router.admin("GET", "/admin/circuit_breaker/tenant_a/openai/status")[0] == 200
     status, body = router.admin("GET", "/admin/circuit_breaker/nobody/openai/status")
-    assert status == 404 and "tenant_a/openai" in body["known"]  # type: ignore[index]
+    assert status == 404 and "tenant_a/openai" in body["known"]
     assert router.admin("POST", "/admin/faults/rate_limit", {"fraction": 2})[0] == 400
 
 
 def test_half_open_breaker_closes_when_the_provider_is_healthy(router: Router) -> None:
     base = "/admin/circuit_breaker/tenant_a/openai"
     status, body = router.admin("POST", "/admin/faults/circuit_breaker/tenant_a/openai/open")
-    assert status == 200 and body["state"] == "open"  # type: ignore[index]
+    assert status == 200 and body["state"] == "open"
     assert router.value("router_circuit_breaker_state", tenant="tenant_a", provider="openai") == 1
     # Open stays open on its own (the runbook's "provider recovered but breaker still open").
     sent = router.value("router_provider_requests_total", provider="openai")
     router.wait_for(
         "more traffic", lambda: router.value("router_provider_requests_total", provider="openai") > sent + 10
     )
-    assert router.admin("GET", f"{base}/status")[1]["state"] == "open"  # type: ignore[index]
+    assert router.admin("GET", f"{base}/status")[1]["state"] == "open"
     before_503 = router.value("router_requests_total", code="503")
     assert before_503 > 0  # the open breaker fails fast with 503
 
     status, body = router.admin("POST", f"{base}/force_recovery_to_half_open")
-    assert status == 200 and body["state"] == "half_open"  # type: ignore[index]
-    router.wait_for("breaker closed by probes", lambda: router.admin("GET", f"{base}/status")[1]["state"] == "closed")  # type: ignore[index]
+    assert status == 200 and body["state"] == "half_open"
+    router.wait_for("breaker closed by probes", lambda: router.admin("GET", f"{base}/status")[1]["state"] == "closed")
     assert router.value("router_circuit_breaker_state", tenant="tenant_a", provider="openai") == 0
     transitions = {
         to: router.value("router_circuit_breaker_transitions_total", tenant="tenant_a", provider="openai", to=to)
@@ -177,12 +178,12 @@ def test_half_open_breaker_closes_when_the_provider_is_healthy(router: Router) -
 def test_half_open_breaker_reopens_while_the_provider_fails(router: Router) -> None:
     base = "/admin/circuit_breaker/tenant_a/openai"
     status, body = router.admin("POST", "/admin/faults/provider/openai", {"health": "failing"})
-    assert status == 200 and body["health"] == "failing"  # type: ignore[index]
-    router.wait_for("breaker opened by failures", lambda: router.admin("GET", f"{base}/status")[1]["state"] == "open")  # type: ignore[index]
+    assert status == 200 and body["health"] == "failing"
+    router.wait_for("breaker opened by failures", lambda: router.admin("GET", f"{base}/status")[1]["state"] == "open")
     assert router.value("router_provider_errors_total", provider="openai") >= 5
     assert router.value("router_provider_latency_p95_ms", provider="openai") >= 2500
 
-    assert router.admin("POST", f"{base}/force_recovery_to_half_open")[1]["state"] == "half_open"  # type: ignore[index]
+    assert router.admin("POST", f"{base}/force_recovery_to_half_open")[1]["state"] == "half_open"
     router.wait_for(
         "breaker re-opened by a failed probe",
         lambda: (
@@ -190,11 +191,11 @@ def test_half_open_breaker_reopens_while_the_provider_fails(router: Router) -> N
             == 2
         ),
     )
-    assert router.admin("GET", f"{base}/status")[1]["state"] == "open"  # type: ignore[index]
+    assert router.admin("GET", f"{base}/status")[1]["state"] == "open"
     assert router.value("router_circuit_breaker_state", tenant="tenant_a", provider="anthropic") == 0
 
     # force_recovery closes it; with the provider still failing it opens again by itself.
-    assert router.admin("POST", f"{base}/force_recovery")[1]["state"] == "closed"  # type: ignore[index]
+    assert router.admin("POST", f"{base}/force_recovery")[1]["state"] == "closed"
     router.wait_for(
         "breaker re-opened after forced recovery",
         lambda: (
@@ -210,7 +211,7 @@ def test_stalled_consumer_lets_pending_grow_and_recovers(router: Router) -> None
     router.wait_for("5 processed", lambda: router.value("router_jetstream_messages_processed_total", **pending) == 5)
 
     assert router.admin("POST", "/admin/faults/consumer", {"mode": "stalled"})[0] == 200
-    router.wait_for("consumer parked", lambda: router.admin("GET", "/admin/faults")[1]["consumer_parked"] is True)  # type: ignore[index]
+    router.wait_for("consumer parked", lambda: router.admin("GET", "/admin/faults")[1]["consumer_parked"] is True)
     assert router.admin("POST", "/admin/publish", {"count": 40})[1] == {
         "published": 40,
         "subject": "router.decide.request",
@@ -257,7 +258,7 @@ def test_nats_link_fault_holds_the_link_down_until_restored(router: Router) -> N
     router.wait_for("status 0", lambda: router.value("router_nats_connection_status") == 0)
     # Held down: the server is fine, the router stays disconnected.
     assert router.value("router_nats_server_up") == 1
-    assert router.admin("GET", "/healthz")[1]["nats_connected"] is False  # type: ignore[index]
+    assert router.admin("GET", "/healthz")[1]["nats_connected"] is False
     assert router.admin("POST", "/admin/faults/nats_link", {"state": "up"})[0] == 200
     router.wait_for("status 1", lambda: router.value("router_nats_connection_status") == 1)
     assert router.admin("POST", "/admin/faults/nats_link", {"state": "flap"})[0] == 200
@@ -279,7 +280,7 @@ def test_rate_limit_and_latency_faults_show_in_the_metrics(router: Router) -> No
     assert slow > 0
 
     status, body = router.admin("POST", "/admin/faults/reset")
-    assert status == 200 and body["providers"]["anthropic"]["extra_latency_ms"] == 0  # type: ignore[index]
+    assert status == 200 and body["providers"]["anthropic"]["extra_latency_ms"] == 0
 
 
 def test_sigterm_stops_the_router_cleanly(router: Router) -> None:
@@ -289,3 +290,18 @@ def test_sigterm_stops_the_router_cleanly(router: Router) -> None:
     assert "router stopped" in router.proc.log_tail()
     with pytest.raises(OSError):
         http_get(router.url + "/healthz", timeout=1)
+
+
+def test_load_generator_publishes_at_a_rate_and_the_consumer_keeps_up(router: Router) -> None:
+    consumer = {"stream": "DECIDE", "consumer": "router_decide_consumer"}
+    status, body = router.admin("POST", "/admin/load", {"rate": 200})
+    assert status == 200 and body["load_rate"] == 200
+    router.wait_for("60 published", lambda: router.value("router_demo_load_published_total") >= 60)
+    router.wait_for("60 processed", lambda: router.value("router_jetstream_messages_processed_total", **consumer) >= 60)
+    assert router.admin("POST", "/admin/load", {"rate": 0})[0] == 200
+    published = router.value("router_demo_load_published_total")
+    router.wait_for(
+        "all processed", lambda: router.value("router_jetstream_messages_processed_total", **consumer) == published
+    )
+    assert router.value("router_demo_load_published_total") == published  # the generator stopped
+    assert router.admin("POST", "/admin/load", {"rate": -1})[0] == 400

@@ -181,7 +181,8 @@ def test_router_scripts_and_circuit_breaker_admin(scripts: Scripts) -> None:
     assert half["state"] == "half_open"
 
     def closed_again() -> bool:
-        return json.loads(scripts.ok("circuit_breaker.sh", "status", "tenant_a", "openai"))["state"] == "closed"
+        state: str = json.loads(scripts.ok("circuit_breaker.sh", "status", "tenant_a", "openai"))["state"]
+        return state == "closed"
 
     poll_until(closed_again, 15, "half-open breaker to close on a healthy provider")
     assert json.loads(scripts.ok("circuit_breaker.sh", "force_recovery", "tenant_a", "openai"))["state"] == "closed"
