@@ -677,7 +677,7 @@ def parse_args(argv: list[str] | None) -> RouterConfig:
         p.error(f"cannot read --admin-token-file: {exc}")
     if len(token) < 8:
         p.error(f"admin token in {a.admin_token_file} is shorter than 8 characters")
-    if not 0 < a.load_rate <= MAX_LOAD_RATE and a.load_rate != 0:
+    if not 0 <= a.load_rate <= MAX_LOAD_RATE:
         p.error(f"--load-rate must be between 0 and {MAX_LOAD_RATE}")
     for name in ("traffic_interval", "poll_interval", "request_timeout", "consume_rate"):
         if getattr(a, name) <= 0:
