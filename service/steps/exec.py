@@ -8,7 +8,7 @@ import re
 import signal
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal, NamedTuple
 
 from pydantic import Field, field_validator
 
@@ -134,15 +134,43 @@ async def _kill_group(proc: asyncio.subprocess.Process) -> str:
     return last
 
 
+class _Ended(NamedTuple):
+    rc: int | None
+    killed_with: str | None  # set when the timeout struck
+    output_open: bool  # something the program started still held the output pipe
+
+
+async def _supervise(
+    proc: asyncio.subprocess.Process, reader: BinaryIO, buffer: TailBuffer, time_limit: float
+) -> _Ended:
+    """Collect output while waiting for the program; kill its group on timeout."""
+    loop = asyncio.get_running_loop()
+    collector = _Collector(buffer, loop.create_future())
+    transport, _ = await loop.connect_read_pipe(lambda: collector, reader)
+    try:
+        killed_with = None
+        try:
+            async with asyncio.timeout(time_limit):
+                rc: int | None = await proc.wait()
+        except TimeoutError:
+            killed_with = await _kill_group(proc)
+            rc = proc.returncode
+        try:
+            await asyncio.wait_for(asyncio.shield(collector.closed), DRAIN_GRACE_S)
+        except TimeoutError:
+            return _Ended(rc, killed_with, output_open=True)
+        return _Ended(rc, killed_with, output_open=False)
+    finally:
+        transport.close()
+
+
 async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
     started = time.monotonic()
     program = spec.argv[0]
     env = build_env(spec, ctx, os.environ)
     buffer = TailBuffer(ctx.output_limit)
-    loop = asyncio.get_running_loop()
     read_fd, write_fd = os.pipe()
-    reader = os.fdopen(read_fd, "rb", buffering=0)
-    try:
+    with os.fdopen(read_fd, "rb", buffering=0) as reader:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *spec.argv,
@@ -162,29 +190,11 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
             )
         finally:
             os.close(write_fd)  # only the child holds the write end, so EOF comes when it is done
-        collector = _Collector(buffer, loop.create_future())
-        transport, _ = await loop.connect_read_pipe(lambda: collector, reader)
         try:
-            killed_with: str | None = None
-            rc: int | None
-            try:
-                async with asyncio.timeout(spec.timeout):
-                    rc = await proc.wait()
-            except TimeoutError:
-                killed_with = await _kill_group(proc)
-                rc = proc.returncode
-            except asyncio.CancelledError:
-                _signal_group(proc.pid, signal.SIGKILL)
-                raise
-            try:
-                await asyncio.wait_for(asyncio.shield(collector.closed), DRAIN_GRACE_S)
-                output_open = False
-            except TimeoutError:
-                output_open = True
-        finally:
-            transport.close()
-    finally:
-        reader.close()
+            rc, killed_with, output_open = await _supervise(proc, reader, buffer, spec.timeout)
+        except asyncio.CancelledError:  # the execution was cancelled: nothing it started may outlive it
+            _signal_group(proc.pid, signal.SIGKILL)
+            raise
     data: dict[str, Any] = {"exit_code": rc, "pid": proc.pid, "output_bytes": buffer.total}
     # A daemon started without redirecting its output keeps our pipe open; say so, as its later
     # writes now fail (redirect a daemon's output to a file).
