@@ -125,6 +125,9 @@ async def test_health_sees_jetstream_disabled(real_processes: RealProcesses) -> 
     assert "JetStream is disabled" in out.summary
     plain = await run(Spec(type="nats", action="health", jetstream=False), ctx)
     assert plain.ok, plain.summary
+    info = await run(Spec(type="nats", action="consumer_info", stream=STREAM, consumer=CONSUMER, timeout=3), ctx)
+    assert (info.ok, info.status) == (False, "failed"), info.summary
+    assert "JetStream" in info.summary
 
 
 async def test_publish_core_and_jetstream(nats_server: NatsServer, backlog: Client) -> None:
