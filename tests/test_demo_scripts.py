@@ -141,12 +141,17 @@ def test_nats_status_reports_failed_health_check_without_jetstream(
 
 
 def test_nats_stop_kills_a_server_ignoring_sigterm_and_never_a_stranger(scripts: Scripts) -> None:
-    ignore_term = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    # Ignores SIGTERM, then says so by creating the file named by its first argument.
+    ignore_term = (
+        "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        " pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
+    )
+    stubborn_ready, stranger_ready = scripts.state / "stubborn.ready", scripts.state / "stranger.ready"
     # "nats-server" in its command line makes it look like ours; the stranger's does not.
-    stubborn = subprocess.Popen([sys.executable, "-c", ignore_term, "nats-server"])
-    stranger = subprocess.Popen([sys.executable, "-c", ignore_term])
+    stubborn = subprocess.Popen([sys.executable, "-c", ignore_term, str(stubborn_ready), "nats-server"])
+    stranger = subprocess.Popen([sys.executable, "-c", ignore_term, str(stranger_ready)])
     try:
-        poll_until(lambda: "nats-server" in Path(f"/proc/{stubborn.pid}/cmdline").read_text(), 5, "stub up")
+        poll_until(lambda: stubborn_ready.exists() and stranger_ready.exists(), 10, "stubs ignoring SIGTERM")
         (scripts.state / "nats.pid").write_text(f"{stubborn.pid}\n")
         result = scripts.run("nats_stop.sh", BEAMLINE_STOP_TIMEOUT="1")
         assert result.returncode == 0, result.stderr
