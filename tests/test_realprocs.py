@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 
 import pytest
+import realprocs
 from realprocs import AlertmanagerServer, NatsServer, PrometheusServer, free_port, http_get
 
 
@@ -51,3 +52,17 @@ def test_prometheus_and_alertmanager_start(
     samples = prom.wait_for_samples('up{job="prometheus"} == 1')
     assert samples[0]["metric"]["instance"] == f"127.0.0.1:{prom.port}"
     assert http_get(am.url + "/api/v2/status")[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("binary", "package"),
+    [
+        ("nats-server", "nats-server"),
+        ("promtool", "prometheus"),
+        ("prometheus-alertmanager", "prometheus-alertmanager"),
+    ],
+)
+def test_missing_binary_fails_naming_the_package(monkeypatch: pytest.MonkeyPatch, binary: str, package: str) -> None:
+    monkeypatch.setattr(realprocs.shutil, "which", lambda *a, **k: None)
+    with pytest.raises(pytest.fail.Exception, match=f"{binary} is not installed: apt-get install {package}$"):
+        realprocs.require_binary(binary)
