@@ -2,20 +2,68 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
+import json
 import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service.admission import StormGuard
+from service.checks import explain_payload
 from service.clock import Clock, SystemClock
+from service.dispatcher import Dispatcher, DispatchSettings
+from service.escalation import Escalator
+from service.executor import Endpoints, Executor
 from service.intake import Intake, WebhookAuth, handle
 from service.metrics import Metrics, create_metrics
+from service.rules import RuleSet, load_ruleset
 from service.settings import Secrets, Settings
-from service.store import NotificationReceipt, SQLiteStore
+from service.store import ACTIVE_STATES, NotificationReceipt, SQLiteStore
+from service.templating import TemplateEngine
+from service.yamlload import ConfigErrors
 
 log = logging.getLogger("remediator.app")
+
+
+@dataclass
+class RulesHolder:
+    """The live rules and playbooks, swapped whole on a good reload; a bad one keeps the old set.
+
+    Executions hold their own reference to the rule match and playbook they started with, so a
+    reload never changes a run in flight.
+    """
+
+    settings: Settings
+    metrics: Metrics
+    clock: Clock
+    current: RuleSet | None = None
+    last_errors: list[str] = field(default_factory=list)
+
+    def reload(self) -> bool:
+        s = self.settings
+        try:
+            ruleset = load_ruleset([g for g in s.rules if g], [g for g in s.playbooks if g], s.base_dir)
+        except ConfigErrors as exc:
+            self.last_errors = [str(e) for e in exc.errors]
+            self.metrics.config_last_reload_successful.set(0)
+            log.error("reload refused: the old rules stay", extra={"errors": self.last_errors})
+            return False
+        self.current, self.last_errors = ruleset, []
+        self.metrics.config_last_reload_successful.set(1)
+        self.metrics.config_last_reload_success_timestamp.set(self.clock.now().timestamp())
+        log.info("rules loaded", extra={"rules": len(ruleset.rules), "playbooks": len(ruleset.playbooks)})
+        return True
+
+    def rules(self) -> RuleSet:
+        assert self.current is not None, "rules are loaded before the app serves"
+        return self.current
 
 
 @dataclass(frozen=True)
@@ -27,6 +75,10 @@ class Runtime:
     clock: Clock
     metrics: Metrics
     store: SQLiteStore
+    rules: RulesHolder
+    escalator: Escalator
+    executor: Executor
+    dispatcher: Dispatcher
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -42,6 +94,37 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("store closed")
 
 
+async def _recover_interrupted(runtime: Runtime) -> None:
+    """Runs left active by a crash cannot be trusted to have done what they started: say so."""
+    for execution_id in await runtime.store.executions_in_state(ACTIVE_STATES):
+        reason = "the remediator stopped while this execution was active; steps after the last recorded one did not run"
+        await runtime.store.set_state(execution_id, "interrupted", runtime.clock.now(), reason)
+        await runtime.escalator.escalate(execution_id, f"interrupted: {reason}", "critical")
+        log.warning("execution interrupted by a restart", extra={"execution_id": execution_id})
+
+
+async def _flow_ctx(app: web.Application) -> AsyncIterator[None]:
+    runtime = app[RUNTIME]
+    await _recover_interrupted(runtime)
+    task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await runtime.executor.shutdown()
+
+
+async def _sighup_ctx(app: web.Application) -> AsyncIterator[None]:
+    """SIGHUP reloads rules and playbooks, as it does for Prometheus and Alertmanager."""
+    loop = asyncio.get_running_loop()
+    installed = threading.current_thread() is threading.main_thread()
+    if installed:
+        loop.add_signal_handler(signal.SIGHUP, app[RUNTIME].rules.reload)
+    yield
+    if installed:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
 async def _receive_webhook(request: web.Request) -> web.Response:
     intake = request.app[INTAKE]
     response = await handle(intake, request)
@@ -54,9 +137,17 @@ async def _healthy(request: web.Request) -> web.Response:
 
 
 async def _ready(request: web.Request) -> web.Response:
-    if not request.app[RUNTIME].store.is_open:
-        return web.Response(status=503, text="Remediator is not ready: the store is not open.\n")
+    runtime = request.app[RUNTIME]
+    if not runtime.store.is_open or runtime.rules.current is None:
+        return web.Response(status=503, text="Remediator is not ready: store or rules not loaded.\n")
     return web.Response(text="Remediator is Ready.\n")
+
+
+async def _reload(request: web.Request) -> web.Response:
+    holder = request.app[RUNTIME].rules
+    if holder.reload():
+        return web.json_response({"status": "success"})
+    return web.json_response({"status": "error", "errors": holder.last_errors}, status=400)
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -64,35 +155,137 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def _ignore_receipt(receipt: NotificationReceipt) -> None:
-    """Until the dispatcher reads the store, committed alerts wait there."""
+async def _simulate(request: web.Request) -> web.Response:
+    try:
+        payload = json.loads(await request.read())
+        result = explain_payload(request.app[RUNTIME].rules.rules(), payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return web.json_response({"status": "error", "error": str(exc)}, status=400)
+    return web.json_response(result)
+
+
+def _page_args(request: web.Request) -> tuple[int, int, dict[str, str]]:
+    try:
+        limit = max(1, min(500, int(request.query.get("limit", "50"))))
+        offset = max(0, int(request.query.get("offset", "0")))
+    except ValueError:
+        raise web.HTTPBadRequest(text="limit and offset must be integers") from None
+    filters = {
+        k: v for k, v in request.query.items() if k in ("state", "rule", "alertname", "target", "since", "until")
+    }
+    return limit, offset, filters
+
+
+async def _list_executions(request: web.Request) -> web.Response:
+    limit, offset, filters = _page_args(request)
+    rows = await request.app[RUNTIME].store.list_executions(limit, offset, filters)
+    return web.json_response({"executions": rows, "limit": limit, "offset": offset})
+
+
+async def _get_execution(request: web.Request) -> web.Response:
+    record = await request.app[RUNTIME].store.get_execution(request.match_info["id"])
+    if record is None:
+        return web.json_response({"status": "error", "error": "no such execution"}, status=404)
+    return web.json_response(
+        {"execution": record.execution, "alert": record.occurrence, "steps": record.steps, "timeline": record.events},
+        dumps=lambda obj: json.dumps(obj, default=str),
+    )
+
+
+def _operator(request: web.Request) -> str:
+    """The approver's name, once the operator token checks out; 401/403 otherwise."""
+    token = request.app[RUNTIME].secrets.operator_token
+    if token is None:
+        raise web.HTTPForbidden(text="no operator token is configured: approvals are disabled")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="remediator-operator"'})
+    return request.query.get("by") or request.headers.get("X-Remediator-User") or "operator"
+
+
+async def _decide(request: web.Request, approved: bool) -> web.Response:
+    who = _operator(request)
+    runtime = request.app[RUNTIME]
+    execution_id = request.match_info["id"]
+    if not runtime.executor.approvals.decide(execution_id, approved, who):
+        return web.json_response({"status": "error", "error": "no approval is pending for this execution"}, status=409)
+    return web.json_response({"status": "approved" if approved else "denied", "by": who})
+
+
+async def _approve(request: web.Request) -> web.Response:
+    return await _decide(request, True)
+
+
+async def _deny(request: web.Request) -> web.Response:
+    return await _decide(request, False)
 
 
 def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None) -> web.Application:
-    runtime = Runtime(
-        settings=settings,
-        secrets=secrets,
-        clock=clock or SystemClock(),
-        metrics=create_metrics(),
-        store=SQLiteStore(settings.resolve(settings.store.path)),
+    clock = clock or SystemClock()
+    metrics = create_metrics()
+    store = SQLiteStore(settings.resolve(settings.store.path))
+    holder = RulesHolder(settings, metrics, clock)
+    holder.reload()  # the CLI refuses to serve with invalid rules; here a failure leaves /-/ready at 503
+    escalator = Escalator(store, clock, settings.external_url)
+
+    def finished(rule: str, playbook: str, outcome: str, seconds: float) -> None:
+        metrics.executions.labels(rule, playbook, outcome).inc()
+        metrics.execution_duration_seconds.labels(rule, outcome).observe(seconds)
+
+    executor = Executor(
+        store,
+        clock,
+        Endpoints(
+            settings.prometheus_url,
+            settings.alertmanager_url,
+            settings.nats_url,
+            settings.nats_monitor_url,
+            settings.limits.output_limit_bytes,
+        ),
+        TemplateEngine(),
+        escalator.escalate,
+        settings.limits.max_concurrent_executions,
+        finished,
     )
+    dispatcher = Dispatcher(
+        store,
+        holder.rules,
+        executor,
+        clock,
+        DispatchSettings(
+            StormGuard(settings.limits.storm_max_admissions, settings.limits.storm_window_seconds), settings.dry_run
+        ),
+        lambda rule, decision, reason: metrics.admission_decisions.labels(rule, decision, reason).inc(),
+        escalator.escalate,
+    )
+    runtime = Runtime(settings, secrets, clock, metrics, store, holder, escalator, executor, dispatcher)
     app = web.Application(client_max_size=settings.limits.max_body_bytes)
     app[RUNTIME] = runtime
+
+    def committed(receipt: NotificationReceipt) -> None:
+        dispatcher.wake()
+
     app[INTAKE] = Intake(
-        store=runtime.store,
+        store=store,
         auth=WebhookAuth(
             bearer_token=secrets.webhook_bearer_token,
             basic_username=settings.webhook_auth.basic_username,
             basic_password=secrets.webhook_basic_password,
         ),
-        metrics=runtime.metrics,
-        clock=runtime.clock,
+        metrics=metrics,
+        clock=clock,
         max_body_bytes=settings.limits.max_body_bytes,
-        on_committed=_ignore_receipt,
+        on_committed=committed,
     )
-    app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.extend([_store_ctx, _flow_ctx, _sighup_ctx])
     app.router.add_post("/hooks/alertmanager", _receive_webhook)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
+    app.router.add_post("/-/reload", _reload)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_post("/api/v1/simulate", _simulate)
+    app.router.add_get("/api/v1/executions", _list_executions)
+    app.router.add_get("/api/v1/executions/{id}", _get_execution)
+    app.router.add_post("/api/v1/executions/{id}/approve", _approve)
+    app.router.add_post("/api/v1/executions/{id}/deny", _deny)
     return app

@@ -17,6 +17,9 @@ class Metrics:
     store_commit_seconds: Histogram
     config_last_reload_successful: Gauge
     config_last_reload_success_timestamp: Gauge
+    admission_decisions: Counter
+    executions: Counter
+    execution_duration_seconds: Histogram
 
 
 def create_metrics() -> Metrics:
@@ -49,6 +52,25 @@ def create_metrics() -> Metrics:
         config_last_reload_success_timestamp=Gauge(
             "remediator_config_last_reload_success_timestamp_seconds",
             "Timestamp of the last successful configuration reload.",
+            registry=registry,
+        ),
+        admission_decisions=Counter(
+            "remediator_admission_decisions",
+            "Admission decisions for (rule, alert) pairs, by decision and reason.",
+            ["rule", "decision", "reason"],
+            registry=registry,
+        ),
+        executions=Counter(
+            "remediator_executions",
+            "Executions finished, by outcome.",
+            ["rule", "playbook", "outcome"],
+            registry=registry,
+        ),
+        execution_duration_seconds=Histogram(
+            "remediator_execution_duration_seconds",
+            "Time from an execution's start to its outcome.",
+            ["rule", "outcome"],
+            buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
             registry=registry,
         ),
     )

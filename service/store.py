@@ -17,7 +17,7 @@ import asyncio
 import concurrent.futures
 import json
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,6 +71,60 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX alert_events_undispatched ON alert_events(id) WHERE dispatched_at IS NULL",
         "CREATE INDEX alert_events_occurrence ON alert_events(occurrence_id)",
+    ),
+    (
+        # One row per (rule, alert occurrence) decision that created a run or refused one.
+        """CREATE TABLE executions (
+            id TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            rule_version TEXT NOT NULL,
+            playbook TEXT NOT NULL,
+            playbook_version TEXT NOT NULL,
+            target TEXT NOT NULL,
+            occurrence_id INTEGER REFERENCES occurrences(id),
+            fingerprint TEXT NOT NULL,
+            alertname TEXT NOT NULL,
+            mode TEXT NOT NULL,
+            params TEXT NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            started_at TEXT,
+            finished_at TEXT
+        )""",
+        "CREATE INDEX executions_rule_target ON executions(rule, target, created_at)",
+        "CREATE INDEX executions_occurrence ON executions(occurrence_id, rule)",
+        "CREATE INDEX executions_state ON executions(state)",
+        "CREATE INDEX executions_created ON executions(created_at)",
+        # Each attempt of each step, in order; output is already bounded by the step.
+        """CREATE TABLE execution_steps (
+            id INTEGER PRIMARY KEY,
+            execution_id TEXT NOT NULL REFERENCES executions(id) ON DELETE CASCADE,
+            phase TEXT NOT NULL,
+            name TEXT NOT NULL,
+            type TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            started_at TEXT NOT NULL,
+            duration_s REAL NOT NULL,
+            ok INTEGER NOT NULL,
+            status TEXT NOT NULL,
+            summary TEXT NOT NULL,
+            output TEXT NOT NULL,
+            exit_code INTEGER,
+            data TEXT NOT NULL
+        )""",
+        "CREATE INDEX execution_steps_execution ON execution_steps(execution_id, id)",
+        # The timeline: state transitions, decisions, repeats, verification polls, escalations.
+        """CREATE TABLE execution_events (
+            id INTEGER PRIMARY KEY,
+            execution_id TEXT NOT NULL REFERENCES executions(id) ON DELETE CASCADE,
+            at TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            message TEXT NOT NULL,
+            data TEXT NOT NULL
+        )""",
+        "CREATE INDEX execution_events_execution ON execution_events(execution_id, id)",
     ),
 )
 
@@ -420,3 +474,269 @@ class SQLiteStore:
             )
 
         await self.write(update)
+
+    # --- executions ------------------------------------------------------------------------------
+
+    async def create_execution(self, execution: NewExecution, at: datetime) -> None:
+        when = timestamp(at)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO executions (id, created_at, updated_at, rule, rule_version, playbook, playbook_version,"
+                " target, occurrence_id, fingerprint, alertname, mode, params, state, reason)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    execution.id, when, when, execution.rule, execution.rule_version, execution.playbook,
+                    execution.playbook_version, execution.target, execution.occurrence_id, execution.fingerprint,
+                    execution.alertname, execution.mode, json.dumps(execution.params), execution.state,
+                    execution.reason,
+                ),
+            )
+            _insert_event(conn, execution.id, when, "state", f"{execution.state}: {execution.reason}".rstrip(": "))
+
+        await self.write(insert)
+
+    async def set_state(self, execution_id: str, state: str, at: datetime, reason: str = "") -> None:
+        """Persist a state transition (and its reason) before the work it announces starts."""
+        when = timestamp(at)
+
+        def update(conn: sqlite3.Connection) -> None:
+            started = when if state == "running" else None
+            finished = when if state in TERMINAL_STATES else None
+            conn.execute(
+                "UPDATE executions SET state = ?, reason = CASE WHEN ? = '' THEN reason ELSE ? END,"
+                " updated_at = ?, started_at = COALESCE(started_at, ?), finished_at = COALESCE(?, finished_at)"
+                " WHERE id = ?",
+                (state, reason, reason, when, started, finished, execution_id),
+            )
+            _insert_event(conn, execution_id, when, "state", f"{state}: {reason}" if reason else state)
+
+        await self.write(update)
+
+    async def add_event(
+        self, execution_id: str, at: datetime, kind: str, message: str, data: Mapping[str, Any] | None = None
+    ) -> None:
+        when = timestamp(at)
+        await self.write(lambda conn: _insert_event(conn, execution_id, when, kind, message, data))
+
+    async def record_step(self, execution_id: str, step: StepRecord) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO execution_steps (execution_id, phase, name, type, attempt, started_at, duration_s, ok,"
+                " status, summary, output, exit_code, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    execution_id, step.phase, step.name, step.type, step.attempt, timestamp(step.started_at),
+                    step.duration_s, int(step.ok), step.status, step.summary, step.output, step.exit_code,
+                    json.dumps(step.data, default=str),
+                ),
+            )
+
+        await self.write(insert)
+
+    async def occurrence_status(self, occurrence_id: int) -> str:
+        def select(conn: sqlite3.Connection) -> str:
+            return str(conn.execute("SELECT status FROM occurrences WHERE id = ?", (occurrence_id,)).fetchone()[0])
+
+        return await self.read(select)
+
+    async def active_for_occurrence(self, occurrence_id: int) -> list[tuple[str, str, str]]:
+        """(id, state, playbook) of the runs still active for an occurrence."""
+        return await self.read(
+            lambda conn: [
+                (row[0], row[1], row[2])
+                for row in conn.execute(
+                    f"SELECT id, state, playbook FROM executions WHERE occurrence_id = ? AND state IN ({_ACTIVE_SQL})",
+                    (occurrence_id,),
+                )
+            ]
+        )
+
+    async def execution_for_occurrence(self, rule: str, occurrence_id: int) -> tuple[str, str] | None:
+        """(id, state) of the run a rule already made for this alert occurrence, if any."""
+
+        def select(conn: sqlite3.Connection) -> tuple[str, str] | None:
+            row = conn.execute(
+                "SELECT id, state FROM executions WHERE occurrence_id = ? AND rule = ? AND state != 'refused'"
+                " ORDER BY created_at DESC LIMIT 1",
+                (occurrence_id, rule),
+            ).fetchone()
+            return None if row is None else (row[0], row[1])
+
+        return await self.read(select)
+
+    async def target_history(self, rule: str, target: str, since: datetime) -> TargetHistory:
+        """What admission needs for (rule, target): runs in the window, the last start, runs active now."""
+        window_start = timestamp(since)
+
+        def select(conn: sqlite3.Connection) -> TargetHistory:
+            runs, last = conn.execute(
+                "SELECT count(*), max(created_at) FROM executions WHERE rule = ? AND target = ?"
+                " AND created_at >= ? AND state != 'refused' AND mode = 'enforce'",
+                (rule, target, window_start),
+            ).fetchone()
+            active = conn.execute(
+                f"SELECT count(*) FROM executions WHERE rule = ? AND target = ? AND state IN ({_ACTIVE_SQL})",
+                (rule, target),
+            ).fetchone()[0]
+            return TargetHistory(runs, _parse_time(last), active)
+
+        return await self.read(select)
+
+    async def admissions_since(self, since: datetime) -> int:
+        """Runs admitted (not refused) across all rules since `since`: the storm guard's measure."""
+        window_start = timestamp(since)
+        return await self.read(
+            lambda conn: int(
+                conn.execute(
+                    "SELECT count(*) FROM executions WHERE created_at >= ? AND state != 'refused' AND mode = 'enforce'",
+                    (window_start,),
+                ).fetchone()[0]
+            )
+        )
+
+    async def executions_in_state(self, states: Sequence[str]) -> list[str]:
+        marks = ", ".join("?" for _ in states)
+        return await self.read(
+            lambda conn: [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT id FROM executions WHERE state IN ({marks}) ORDER BY created_at", tuple(states)
+                )
+            ]
+        )
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        def select(conn: sqlite3.Connection) -> ExecutionRecord | None:
+            row = conn.execute("SELECT * FROM executions WHERE id = ?", (execution_id,)).fetchone()
+            if row is None:
+                return None
+            steps = conn.execute(
+                "SELECT * FROM execution_steps WHERE execution_id = ? ORDER BY id", (execution_id,)
+            ).fetchall()
+            events = conn.execute(
+                "SELECT * FROM execution_events WHERE execution_id = ? ORDER BY id", (execution_id,)
+            ).fetchall()
+            occurrence = None
+            if row["occurrence_id"] is not None:
+                occurrence = conn.execute(
+                    "SELECT * FROM occurrences WHERE id = ?", (row["occurrence_id"],)
+                ).fetchone()
+            return ExecutionRecord(
+                execution=_execution_row(row),
+                steps=[{**dict(s), "ok": bool(s["ok"]), "data": json.loads(s["data"])} for s in steps],
+                events=[{**dict(e), "data": json.loads(e["data"])} for e in events],
+                occurrence=None
+                if occurrence is None
+                else {
+                    **dict(occurrence),
+                    "labels": json.loads(occurrence["labels"]),
+                    "annotations": json.loads(occurrence["annotations"]),
+                },
+            )
+
+        return await self.read(select)
+
+    async def list_executions(
+        self, limit: int = 50, offset: int = 0, filters: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Newest first. Filters: state, rule, alertname, target (exact), since/until (created_at)."""
+        clauses: list[str] = []
+        values: list[Any] = []
+        for key, value in (filters or {}).items():
+            if key in ("state", "rule", "alertname", "target", "playbook"):
+                clauses.append(f"{key} = ?")
+                values.append(value)
+            elif key == "since":
+                clauses.append("created_at >= ?")
+                values.append(value)
+            elif key == "until":
+                clauses.append("created_at < ?")
+                values.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+
+        def select(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                f"SELECT * FROM executions {where} ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+                (*values, limit, offset),
+            ).fetchall()
+            return [_execution_row(row) for row in rows]
+
+        return await self.read(select)
+
+    async def outcome_counts(self) -> list[dict[str, Any]]:
+        """Per rule: executions by state (the index page's figures)."""
+
+        def select(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT rule, state, count(*) AS n FROM executions GROUP BY rule, state ORDER BY rule, state"
+            ).fetchall()
+            return [dict(row) for row in rows]
+
+        return await self.read(select)
+
+
+TERMINAL_STATES = frozenset({"succeeded", "failed", "escalated", "refused", "cancelled", "interrupted"})
+ACTIVE_STATES = ("queued", "running", "verifying", "awaiting_approval")
+_ACTIVE_SQL = ", ".join(f"'{state}'" for state in ACTIVE_STATES)
+
+
+@dataclass(frozen=True)
+class NewExecution:
+    id: str
+    rule: str
+    rule_version: str
+    playbook: str
+    playbook_version: str
+    target: str
+    occurrence_id: int | None
+    fingerprint: str
+    alertname: str
+    mode: str  # enforce | shadow | dry_run
+    params: Mapping[str, Any]
+    state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    phase: str  # steps | verify | on_failure
+    name: str
+    type: str
+    attempt: int
+    started_at: datetime
+    duration_s: float
+    ok: bool
+    status: str
+    summary: str
+    output: str
+    exit_code: int | None
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class TargetHistory:
+    runs_in_window: int
+    last_run_at: datetime | None
+    active: int
+
+
+@dataclass(frozen=True)
+class ExecutionRecord:
+    execution: dict[str, Any]
+    steps: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    occurrence: dict[str, Any] | None
+
+
+def _execution_row(row: sqlite3.Row) -> dict[str, Any]:
+    return {**dict(row), "params": json.loads(row["params"])}
+
+
+def _insert_event(
+    conn: sqlite3.Connection, execution_id: str, when: str, kind: str, message: str,
+    data: Mapping[str, Any] | None = None,
+) -> None:
+    conn.execute(
+        "INSERT INTO execution_events (execution_id, at, kind, message, data) VALUES (?, ?, ?, ?, ?)",
+        (execution_id, when, kind, message, json.dumps(data or {}, default=str)),
+    )

@@ -34,6 +34,8 @@ async def make_client(tmp_path: Path) -> AsyncIterator[ClientFactory]:
         config = Settings.model_validate(
             {
                 "store": {"path": str(tmp_path / f"store{len(clients)}.db")},
+                "rules": [],
+                "playbooks": [],
                 "webhook_auth": {"basic_username": basic_username},
                 **settings,
             }

@@ -57,7 +57,7 @@ def _near_valid() -> st.SearchStrategy[Any]:
 class _Harness:
     def __init__(self, tmp: Path) -> None:
         self.loop = asyncio.new_event_loop()
-        config = Settings.model_validate({"store": {"path": str(tmp / "prop.db")}})
+        config = Settings.model_validate({"store": {"path": str(tmp / "prop.db")}, "rules": [], "playbooks": []})
 
         async def start() -> TestClient[Any, Any]:
             client: TestClient[Any, Any] = TestClient(TestServer(create_app(config, Secrets(None, None, None))))

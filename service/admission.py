@@ -1,0 +1,88 @@
+"""Admission: for each (rule, alert occurrence) decide run, repeat or refuse, and say why.
+
+Alertmanager re-sends every firing alert on each group change and repeat_interval, retries on 5xx,
+and two replicas deliver the same alert twice: one occurrence must make one run. Beyond dedup, the
+rule's limits (cooldown, runs per window, concurrency per target) and a global storm guard keep
+automation from making an incident worse. Every decision carries a reason; refusals are recorded as
+executions in state `refused`, so they appear in reports and metrics like any run.
+
+All state comes from the store (so limits hold across restarts) and time from the injected clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from service.rules import RuleMatch
+from service.store import SQLiteStore
+
+Decision = Literal["run", "queue", "repeat", "refuse", "shadow"]
+
+
+@dataclass(frozen=True)
+class StormGuard:
+    max_admissions: int
+    window_seconds: float
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Decision
+    reason: str  # a short machine-friendly key: cooldown, budget_spent, busy, storm, ...
+    detail: str  # one readable sentence for the report
+    existing_execution: str | None = None
+
+
+async def decide(
+    store: SQLiteStore,
+    match: RuleMatch,
+    occurrence_id: int,
+    now: datetime,
+    storm: StormGuard,
+    dry_run: bool,
+) -> Verdict:
+    rule = match.rule.rule
+    limits = rule.limits
+    existing = await store.execution_for_occurrence(rule.name, occurrence_id)
+    if existing is not None:
+        execution_id, _state = existing
+        return Verdict("repeat", "duplicate", f"occurrence already handled by execution {execution_id}", execution_id)
+    if dry_run or rule.mode == "shadow":
+        why = "dry_run is on" if dry_run else "the rule is in shadow mode"
+        return Verdict("shadow", "shadow", f"{why}: recorded what would run, ran nothing")
+    admitted = await store.admissions_since(now - timedelta(seconds=storm.window_seconds))
+    if admitted >= storm.max_admissions:
+        return Verdict(
+            "refuse",
+            "storm",
+            f"storm guard: {admitted} runs admitted in the last {storm.window_seconds:g}s "
+            f"(limit {storm.max_admissions})",
+        )
+    history = await store.target_history(rule.name, match.target, now - timedelta(seconds=limits.window))
+    if history.last_run_at is not None:
+        since_last = (now - history.last_run_at).total_seconds()
+        if since_last < limits.cooldown:
+            return Verdict(
+                "refuse",
+                "cooldown",
+                f"cooldown: last run for {match.target} {since_last:.0f}s ago, cooldown is {limits.cooldown:g}s",
+            )
+    if history.runs_in_window >= limits.max_runs:
+        return Verdict(
+            "refuse",
+            "budget_spent",
+            f"budget spent: {history.runs_in_window} runs for {match.target} in the last {limits.window:g}s "
+            f"(max_runs {limits.max_runs}); a person must look",
+        )
+    if history.active:
+        if limits.concurrency == "single":
+            return Verdict("refuse", "busy", f"a run for {match.target} is already active (concurrency: single)")
+        if limits.concurrency == "parallel" and history.active >= limits.max_parallel:
+            return Verdict("refuse", "busy", f"{history.active} runs active for {match.target} (max_parallel)")
+        if limits.concurrency == "queued":
+            if history.active > limits.max_queue:
+                return Verdict("refuse", "queue_full", f"queue for {match.target} is full (max_queue)")
+            return Verdict("queue", "queued", f"queued behind {history.active} active run(s) for {match.target}")
+    return Verdict("run", "admitted", "admitted")

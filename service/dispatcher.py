@@ -1,0 +1,181 @@
+"""The dispatcher: committed alerts -> rule matches -> admission -> executor.
+
+It reads the store's durable queue of alert events (so an alert acknowledged just before a crash
+is dispatched after the restart), is woken by the intake after each commit, and never runs on the
+request path: the webhook answer does not wait for any of this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from service import admission
+from service.clock import Clock
+from service.executor import Executor, RunRequest
+from service.rules import Alert, NotificationContext, RuleMatch, RuleSet
+from service.store import AlertEvent, NewExecution, SQLiteStore
+
+log = logging.getLogger("remediator.dispatcher")
+
+_BATCH = 200
+_IDLE_POLL_S = 5.0  # a missed wake-up costs at most this long
+
+
+def new_execution_id(clock: Clock) -> str:
+    """Sortable by creation time, unique without coordination: ms timestamp + 48 random bits."""
+    return f"ex-{int(clock.now().timestamp() * 1000):012x}-{secrets.token_hex(6)}"
+
+
+@dataclass(frozen=True)
+class DispatchSettings:
+    storm: admission.StormGuard
+    dry_run: bool
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: SQLiteStore,
+        rules: Callable[[], RuleSet],
+        executor: Executor,
+        clock: Clock,
+        settings: DispatchSettings,
+        on_decision: Callable[[str, str, str], None],
+        escalate: Callable[[str, str, str], Awaitable[None]],
+    ) -> None:
+        self._store = store
+        self._rules = rules
+        self._executor = executor
+        self._clock = clock
+        self._settings = settings
+        self._on_decision = on_decision
+        self._escalate = escalate
+        self._wake = asyncio.Event()
+
+    def wake(self, *_: object) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            self._wake.clear()
+            await self.dispatch_pending()
+            try:
+                await asyncio.wait_for(self._wake.wait(), _IDLE_POLL_S)
+            except TimeoutError:
+                pass
+
+    async def dispatch_pending(self) -> int:
+        """Dispatch every undispatched alert event, oldest first; returns how many."""
+        total = 0
+        while events := await self._store.undispatched_alert_events(_BATCH):
+            for event in events:
+                try:
+                    await self._dispatch(event)
+                except Exception:
+                    log.exception("dispatch failed", extra={"fingerprint": event.occurrence.fingerprint})
+                await self._store.mark_dispatched([event.id], self._clock.now())
+            total += len(events)
+        return total
+
+    async def _dispatch(self, event: AlertEvent) -> None:
+        occurrence = event.occurrence
+        alert = Alert(
+            labels=occurrence.labels,
+            annotations=occurrence.annotations,
+            status="resolved" if event.status == "resolved" else "firing",
+            fingerprint=occurrence.fingerprint,
+            starts_at=occurrence.starts_at,
+            generator_url=occurrence.generator_url,
+        )
+        if event.status == "resolved" and event.previous_status == "firing":
+            await self._resolved(occurrence.id)
+        ruleset = self._rules()
+        context = NotificationContext(external_url=event.external_url, common_labels=event.common_labels)
+        for match in ruleset.match(alert, context):
+            await self._decide(match, event)
+
+    async def _resolved(self, occurrence_id: int) -> None:
+        """The alert resolved: cancel its queued runs, and running ones whose playbook says so."""
+        for execution_id, state, on_resolved in await self._store.active_for_occurrence(occurrence_id):
+            if state == "queued" or on_resolved == "cancel":
+                if self._executor.cancel(execution_id):
+                    await self._store.add_event(
+                        execution_id, self._clock.now(), "resolved", "alert resolved: cancelled"
+                    )
+
+    async def _decide(self, match: RuleMatch, event: AlertEvent) -> None:
+        occurrence = event.occurrence
+        rule = match.rule.rule
+        now = self._clock.now()
+        if not match.ok:
+            verdict = admission.Verdict("refuse", "bad_params", match.error or "render failed")
+        else:
+            verdict = await admission.decide(
+                self._store, match, occurrence.id, now, self._settings.storm, self._settings.dry_run
+            )
+        self._on_decision(rule.name, verdict.decision, verdict.reason)
+        fields = {
+            "rule": rule.name,
+            "fingerprint": occurrence.fingerprint,
+            "decision": verdict.decision,
+            "reason": verdict.reason,
+            "target": match.target,
+        }
+        if verdict.decision == "repeat":
+            assert verdict.existing_execution is not None
+            await self._store.add_event(
+                verdict.existing_execution,
+                now,
+                "repeat",
+                f"alert delivered again ({occurrence.receive_count} deliveries)",
+            )
+            log.info("repeat", extra=fields)
+            return
+        state = {"run": "queued", "queue": "queued", "refuse": "refused", "shadow": "skipped"}[verdict.decision]
+        execution_id = new_execution_id(self._clock)
+        await self._store.create_execution(
+            NewExecution(
+                id=execution_id,
+                rule=rule.name,
+                rule_version=match.rule_version,
+                playbook=match.playbook,
+                playbook_version=match.playbook_version,
+                target=match.target,
+                occurrence_id=occurrence.id,
+                fingerprint=occurrence.fingerprint,
+                alertname=occurrence.alertname,
+                mode="dry_run" if self._settings.dry_run else rule.mode,
+                params=dict(match.params),
+                state=state,
+                reason=verdict.detail,
+            ),
+            now,
+        )
+        log.info("admission", extra={**fields, "execution_id": execution_id})
+        if verdict.decision == "refuse":
+            if rule.escalate_on_refusal:
+                await self._escalate(execution_id, f"refused: {verdict.detail}", rule.severity)
+            return
+        if verdict.decision == "shadow":
+            return
+        playbook = self._rules().playbooks[match.playbook]
+        self._executor.start(
+            RunRequest(
+                execution_id=execution_id,
+                rule=rule.name,
+                playbook=playbook,
+                params=match.params,
+                target=match.target,
+                occurrence_id=occurrence.id,
+                fingerprint=occurrence.fingerprint,
+                labels=occurrence.labels,
+                annotations=occurrence.annotations,
+                generator_url=occurrence.generator_url,
+                severity=rule.severity,
+            ),
+            queued=verdict.decision == "queue",
+        )

@@ -1,0 +1,442 @@
+"""The executor: runs a playbook's steps in order, then its verification, persisting each transition.
+
+Every state change is written to the store before the work it announces, and every step attempt is
+recorded with its bounded output, so a report can always say exactly how far a run got, and a crash
+leaves an execution that start-up recovery finds `running` and marks `interrupted`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.clock import Clock
+from service.logs import bind
+from service.playbooks import (
+    AlertExprCheck,
+    AlertResolvedCheck,
+    ApprovalStep,
+    EscalateStep,
+    LoadedPlaybook,
+    RollingStep,
+    Verify,
+    WaitStep,
+    rolling_items,
+)
+from service.steps import StepContext, StepOutcome, StepSpecBase
+from service.steps.promql import Spec as PromqlSpec
+from service.steps.promql import expr_from_generator_url
+from service.steps.registry import STEP_TYPES
+from service.store import SQLiteStore, StepRecord
+from service.templating import TemplateEngine, TemplateError
+
+log = logging.getLogger("remediator.executor")
+
+# Keys of a step that are not templates (see playbooks._NOT_TEMPLATED); nested step lists and the
+# rolling check are rendered per item, when they run.
+_NOT_RENDERED = frozenset({"type", "name", "var", "when", "steps", "check"})
+
+Escalate = Callable[[str, str, str], Awaitable[None]]  # (execution_id, reason, severity)
+
+
+class StepFailed(Exception):
+    def __init__(self, name: str, outcome: StepOutcome) -> None:
+        super().__init__(f'step "{name}" {outcome.status}: {outcome.summary}')
+        self.outcome = outcome
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    prometheus_url: str
+    alertmanager_url: str
+    nats_url: str
+    nats_monitor_url: str
+    output_limit: int
+
+
+@dataclass
+class RunRequest:
+    """Everything one run needs; built by the dispatcher from the rule match and the alert."""
+
+    execution_id: str
+    rule: str
+    playbook: LoadedPlaybook
+    params: Mapping[str, Any]
+    target: str
+    occurrence_id: int
+    fingerprint: str
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    generator_url: str
+    severity: str
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Approvals:
+    """Pending approval decisions, by execution id (the API resolves them)."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, asyncio.Future[tuple[bool, str]]] = {}
+
+    def wait_for(self, execution_id: str) -> asyncio.Future[tuple[bool, str]]:
+        future = asyncio.get_running_loop().create_future()
+        self._pending[execution_id] = future
+        return future
+
+    def decide(self, execution_id: str, approved: bool, who: str) -> bool:
+        future = self._pending.pop(execution_id, None)
+        if future is None or future.done():
+            return False
+        future.set_result((approved, who))
+        return True
+
+    def pending(self, execution_id: str) -> bool:
+        return execution_id in self._pending
+
+    def forget(self, execution_id: str) -> None:
+        self._pending.pop(execution_id, None)
+
+
+class Executor:
+    def __init__(
+        self,
+        store: SQLiteStore,
+        clock: Clock,
+        endpoints: Endpoints,
+        engine: TemplateEngine,
+        escalate: Escalate,
+        max_concurrent: int,
+        on_finished: Callable[[str, str, str, float], None],
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._endpoints = endpoints
+        self._engine = engine
+        self._escalate = escalate
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._target_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._on_finished = on_finished
+        self.approvals = Approvals()
+
+    def start(self, request: RunRequest, queued: bool = False) -> asyncio.Task[None]:
+        task = asyncio.create_task(self._run(request, queued), name=f"execution {request.execution_id}")
+        self._tasks[request.execution_id] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(request.execution_id, None))
+        return task
+
+    def cancel(self, execution_id: str) -> bool:
+        task = self._tasks.get(execution_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
+    async def shutdown(self) -> None:
+        """Cancel running executions; start-up recovery will find them `running` -> `interrupted`."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, request: RunRequest, queued: bool) -> None:
+        lock = self._target_locks.setdefault((request.rule, request.target), asyncio.Lock())
+        logger = bind(
+            log,
+            {
+                "execution_id": request.execution_id,
+                "rule": request.rule,
+                "playbook": request.playbook.name,
+                "fingerprint": request.fingerprint,
+            },
+        )
+        started = self._clock.monotonic()
+        outcome = "failed"
+        try:
+            # queued mode waits for the target's active run; the global cap bounds everything
+            gate: contextlib.AbstractAsyncContextManager[Any] = lock if queued else contextlib.nullcontext()
+            async with gate, self._slots:
+                outcome = await self._run_admitted(request, logger)
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            await self._store.set_state(request.execution_id, "cancelled", self._clock.now(), "cancelled")
+            raise
+        finally:
+            self.approvals.forget(request.execution_id)
+            self._on_finished(request.rule, request.playbook.name, outcome, self._clock.monotonic() - started)
+
+    async def _run_admitted(self, request: RunRequest, logger: logging.LoggerAdapter[logging.Logger]) -> str:
+        store, now = self._store, self._clock.now
+        playbook = request.playbook.playbook
+        await store.set_state(request.execution_id, "running", now())
+        logger.info("execution started")
+        failure: str | None = None
+        try:
+            async with asyncio.timeout(playbook.timeout):
+                try:
+                    for index, step in enumerate(playbook.steps):
+                        await self._step(request, "steps", index, step, self._context(request))
+                    if playbook.verify is not None:
+                        await store.set_state(request.execution_id, "verifying", now())
+                        failure = await self._verify(request, "verify", playbook.verify, self._context(request))
+                except StepFailed as exc:
+                    failure = str(exc)
+        except TimeoutError:
+            failure = f"playbook timeout of {playbook.timeout:g}s reached"
+        if failure is None:
+            await store.set_state(request.execution_id, "succeeded", now(), "verified" if playbook.verify else "")
+            logger.info("execution succeeded")
+            return "succeeded"
+        await store.set_state(request.execution_id, "failed", now(), failure)
+        logger.warning("execution failed", extra={"reason": failure})
+        for index, step in enumerate(playbook.on_failure.steps):
+            try:
+                await self._step(request, "on_failure", index, step, self._context(request))
+            except StepFailed as exc:
+                await store.add_event(request.execution_id, now(), "cleanup", f"cleanup step failed: {exc}")
+        if playbook.on_failure.escalate:
+            await self._escalate(request.execution_id, failure, request.severity)
+            await store.set_state(request.execution_id, "escalated", now(), failure)
+            return "escalated"
+        return "failed"
+
+    def _context(self, request: RunRequest, **extra: Any) -> dict[str, Any]:
+        return {
+            "params": dict(request.params),
+            "labels": dict(request.labels),
+            "annotations": dict(request.annotations),
+            "steps": request.steps,
+            "execution": {
+                "id": request.execution_id,
+                "rule": request.rule,
+                "playbook": request.playbook.name,
+                "target": request.target,
+                "fingerprint": request.fingerprint,
+            },
+            **extra,
+        }
+
+    def _render(self, step: StepSpecBase, context: Mapping[str, Any]) -> StepSpecBase:
+        def render(value: Any) -> Any:
+            if isinstance(value, str):
+                return self._engine.render(value, context)
+            if isinstance(value, list):
+                return [render(v) for v in value]
+            if isinstance(value, dict):
+                return {k: render(v) for k, v in value.items()}
+            return value
+
+        raw = step.model_dump(by_alias=True)
+        rendered = {k: (v if k in _NOT_RENDERED else render(v)) for k, v in raw.items()}
+        return type(step).model_validate(rendered)
+
+    def _step_context(self, request: RunRequest) -> StepContext:
+        e = self._endpoints
+        return StepContext(
+            execution_id=request.execution_id,
+            labels=request.labels,
+            annotations=request.annotations,
+            prometheus_url=e.prometheus_url,
+            alertmanager_url=e.alertmanager_url,
+            nats_url=e.nats_url,
+            nats_monitor_url=e.nats_monitor_url,
+            output_limit=e.output_limit,
+        )
+
+    async def _step(
+        self, request: RunRequest, phase: str, index: int, step: StepSpecBase, context: Mapping[str, Any]
+    ) -> StepOutcome:
+        """Run one step with its `when`, retries and `allow_failure`; raise StepFailed if it fails."""
+        step_type = str(getattr(step, "type", "step"))
+        name = step.name or f"{phase}-{index + 1}-{step_type}"
+        if step.when is not None:
+            try:
+                wanted = self._engine.evaluate_condition(step.when, context)
+            except TemplateError as exc:
+                raise StepFailed(name, _error_outcome(f"when: {exc}")) from None
+            if not wanted:
+                await self._store.add_event(request.execution_id, self._clock.now(), "skip", f"{name}: when is false")
+                return StepOutcome(ok=True, status="skipped", summary="when is false")
+        delay = step.backoff
+        outcome = _error_outcome("not run")
+        for attempt in range(1, step.retries + 2):
+            started_at, started = self._clock.now(), time.monotonic()
+            try:
+                rendered = self._render(step, context)
+                outcome = await self._dispatch(request, phase, name, rendered, context)
+            except TemplateError as exc:
+                outcome = _error_outcome(f"template: {exc}")
+            except Exception as exc:  # a bug in a step must fail the step, not the service
+                log.exception("step crashed", extra={"execution_id": request.execution_id, "step": name})
+                outcome = _error_outcome(f"{type(exc).__name__}: {exc}")
+            duration = outcome.duration_s or time.monotonic() - started
+            await self._store.record_step(
+                request.execution_id,
+                StepRecord(
+                    phase,
+                    name,
+                    step_type,
+                    attempt,
+                    started_at,
+                    duration,
+                    outcome.ok,
+                    outcome.status,
+                    outcome.summary,
+                    outcome.output,
+                    outcome.exit_code,
+                    dict(outcome.data),
+                ),
+            )
+            if outcome.ok or attempt > step.retries:
+                break
+            await asyncio.sleep(delay)
+            delay *= 2
+        request.steps[name] = {
+            "ok": outcome.ok,
+            "status": outcome.status,
+            "summary": outcome.summary,
+            "output": outcome.output,
+            "exit_code": outcome.exit_code,
+            "data": dict(outcome.data),
+        }
+        if not outcome.ok and not step.allow_failure:
+            raise StepFailed(name, outcome)
+        return outcome
+
+    async def _dispatch(
+        self, request: RunRequest, phase: str, name: str, step: StepSpecBase, context: Mapping[str, Any]
+    ) -> StepOutcome:
+        if isinstance(step, WaitStep):
+            await asyncio.sleep(step.seconds)
+            return StepOutcome(ok=True, status="ok", summary=f"waited {step.seconds:g}s", duration_s=step.seconds)
+        if isinstance(step, EscalateStep):
+            await self._escalate(request.execution_id, step.reason, step.severity)
+            return StepOutcome(ok=True, status="ok", summary=f"escalated: {step.reason}")
+        if isinstance(step, ApprovalStep):
+            return await self._approval(request, step)
+        if isinstance(step, RollingStep):
+            return await self._rolling(request, phase, name, step, context)
+        if isinstance(step, AlertResolvedCheck):
+            status = await self._store.occurrence_status(request.occurrence_id)
+            return StepOutcome(
+                ok=status == "resolved",
+                status="ok" if status == "resolved" else "failed",
+                summary=f"alert is {status}",
+                data={"alert_status": status},
+            )
+        if isinstance(step, AlertExprCheck):
+            expr = step.expr or expr_from_generator_url(request.generator_url)
+            spec = PromqlSpec(
+                type="promql", query=expr, expect_empty=True, timeout=step.timeout, prometheus_url=step.prometheus_url
+            )
+            return await STEP_TYPES["promql"].run(spec, self._step_context(request))
+        step_type = STEP_TYPES.get(str(getattr(step, "type", "")))
+        if step_type is None:
+            return _error_outcome(f"unknown step type {getattr(step, 'type', '?')!r}")
+        async with asyncio.timeout(step.timeout + 5):  # the step enforces its own; this is the backstop
+            return await step_type.run(step, self._step_context(request))
+
+    async def _approval(self, request: RunRequest, step: ApprovalStep) -> StepOutcome:
+        decision = self.approvals.wait_for(request.execution_id)
+        await self._store.set_state(request.execution_id, "awaiting_approval", self._clock.now(), step.prompt)
+        await self._escalate(request.execution_id, f"approval needed: {step.prompt}", "warning")
+        try:
+            approved, who = await asyncio.wait_for(decision, step.timeout)
+        except TimeoutError:
+            approved, who = False, f"timeout after {step.timeout:g}s"
+        finally:
+            self.approvals.forget(request.execution_id)
+        verdict = "approved" if approved else "denied"
+        await self._store.add_event(
+            request.execution_id,
+            self._clock.now(),
+            "approval",
+            f"{verdict} by {who}",
+            {"approved": approved, "by": who},
+        )
+        await self._store.set_state(request.execution_id, "running", self._clock.now(), f"{verdict} by {who}")
+        return StepOutcome(
+            ok=approved,
+            status="ok" if approved else "failed",
+            summary=f"{verdict} by {who}",
+            data={"approved": approved, "by": who},
+        )
+
+    async def _rolling(
+        self, request: RunRequest, phase: str, name: str, step: RollingStep, context: Mapping[str, Any]
+    ) -> StepOutcome:
+        items = rolling_items(step, self._engine, context)
+        done: list[str] = []
+        for item in items:
+            item_context = {**context, step.var: item}
+            try:
+                for index, sub in enumerate(step.steps):
+                    await self._step(request, f"{phase}/{name}[{item}]", index, sub, item_context)
+                if step.check is not None:
+                    failure = await self._verify(request, f"{phase}/{name}[{item}]/check", step.check, item_context)
+                    if failure is not None:
+                        return StepOutcome(
+                            ok=False, status="failed", summary=f"{item}: {failure}", data={"done": done, "failed": item}
+                        )
+            except StepFailed as exc:
+                return StepOutcome(
+                    ok=False, status="failed", summary=f"{item}: {exc}", data={"done": done, "failed": item}
+                )
+            done.append(item)
+            if step.pause:
+                await asyncio.sleep(step.pause)
+        return StepOutcome(ok=True, status="ok", summary=f"{len(done)} of {len(items)} done", data={"done": done})
+
+    async def _verify(self, request: RunRequest, phase: str, verify: Verify, context: Mapping[str, Any]) -> str | None:
+        """Poll every check each interval until all hold (None) or `within` passes (the reason)."""
+        deadline = time.monotonic() + verify.within
+        polls = 0
+        while True:
+            polls += 1
+            results: list[dict[str, Any]] = []
+            for index, check in enumerate(verify.checks):
+                name = check.name or f"{phase}-{index + 1}-{check.type}"
+                started = time.monotonic()
+                try:
+                    outcome = await self._dispatch(request, phase, name, self._render(check, context), context)
+                except TemplateError as exc:
+                    outcome = _error_outcome(f"template: {exc}")
+                results.append(
+                    {
+                        "check": name,
+                        "ok": outcome.ok,
+                        "summary": outcome.summary,
+                        "data": dict(outcome.data),
+                        "duration_s": round(time.monotonic() - started, 4),
+                    }
+                )
+            held = all(r["ok"] for r in results)
+            await self._store.add_event(
+                request.execution_id,
+                self._clock.now(),
+                "verify",
+                f"{phase} poll {polls}: "
+                + (
+                    "all checks hold"
+                    if held
+                    else "; ".join(f"{r['check']}: {r['summary']}" for r in results if not r["ok"])
+                ),
+                {"poll": polls, "phase": phase, "held": held, "checks": results},
+            )
+            if held:
+                return None
+            if time.monotonic() + verify.interval > deadline:
+                failing = "; ".join(f"{r['check']}: {r['summary']}" for r in results if not r["ok"])
+                return f"verification did not hold within {verify.within:g}s ({polls} polls): {failing}"
+            await asyncio.sleep(verify.interval)
+
+
+def _error_outcome(summary: str) -> StepOutcome:
+    return StepOutcome(ok=False, status="error", summary=summary)
+
+
