@@ -170,8 +170,11 @@ async def test_timeout_term_is_enough_for_a_polite_program() -> None:
 STUBBORN = """
 import os, signal, subprocess, sys, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-ignore = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"]
-kids = [subprocess.Popen(ignore), subprocess.Popen(["sleep", "60"])]
+ignore = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+          " print('ignoring', flush=True); time.sleep(60)")
+stubborn = subprocess.Popen([sys.executable, "-c", ignore], stdout=subprocess.PIPE)
+assert stubborn.stdout.readline() == b"ignoring\\n"  # its handler is in place before any SIGTERM
+kids = [stubborn, subprocess.Popen(["sleep", "60"])]
 with open(sys.argv[1] + ".tmp", "w") as f:
     f.write(" ".join(str(p) for p in [os.getpid(), *(k.pid for k in kids)]) + "\\n")
 os.rename(sys.argv[1] + ".tmp", sys.argv[1])
