@@ -177,5 +177,6 @@ class Dispatcher:
                 generator_url=occurrence.generator_url,
                 severity=rule.severity,
             ),
-            queued=verdict.decision == "queue",
+            # in queued mode every run of the target takes its turn, the first one included
+            queued=rule.limits.concurrency == "queued",
         )
