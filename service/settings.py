@@ -12,8 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from service.yamlload import (
+    ConfigError,
+    ConfigErrors,
+    YamlDocument,
+    YamlPath,
+    format_path,
+    load_yaml_file,
+    validation_errors,
+)
 
 ENV_PREFIX = "REMEDIATOR_"
 
@@ -66,6 +75,8 @@ class Settings(_Section):
     nats_url: str = "nats://127.0.0.1:4222"
     nats_monitor_url: str = "http://127.0.0.1:8222"
     base_dir: Path = Field(default=Path("."), description="relative paths resolve against this")
+    # Where the values came from, so a problem found later (an unreadable secret file) names its line.
+    _source: YamlDocument | None = PrivateAttr(default=None)
 
     @field_validator("external_url", "prometheus_url", "alertmanager_url", "nats_monitor_url")
     @classmethod
@@ -94,12 +105,14 @@ class SettingsError(Exception):
     """Settings that cannot be used; the message names the file and the field."""
 
 
-def _env_overrides(env: Mapping[str, str], model: type[BaseModel]) -> dict[str, Any]:
+def _env_overrides(env: Mapping[str, str], model: type[BaseModel]) -> tuple[dict[str, Any], dict[YamlPath, str]]:
     """REMEDIATOR_LISTEN_PORT=1 -> {listen_port: "1"}; REMEDIATOR_STORE__PATH -> {store: {path}}.
 
     Lists take comma-separated values. Secret values (…_TOKEN, …_PASSWORD) are not settings.
+    Also returns which variable set each path, so an error in an override names the variable.
     """
     overrides: dict[str, Any] = {}
+    sources: dict[YamlPath, str] = {}
     for key, value in env.items():
         if not key.startswith(ENV_PREFIX) or key in _SECRET_ENV.values():
             continue
@@ -112,10 +125,11 @@ def _env_overrides(env: Mapping[str, str], model: type[BaseModel]) -> dict[str, 
             annotation = fields.model_fields[part].annotation
             if index == len(parts) - 1:
                 target[part] = value.split(",") if annotation == list[str] else value
+                sources[tuple(parts)] = key
             else:
                 fields = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
                 target = target.setdefault(part, {})
-    return overrides
+    return overrides, sources
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,44 +149,72 @@ _SECRET_ENV = {
 }
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc)
+def _env_variable(loc: tuple[int | str, ...], sources: Mapping[YamlPath, str]) -> str | None:
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in sources:
+            return sources[loc[:end]]
+    return None
+
+
+def _read_document(path: Path | None) -> YamlDocument:
+    if path is None:
+        return YamlDocument("(defaults)", {}, {})
+    try:
+        doc = load_yaml_file(path)
+    except ConfigErrors as exc:
+        raise SettingsError(str(exc)) from None
+    if doc.data is None:
+        return YamlDocument(doc.file, {}, doc.lines)
+    if not isinstance(doc.data, dict):
+        raise SettingsError(str(doc.error((), "the top level must be a mapping of settings")))
+    return doc
 
 
 def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``path`` (None: defaults) and ``REMEDIATOR_*`` overrides.
+
+    Raises SettingsError with one ``file:line: field: message`` line per problem (an override's
+    problem names its environment variable instead of a line).
+    """
     env = os.environ if env is None else env
-    raw: dict[str, Any] = {}
-    where = "(defaults)"
+    doc = _read_document(path)
+    raw: dict[str, Any] = dict(doc.data)
     if path is not None:
-        where = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise SettingsError(f"{path}: cannot read: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise SettingsError(f"{path}: invalid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise SettingsError(f"{path}: the top level must be a mapping of settings")
-        raw = loaded or {}
         raw.setdefault("base_dir", str(path.parent.resolve()))
-    raw = _merge(raw, _env_overrides(env, Settings))
+    overrides, sources = _env_overrides(env, Settings)
+    raw = _merge(raw, overrides)
     try:
-        return Settings.model_validate(raw)
+        settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{_field_path(tuple(e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False))
-        raise SettingsError(f"{where}: {problems}") from exc
+        problems: list[ConfigError] = []
+        # validation_errors keeps pydantic's order, so each located error pairs with its raw error.
+        for err, located in zip(exc.errors(include_url=False), validation_errors(exc, doc), strict=True):
+            loc = tuple(err["loc"])
+            variable = _env_variable(loc, sources)
+            if variable is None:
+                problems.append(located)
+            else:
+                problems.append(ConfigError(f"environment {variable}", None, format_path(loc), located.message))
+        raise SettingsError("\n".join(str(p) for p in problems)) from None
+    settings._source = doc
+    return settings
 
 
-def _read_secret_file(settings: Settings, path: Path | None, field: str) -> str | None:
+def _secret_error(settings: Settings, path: YamlPath, message: str) -> SettingsError:
+    doc = settings._source
+    return SettingsError(str(doc.error(path, message) if doc is not None else f"{format_path(path)}: {message}"))
+
+
+def _read_secret_file(settings: Settings, path: Path | None, field: YamlPath) -> str | None:
     if path is None:
         return None
     full = settings.resolve(path)
     try:
         value = full.read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise SettingsError(f"{field}: cannot read secret file {full}: {exc.strerror}") from exc
+        raise _secret_error(settings, field, f"cannot read secret file {full}: {exc.strerror}") from None
     if not value:
-        raise SettingsError(f"{field}: secret file {full} is empty")
+        raise _secret_error(settings, field, f"secret file {full} is empty")
     return value
 
 
@@ -181,12 +223,14 @@ def load_secrets(settings: Settings, env: Mapping[str, str] | None = None) -> Se
     auth = settings.webhook_auth
     secrets = Secrets(
         webhook_bearer_token=env.get(_SECRET_ENV["webhook_bearer_token"])
-        or _read_secret_file(settings, auth.bearer_token_file, "webhook_auth.bearer_token_file"),
+        or _read_secret_file(settings, auth.bearer_token_file, ("webhook_auth", "bearer_token_file")),
         webhook_basic_password=env.get(_SECRET_ENV["webhook_basic_password"])
-        or _read_secret_file(settings, auth.basic_password_file, "webhook_auth.basic_password_file"),
+        or _read_secret_file(settings, auth.basic_password_file, ("webhook_auth", "basic_password_file")),
         operator_token=env.get(_SECRET_ENV["operator_token"])
-        or _read_secret_file(settings, settings.operator.token_file, "operator.token_file"),
+        or _read_secret_file(settings, settings.operator.token_file, ("operator", "token_file")),
     )
     if (secrets.webhook_basic_password is None) != (auth.basic_username is None):
-        raise SettingsError("webhook_auth: basic auth needs both basic_username and a password (file or env)")
+        raise _secret_error(
+            settings, ("webhook_auth",), "basic auth needs both basic_username and a password (file or env)"
+        )
     return secrets
