@@ -7,6 +7,8 @@ automation from making an incident worse. Every decision carries a reason; refus
 executions in state `refused`, so they appear in reports and metrics like any run.
 
 All state comes from the store (so limits hold across restarts) and time from the injected clock.
+A window of W seconds counts the runs created in (now - W, now]: a run leaves it exactly W after it
+started, and a cooldown of C allows the next run exactly C after the last one.
 """
 
 from __future__ import annotations

@@ -571,7 +571,7 @@ class SQLiteStore:
         def select(conn: sqlite3.Connection) -> TargetHistory:
             runs, last = conn.execute(
                 "SELECT count(*), max(created_at) FROM executions WHERE rule = ? AND target = ?"
-                " AND created_at >= ? AND state != 'refused' AND mode = 'enforce'",
+                " AND created_at > ? AND state != 'refused' AND mode = 'enforce'",
                 (rule, target, window_start),
             ).fetchone()
             active = conn.execute(
@@ -588,7 +588,7 @@ class SQLiteStore:
         return await self.read(
             lambda conn: int(
                 conn.execute(
-                    "SELECT count(*) FROM executions WHERE created_at >= ? AND state != 'refused' AND mode = 'enforce'",
+                    "SELECT count(*) FROM executions WHERE created_at > ? AND state != 'refused' AND mode = 'enforce'",
                     (window_start,),
                 ).fetchone()[0]
             )
