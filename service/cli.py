@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from service import __version__, logs
 from service.app import create_app
+from service.checks import (
+    CoverageReport,
+    check_config,
+    coverage,
+    explain_payload,
+    format_explanation,
+    load_alerting_rules,
+)
+from service.report import render_markdown, report_json
+from service.rules import RuleSet
+from service.ruletest import run_rule_tests
 from service.settings import SettingsError, load_secrets, load_settings
-from service.store import StoreError
+from service.store import ExecutionRecord, SQLiteStore, StoreError
 
 log = logging.getLogger("remediator")
 
@@ -24,6 +38,11 @@ def _serve(args: argparse.Namespace) -> int:
         secrets = load_secrets(settings)
     except SettingsError as exc:
         print(f"remediator: {exc}", file=sys.stderr)
+        return 1
+    # Refuse to start rather than serve with no rules: /-/ready would stay 503 and alerts pile up unseen.
+    _, errors = check_config(_globs(settings.rules), _globs(settings.playbooks), settings.base_dir)
+    if errors:
+        _errors([f"remediator: refusing to serve: {len(errors)} error(s) in rules/playbooks", *errors])
         return 1
     logs.configure(settings.log_level)
     app = create_app(settings, secrets)
@@ -48,14 +67,125 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _globs(patterns: Sequence[str]) -> list[str]:
+    # An env override such as REMEDIATOR_RULES="" yields [""]: no glob, not "the base directory".
+    return [p for p in patterns if p]
+
+
+def _errors(lines: Iterable[object]) -> None:
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def _load_rules(config: Path | None) -> RuleSet | None:
+    """The rules and playbooks the settings name; every error printed and None when invalid."""
+    try:
+        settings = load_settings(config)
+    except SettingsError as exc:
+        _errors([exc])
+        return None
+    ruleset, errors = check_config(_globs(settings.rules), _globs(settings.playbooks), settings.base_dir)
+    if ruleset is None:
+        _errors(errors)
+        return None
+    return ruleset
+
+
 def _check(args: argparse.Namespace) -> int:
+    problems: list[object] = []
     try:
         settings = load_settings(args.config)
+    except SettingsError as exc:
+        _errors([exc])
+        return 1  # without settings there is no telling where the rules are
+    try:
         load_secrets(settings)
     except SettingsError as exc:
-        print(f"remediator: {exc}", file=sys.stderr)
+        problems.append(exc)
+    ruleset, errors = check_config(_globs(settings.rules), _globs(settings.playbooks), settings.base_dir)
+    problems += errors
+    notes: list[str] = []
+    if args.alert_rules:
+        # Command-line paths are the user's, relative to where they run the command.
+        alerts, alert_errors = load_alerting_rules(args.alert_rules, Path("."))
+        problems += alert_errors
+        if ruleset is not None:
+            report = coverage(ruleset, alerts)
+            problems += CoverageReport(report.uncovered, report.unused, ()).lines()
+            # Rules on series labels only cannot be judged offline: worth saying, not a failure.
+            notes = CoverageReport((), (), report.unchecked).lines()
+    _errors(problems)
+    for note in notes:
+        print(f"note: {note}")
+    if problems:
+        print(f"{len(problems)} problem{'' if len(problems) == 1 else 's'} found")
         return 1
-    print(f"{args.config or '(defaults)'}: ok")
+    assert ruleset is not None
+    print(f"ok: {len(ruleset.rules)} rules, {len(ruleset.playbooks)} playbooks")
+    return 0
+
+
+def _test(args: argparse.Namespace) -> int:
+    ruleset = _load_rules(args.config)
+    if ruleset is None:
+        return 1
+    passed, report = run_rule_tests(args.files, ruleset)
+    print(report, end="")
+    return 0 if passed else 1
+
+
+def _read_json(path: str) -> Any:
+    source = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    return json.loads(source)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    ruleset = _load_rules(args.config)
+    if ruleset is None:
+        return 1
+    try:
+        result = explain_payload(ruleset, _read_json(args.alerts))
+    except OSError as exc:
+        _errors([f"{args.alerts}: cannot read: {exc.strerror}"])
+        return 1
+    except ValueError as exc:  # bad JSON (JSONDecodeError) or a payload parse_alerts refuses
+        _errors([f"{args.alerts}: {exc}"])
+        return 1
+    print(json.dumps(result, indent=2) if args.json else format_explanation(result), end="\n" if args.json else "")
+    return 0
+
+
+async def _read_record(path: Path, execution_id: str) -> ExecutionRecord | None:
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        return await store.get_execution(execution_id)
+    finally:
+        await store.close()
+
+
+def _report(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        _errors([exc])
+        return 1
+    path = settings.resolve(settings.store.path)
+    if not path.is_file():  # opening would create an empty store, which helps nobody
+        _errors([f"remediator: no store at {path} (is --config the service's?)"])
+        return 1
+    try:
+        record = asyncio.run(_read_record(path, args.id))
+    except StoreError as exc:
+        _errors([f"remediator: {exc}"])
+        return 1
+    if record is None:
+        _errors([f"remediator: no execution {args.id!r} in {path}"])
+        return 1
+    if args.format == "md":
+        print(render_markdown(record, f"{settings.external_url}/executions/{args.id}"), end="")
+    else:
+        print(json.dumps(report_json(record), indent=2, default=str))
     return 0
 
 
@@ -68,9 +198,35 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, default=None, help="remediator.yaml (defaults apply without one)")
     serve.set_defaults(run=_serve)
 
-    check = commands.add_parser("check", help="validate config, rules and playbooks")
+    check = commands.add_parser("check", help="validate config, secrets, rules and playbooks")
     check.add_argument("--config", type=Path, default=None)
+    check.add_argument(
+        "--alert-rules",
+        nargs="+",
+        metavar="FILE",
+        default=[],
+        help="Prometheus rule files (globs): report alerts no rule covers and rules that match no alert",
+    )
     check.set_defaults(run=_check)
+
+    test = commands.add_parser("test", help="run rule unit tests")
+    test.add_argument("--config", type=Path, default=None, help="names the rules and playbooks to test")
+    test.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    test.set_defaults(run=_test)
+
+    explain = commands.add_parser("explain", help="which rules match these alerts and why; runs nothing")
+    explain.add_argument("--config", type=Path, default=None)
+    explain.add_argument("--json", action="store_true", help="machine-readable output")
+    explain.add_argument(
+        "alerts", metavar="ALERTS.json", help="a webhook body, a list of alerts or one alert; - for stdin"
+    )
+    explain.set_defaults(run=_explain)
+
+    report = commands.add_parser("report", help="the report of one execution, from the store")
+    report.add_argument("--config", type=Path, default=None, help="names the store")
+    report.add_argument("--format", choices=("json", "md"), default="json")
+    report.add_argument("id", metavar="ID")
+    report.set_defaults(run=_report)
     return parser
 
 

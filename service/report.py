@@ -1,0 +1,166 @@
+"""The execution report: one model (the stored record) rendered as JSON or Markdown.
+
+The Markdown is what a paged engineer reads: the outcome first, then what fired, what ran (each
+step with its output's tail), what verification measured, and the timeline. Every format is built
+from :class:`service.store.ExecutionRecord` so they cannot disagree.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from service.store import ExecutionRecord
+
+# The tail is what the page needs (the error is nearly always at the end); the JSON has it all.
+OUTPUT_TAIL_LINES = 30
+OUTPUT_TAIL_CHARS = 4000
+_BACKTICKS = re.compile(r"`+")
+
+
+def report_json(record: ExecutionRecord) -> dict[str, Any]:
+    """The JSON report (``GET /api/v1/executions/{id}`` and ``remediator report --format json``)."""
+    return {
+        "execution": record.execution,
+        "alert": record.occurrence,
+        "steps": record.steps,
+        "timeline": record.events,
+    }
+
+
+def render_markdown(record: ExecutionRecord, report_url: str) -> str:
+    """A readable Markdown report of one execution."""
+    execution = record.execution
+    lines = [
+        f"# {execution['alertname']} on {execution['target']}: {execution['state']}",
+        "",
+        f"**Outcome:** {_outcome(execution)}  ",
+        f"**Report:** {report_url}",
+        "",
+    ]
+    lines += _what_fired(record)
+    lines += _steps(record.steps)
+    lines += _verification(record.events)
+    lines += _timeline(record.events)
+    lines += [
+        "## Outcome",
+        "",
+        f"- State: `{execution['state']}`",
+        f"- Reason: {_inline(execution['reason']) or '(none recorded)'}",
+        f"- Started: {execution['started_at'] or 'never'}; finished: {execution['finished_at'] or 'not yet'}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _outcome(execution: Mapping[str, Any]) -> str:
+    reason = _inline(execution["reason"])
+    return f"`{execution['state']}`" + (f": {reason}" if reason else "")
+
+
+def _what_fired(record: ExecutionRecord) -> list[str]:
+    execution, occurrence = record.execution, record.occurrence
+    lines = ["## What fired", ""]
+    if occurrence is not None:
+        started = f"started {occurrence['starts_at']}, received {occurrence['receive_count']} time(s)"
+        lines.append(f"- Alert `{occurrence['alertname']}` ({occurrence['status']}), {started}")
+        summary = occurrence["annotations"].get("summary") or occurrence["annotations"].get("description")
+        if summary:
+            lines.append(f"- Summary: {_inline(summary)}")
+        if occurrence["generator_url"]:
+            lines.append(f"- Source: {occurrence['generator_url']}")
+    else:
+        lines.append(f"- Alert `{execution['alertname']}` (its stored occurrence is gone)")
+    lines += [
+        f"- Fingerprint: `{execution['fingerprint']}`",
+        f"- Rule: `{execution['rule']}` (version `{execution['rule_version']}`)",
+        f"- Playbook: `{execution['playbook']}` (version `{execution['playbook_version']}`)",
+        f"- Mode: `{execution['mode']}`",
+        f"- Target: `{execution['target']}`",
+        "",
+    ]
+    if occurrence is not None:
+        lines += _table("Labels", ("label", "value"), sorted(occurrence["labels"].items()))
+        lines += _table("Annotations", ("annotation", "value"), sorted(occurrence["annotations"].items()))
+    lines += _table("Params", ("param", "value"), sorted(execution["params"].items()))
+    return lines
+
+
+def _steps(steps: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Steps", ""]
+    if not steps:
+        return [*lines, "No step ran.", ""]
+    for number, step in enumerate(steps, start=1):
+        attempt = f", attempt {step['attempt']}" if step["attempt"] > 1 else ""
+        exit_code = f", exit code {step['exit_code']}" if step["exit_code"] is not None else ""
+        lines += [
+            f"### {number}. {step['phase']}/{step['name']} (`{step['type']}`): {step['status']}",
+            "",
+            f"{step['duration_s']:.3f}s{attempt}{exit_code}, started {step['started_at']}",
+            "",
+        ]
+        if step["summary"]:
+            lines += [_inline(step["summary"]), ""]
+        if step["output"]:
+            lines += [*_fenced(_tail(step["output"])), ""]
+    return lines
+
+
+def _verification(events: list[dict[str, Any]]) -> list[str]:
+    polls = [e for e in events if e["kind"] == "verify"]
+    lines = ["## Verification", ""]
+    if not polls:
+        return [*lines, "No verification poll ran.", ""]
+    rows = []
+    for event in polls:
+        data = event["data"]
+        checks = "; ".join(
+            f"{c['check']}: {'ok' if c['ok'] else 'FAILED'} ({c['summary']})" for c in data.get("checks", [])
+        )
+        held = "yes" if data.get("held") else "no"
+        rows.append((event["at"], str(data.get("phase", "")), str(data.get("poll", "")), held, checks))
+    return lines + _rows(("at", "phase", "poll", "held", "checks"), rows) + [""]
+
+
+def _timeline(events: list[dict[str, Any]]) -> list[str]:
+    lines = ["## Timeline", ""]
+    if not events:
+        return [*lines, "Nothing recorded.", ""]
+    return lines + _rows(("at", "kind", "message"), ((e["at"], e["kind"], e["message"]) for e in events)) + [""]
+
+
+def _table(title: str, header: tuple[str, str], items: list[tuple[str, Any]]) -> list[str]:
+    if not items:
+        return []
+    return [f"### {title}", "", *_rows(header, ((k, str(v)) for k, v in items)), ""]
+
+
+def _rows(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    return out
+
+
+def _cell(value: str) -> str:
+    # A pipe or a newline would end the cell or the row early.
+    return _inline(value).replace("|", "\\|")
+
+
+def _inline(value: str) -> str:
+    return " ".join(value.split())
+
+
+def _tail(output: str) -> str:
+    lines = output.rstrip("\n").splitlines()
+    tail = "\n".join(lines[-OUTPUT_TAIL_LINES:])[-OUTPUT_TAIL_CHARS:]
+    if len(tail) < len(output.rstrip("\n")):
+        return f"[... last {len(tail.splitlines())} lines ...]\n{tail}"
+    return tail
+
+
+def _fenced(text: str) -> list[str]:
+    # The fence must be longer than any run of backticks in the output, or the output could close it.
+    longest = max((len(run) for run in _BACKTICKS.findall(text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [f"{fence}text", text, fence]
