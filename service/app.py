@@ -25,7 +25,7 @@ from service.intake import Intake, WebhookAuth, handle
 from service.metrics import Metrics, create_metrics
 from service.rules import RuleSet, load_ruleset
 from service.settings import Secrets, Settings
-from service.store import ACTIVE_STATES, NotificationReceipt, SQLiteStore
+from service.store import NotificationReceipt, SQLiteStore
 from service.templating import TemplateEngine
 from service.yamlload import ConfigErrors
 
@@ -94,18 +94,9 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("store closed")
 
 
-async def _recover_interrupted(runtime: Runtime) -> None:
-    """Runs left active by a crash cannot be trusted to have done what they started: say so."""
-    for execution_id in await runtime.store.executions_in_state(ACTIVE_STATES):
-        reason = "the remediator stopped while this execution was active; steps after the last recorded one did not run"
-        await runtime.store.set_state(execution_id, "interrupted", runtime.clock.now(), reason)
-        await runtime.escalator.escalate(execution_id, f"interrupted: {reason}", "critical")
-        log.warning("execution interrupted by a restart", extra={"execution_id": execution_id})
-
-
 async def _flow_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
-    await _recover_interrupted(runtime)
+    await runtime.dispatcher.recover()
     task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
     yield
     task.cancel()

@@ -17,7 +17,7 @@ from service import admission
 from service.clock import Clock
 from service.executor import Executor, RunRequest
 from service.rules import Alert, NotificationContext, RuleMatch, RuleSet
-from service.store import AlertEvent, NewExecution, SQLiteStore
+from service.store import ACTIVE_STATES, AlertEvent, ExecutionRecord, NewExecution, SQLiteStore
 
 log = logging.getLogger("remediator.dispatcher")
 
@@ -55,6 +55,51 @@ class Dispatcher:
         self._on_decision = on_decision
         self._escalate = escalate
         self._wake = asyncio.Event()
+
+    async def recover(self) -> None:
+        """Runs left active by a crash: resume those whose playbook declares its steps idempotent
+        (and has not changed since), mark the others `interrupted` and escalate them."""
+        for execution_id in await self._store.executions_in_state(ACTIVE_STATES):
+            record = await self._store.get_execution(execution_id)
+            assert record is not None
+            request = self._resumable(record)
+            now = self._clock.now()
+            if request is not None:
+                await self._store.add_event(execution_id, now, "resume", "resumed after a restart (idempotent)")
+                await self._store.set_state(execution_id, "queued", now, "resumed after a restart")
+                self._executor.start(request, queued=False)
+                log.warning("execution resumed after a restart", extra={"execution_id": execution_id})
+                continue
+            reason = (
+                "the remediator stopped while this execution was active; "
+                "steps after the last recorded one did not run"
+            )
+            await self._store.set_state(execution_id, "interrupted", now, reason)
+            await self._escalate(execution_id, f"interrupted: {reason}", "critical")
+            log.warning("execution interrupted by a restart", extra={"execution_id": execution_id})
+
+    def _resumable(self, record: ExecutionRecord) -> RunRequest | None:
+        execution, occurrence = record.execution, record.occurrence
+        playbook = self._rules().playbooks.get(execution["playbook"])
+        rule = self._rules().get(execution["rule"])
+        if playbook is None or rule is None or occurrence is None:
+            return None
+        # resume only what the playbook promised is safe to repeat, and only the version that started
+        if not playbook.playbook.idempotent or playbook.version != execution["playbook_version"]:
+            return None
+        return RunRequest(
+            execution_id=execution["id"],
+            rule=execution["rule"],
+            playbook=playbook,
+            params=execution["params"],
+            target=execution["target"],
+            occurrence_id=occurrence["id"],
+            fingerprint=execution["fingerprint"],
+            labels=occurrence["labels"],
+            annotations=occurrence["annotations"],
+            generator_url=occurrence["generator_url"],
+            severity=rule.rule.severity,
+        )
 
     def wake(self, *_: object) -> None:
         self._wake.set()
