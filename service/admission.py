@@ -51,6 +51,14 @@ async def decide(
     if existing is not None:
         execution_id, _state = existing
         return Verdict("repeat", "duplicate", f"occurrence already handled by execution {execution_id}", execution_id)
+    for pause in await store.active_pauses(now):
+        if pause["rule"] in ("*", rule.name) and pause["target"] in ("*", match.target):
+            return Verdict(
+                "refuse",
+                "paused",
+                f"automation paused for rule {pause['rule']}, target {pause['target']} by {pause['created_by']}: "
+                f"{pause['reason']}",
+            )
     if dry_run or rule.mode == "shadow":
         why = "dry_run is on" if dry_run else "the rule is in shadow mode"
         return Verdict("shadow", "shadow", f"{why}: recorded what would run, ran nothing")

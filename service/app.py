@@ -11,9 +11,12 @@ import signal
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TypeVar
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.admission import StormGuard
 from service.checks import explain_payload
@@ -30,6 +33,8 @@ from service.templating import TemplateEngine
 from service.yamlload import ConfigErrors
 
 log = logging.getLogger("remediator.app")
+
+ApiModel = TypeVar("ApiModel", bound=BaseModel)
 
 
 @dataclass
@@ -203,6 +208,70 @@ async def _decide(request: web.Request, approved: bool) -> web.Response:
     return web.json_response({"status": "approved" if approved else "denied", "by": who})
 
 
+class PauseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rule: str = Field(default="*", min_length=1)
+    target: str = Field(default="*", min_length=1)
+    reason: str = Field(min_length=1, max_length=1000)
+    duration_seconds: float | None = Field(default=None, gt=0, le=30 * 86400)
+
+
+class ResetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rule: str = Field(min_length=1)
+    target: str = Field(min_length=1)
+
+
+async def _json_body(request: web.Request, model: type[ApiModel]) -> ApiModel:
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(body)'}: {e['msg']}" for e in exc.errors())
+        raise web.HTTPBadRequest(
+            text=json.dumps({"status": "error", "error": problems}), content_type="application/json"
+        ) from None
+
+
+async def _list_pauses(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    return web.json_response({"pauses": await runtime.store.active_pauses(runtime.clock.now())})
+
+
+async def _add_pause(request: web.Request) -> web.Response:
+    who = _operator(request)
+    body = await _json_body(request, PauseRequest)
+    runtime = request.app[RUNTIME]
+    now = runtime.clock.now()
+    until = None if body.duration_seconds is None else now + timedelta(seconds=body.duration_seconds)
+    pause_id = await runtime.store.add_pause(body.rule, body.target, body.reason, who, now, until)
+    log.warning("automation paused", extra={"rule": body.rule, "target": body.target, "by": who})
+    return web.json_response({"status": "paused", "id": pause_id}, status=201)
+
+
+async def _clear_pause(request: web.Request) -> web.Response:
+    who = _operator(request)
+    runtime = request.app[RUNTIME]
+    try:
+        pause_id = int(request.match_info["id"])
+    except ValueError:
+        raise web.HTTPNotFound() from None
+    if not await runtime.store.clear_pause(pause_id, runtime.clock.now()):
+        return web.json_response({"status": "error", "error": "no such active pause"}, status=404)
+    log.warning("automation resumed", extra={"pause": pause_id, "by": who})
+    return web.json_response({"status": "resumed", "id": pause_id})
+
+
+async def _reset_limits(request: web.Request) -> web.Response:
+    who = _operator(request)
+    body = await _json_body(request, ResetRequest)
+    runtime = request.app[RUNTIME]
+    await runtime.store.reset_limits(body.rule, body.target, who, runtime.clock.now())
+    log.warning("limits reset", extra={"rule": body.rule, "target": body.target, "by": who})
+    return web.json_response({"status": "reset", "rule": body.rule, "target": body.target, "by": who})
+
+
 async def _approve(request: web.Request) -> web.Response:
     return await _decide(request, True)
 
@@ -279,4 +348,8 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
     app.router.add_get("/api/v1/executions/{id}", _get_execution)
     app.router.add_post("/api/v1/executions/{id}/approve", _approve)
     app.router.add_post("/api/v1/executions/{id}/deny", _deny)
+    app.router.add_get("/api/v1/pauses", _list_pauses)
+    app.router.add_post("/api/v1/pauses", _add_pause)
+    app.router.add_delete("/api/v1/pauses/{id}", _clear_pause)
+    app.router.add_post("/api/v1/limits/reset", _reset_limits)
     return app

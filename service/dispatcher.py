@@ -12,6 +12,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from service import admission
 from service.clock import Clock
@@ -152,6 +153,18 @@ class Dispatcher:
                         execution_id, self._clock.now(), "resolved", "alert resolved: cancelled"
                     )
 
+    async def _first_of_its_kind(self, match: RuleMatch, verdict: admission.Verdict, now: datetime) -> bool:
+        """Escalate a tripped budget once per window for its target, and a storm once per storm:
+        the person needs to know it happened, not once per alert that hit it."""
+        limits = match.rule.rule.limits
+        if verdict.reason == "budget_spent":
+            since = now - timedelta(seconds=limits.window)
+            return await self._store.refusals_since(match.rule.name, match.target, "budget_spent", since) <= 1
+        if verdict.reason == "storm":
+            since = now - timedelta(seconds=self._settings.storm.window_seconds)
+            return await self._store.refusals_since(None, None, "storm", since) <= 1
+        return True
+
     async def _decide(self, match: RuleMatch, event: AlertEvent) -> None:
         occurrence = event.occurrence
         rule = match.rule.rule
@@ -197,12 +210,13 @@ class Dispatcher:
                 params=dict(match.params),
                 state=state,
                 reason=verdict.detail,
+                refusal=verdict.reason if verdict.decision == "refuse" else None,
             ),
             now,
         )
         log.info("admission", extra={**fields, "execution_id": execution_id})
         if verdict.decision == "refuse":
-            if rule.escalate_on_refusal:
+            if rule.escalate_on_refusal and await self._first_of_its_kind(match, verdict, now):
                 await self._escalate(execution_id, f"refused: {verdict.detail}", rule.severity)
             return
         if verdict.decision == "shadow":

@@ -126,6 +126,31 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX execution_events_execution ON execution_events(execution_id, id)",
     ),
+    (
+        # Why a run was refused, as a key (cooldown, budget_spent, storm, ...): the text is in reason.
+        "ALTER TABLE executions ADD COLUMN refusal TEXT",
+        "CREATE INDEX executions_refusal ON executions(rule, target, refusal, created_at)",
+        # Maintenance: automation paused for a rule and/or a target ('*' is every one).
+        """CREATE TABLE pauses (
+            id INTEGER PRIMARY KEY,
+            rule TEXT NOT NULL,
+            target TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            until TEXT,
+            cleared_at TEXT
+        )""",
+        # A person resetting a tripped budget (and cooldown) for (rule, target).
+        """CREATE TABLE limit_resets (
+            id INTEGER PRIMARY KEY,
+            rule TEXT NOT NULL,
+            target TEXT NOT NULL,
+            reset_by TEXT NOT NULL,
+            reset_at TEXT NOT NULL
+        )""",
+        "CREATE INDEX limit_resets_rule_target ON limit_resets(rule, target, reset_at)",
+    ),
 )
 
 
@@ -483,13 +508,13 @@ class SQLiteStore:
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO executions (id, created_at, updated_at, rule, rule_version, playbook, playbook_version,"
-                " target, occurrence_id, fingerprint, alertname, mode, params, state, reason)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " target, occurrence_id, fingerprint, alertname, mode, params, state, reason, refusal)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     execution.id, when, when, execution.rule, execution.rule_version, execution.playbook,
                     execution.playbook_version, execution.target, execution.occurrence_id, execution.fingerprint,
                     execution.alertname, execution.mode, json.dumps(execution.params), execution.state,
-                    execution.reason,
+                    execution.reason, execution.refusal,
                 ),
             )
             _insert_event(conn, execution.id, when, "state", f"{execution.state}: {execution.reason}".rstrip(": "))
@@ -565,22 +590,93 @@ class SQLiteStore:
         return await self.read(select)
 
     async def target_history(self, rule: str, target: str, since: datetime) -> TargetHistory:
-        """What admission needs for (rule, target): runs in the window, the last start, runs active now."""
+        """What admission needs for (rule, target): runs in the window, the last start, runs active now.
+
+        A person's reset of the limits counts as the start of the window (budget and cooldown clear).
+        """
         window_start = timestamp(since)
 
         def select(conn: sqlite3.Connection) -> TargetHistory:
-            runs, last = conn.execute(
-                "SELECT count(*), max(created_at) FROM executions WHERE rule = ? AND target = ?"
+            reset = conn.execute(
+                "SELECT max(reset_at) FROM limit_resets WHERE rule = ? AND target = ?", (rule, target)
+            ).fetchone()[0]
+            start = max(window_start, reset) if reset else window_start
+            runs = conn.execute(
+                "SELECT count(*) FROM executions WHERE rule = ? AND target = ?"
                 " AND created_at > ? AND state != 'refused' AND mode = 'enforce'",
-                (rule, target, window_start),
-            ).fetchone()
+                (rule, target, start),
+            ).fetchone()[0]
             active = conn.execute(
                 f"SELECT count(*) FROM executions WHERE rule = ? AND target = ? AND state IN ({_ACTIVE_SQL})",
                 (rule, target),
             ).fetchone()[0]
+            last = conn.execute(
+                "SELECT max(created_at) FROM executions WHERE rule = ? AND target = ? AND state != 'refused'"
+                " AND mode = 'enforce' AND created_at > ?",
+                (rule, target, reset or ""),
+            ).fetchone()[0]
             return TargetHistory(runs, _parse_time(last), active)
 
         return await self.read(select)
+
+    async def refusals_since(self, rule: str | None, target: str | None, refusal: str, since: datetime) -> int:
+        """Refusals with this key since `since`, for one (rule, target) or (None) across all."""
+        clauses, values = ["refusal = ?", "created_at > ?"], [refusal, timestamp(since)]
+        if rule is not None:
+            clauses.append("rule = ?")
+            values.append(rule)
+        if target is not None:
+            clauses.append("target = ?")
+            values.append(target)
+        where = " AND ".join(clauses)
+        return await self.read(
+            lambda conn: int(conn.execute(f"SELECT count(*) FROM executions WHERE {where}", values).fetchone()[0])
+        )
+
+    async def reset_limits(self, rule: str, target: str, by: str, at: datetime) -> None:
+        when = timestamp(at)
+        await self.write(
+            lambda conn: conn.execute(
+                "INSERT INTO limit_resets (rule, target, reset_by, reset_at) VALUES (?, ?, ?, ?)",
+                (rule, target, by, when),
+            )
+        )
+
+    async def add_pause(
+        self, rule: str, target: str, reason: str, by: str, at: datetime, until: datetime | None
+    ) -> int:
+        when, end = timestamp(at), None if until is None else timestamp(until)
+
+        def insert(conn: sqlite3.Connection) -> int:
+            cursor = conn.execute(
+                "INSERT INTO pauses (rule, target, reason, created_by, created_at, until) VALUES (?, ?, ?, ?, ?, ?)",
+                (rule, target, reason, by, when, end),
+            )
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+        return await self.write(insert)
+
+    async def clear_pause(self, pause_id: int, at: datetime) -> bool:
+        when = timestamp(at)
+        return await self.write(
+            lambda conn: conn.execute(
+                "UPDATE pauses SET cleared_at = ? WHERE id = ? AND cleared_at IS NULL", (when, pause_id)
+            ).rowcount
+            == 1
+        )
+
+    async def active_pauses(self, at: datetime) -> list[dict[str, Any]]:
+        when = timestamp(at)
+        return await self.read(
+            lambda conn: [
+                dict(row)
+                for row in conn.execute(
+                    "SELECT * FROM pauses WHERE cleared_at IS NULL AND (until IS NULL OR until > ?) ORDER BY id",
+                    (when,),
+                )
+            ]
+        )
 
     async def admissions_since(self, since: datetime) -> int:
         """Runs admitted (not refused) across all rules since `since`: the storm guard's measure."""
@@ -695,6 +791,7 @@ class NewExecution:
     params: Mapping[str, Any]
     state: str
     reason: str = ""
+    refusal: str | None = None  # the refusal's key when state is refused
 
 
 @dataclass(frozen=True)

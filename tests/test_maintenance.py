@@ -1,0 +1,123 @@
+"""Pauses, tripped budgets with a human reset, and the storm guard's single escalation, in process."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from flow_helpers import alert_body, poll, write_config
+
+from service.app import create_app
+from service.settings import Secrets, Settings
+
+PLAYBOOK = """
+name: quick
+params:
+  node: {type: str}
+steps:
+  - type: exec
+    argv: ["true"]
+"""
+
+RULES = """
+rules:
+  - name: quick-fix
+    match: ['alertname="NatsJetStreamUnhealthy"']
+    playbook: quick
+    params: {node: "{{ labels.instance }}"}
+    limits: {cooldown: 0, max_runs: 1, window: 1h, concurrency: parallel}
+"""
+
+OPERATOR = {"Authorization": "Bearer op-token"}
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[ClientFactory]:
+    clients: list[TestClient[Any, Any]] = []
+
+    async def make(**limits: Any) -> TestClient[Any, Any]:
+        config = write_config(tmp_path, RULES, {"quick": PLAYBOOK})
+        config["limits"] = limits
+        settings = Settings.model_validate(config)
+        client = TestClient(TestServer(create_app(settings, Secrets(None, None, "op-token"))))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+async def runs(client: TestClient[Any, Any], n: int) -> list[dict[str, Any]] | None:
+    rows = (await (await client.get("/api/v1/executions?limit=500")).json())["executions"]
+    return sorted(rows, key=lambda r: r["created_at"]) if len(rows) >= n else None
+
+
+async def escalated(client: TestClient[Any, Any], execution_id: str) -> bool:
+    report = await (await client.get(f"/api/v1/executions/{execution_id}")).json()
+    return any(e["kind"] == "escalation" for e in report["timeline"])
+
+
+async def post_alert(client: TestClient[Any, Any], n: int, instance: str = "node-1") -> None:
+    body = alert_body(f"cccc{n:012x}", instance=instance)
+    assert (await client.post("/hooks/alertmanager", json=body)).status == 200
+
+
+async def test_pause_refuses_with_its_reason_and_resume_lets_runs_through(service: ClientFactory) -> None:
+    client = await service()
+    pause = {"rule": "quick-fix", "target": "node-1", "reason": "maintenance window"}
+    assert (await client.post("/api/v1/pauses", json=pause)).status == 401
+    assert (await client.post("/api/v1/pauses", json=pause, headers={"Authorization": "Bearer no"})).status == 401
+    assert (await client.post("/api/v1/pauses", json={"reason": ""}, headers=OPERATOR)).status == 400
+    assert (await (await client.get("/api/v1/pauses")).json())["pauses"] == []
+    created = await client.post("/api/v1/pauses?by=alice", json=pause, headers=OPERATOR)
+    assert created.status == 201
+    pause_id = (await created.json())["id"]
+    await post_alert(client, 1)
+    [refused] = await poll(lambda: runs(client, 1))
+    assert refused["state"] == "refused" and refused["refusal"] == "paused"
+    assert "by alice: maintenance window" in refused["reason"]
+    # another target is not paused
+    await post_alert(client, 2, instance="node-2")
+    rows = await poll(lambda: runs(client, 2))
+    assert rows[1]["state"] != "refused"
+    assert (await client.delete(f"/api/v1/pauses/{pause_id}", headers=OPERATOR)).status == 200
+    await post_alert(client, 3)
+    rows = await poll(lambda: runs(client, 3))
+    assert rows[2]["state"] != "refused"
+
+
+async def test_tripped_budget_escalates_once_until_a_person_resets_it(service: ClientFactory) -> None:
+    client = await service()
+    for n in range(3):
+        await post_alert(client, n)
+    first, second, third = await poll(lambda: runs(client, 3))
+    assert first["state"] != "refused"
+    assert (second["refusal"], third["refusal"]) == ("budget_spent", "budget_spent")
+    assert await poll(lambda: escalated(client, second["id"]))
+    assert not await escalated(client, third["id"])  # once, not for every alert that hits the trip
+    reset = {"rule": "quick-fix", "target": "node-1"}
+    assert (await client.post("/api/v1/limits/reset", json=reset)).status == 401
+    assert (await client.post("/api/v1/limits/reset", json=reset, headers=OPERATOR)).status == 200
+    await post_alert(client, 9)
+    rows = await poll(lambda: runs(client, 4))
+    assert rows[3]["state"] != "refused"
+
+
+async def test_storm_guard_holds_and_escalates_once(service: ClientFactory) -> None:
+    client = await service(storm_max_admissions=2, storm_window_seconds=600)
+    for n in range(6):
+        await post_alert(client, n, instance=f"node-{n}")
+    rows = await poll(lambda: runs(client, 6))
+    refused = [r for r in rows if r["state"] == "refused"]
+    assert [r["refusal"] for r in refused] == ["storm"] * 4
+    assert len(rows) - len(refused) == 2
+    assert await poll(lambda: escalated(client, refused[0]["id"]))
+    assert [await escalated(client, r["id"]) for r in refused[1:]] == [False, False, False]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'remediator_admission_decisions_total{decision="refuse",reason="storm",rule="quick-fix"} 4.0' in metrics
