@@ -196,7 +196,8 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
             else:
                 problems.append(ConfigError(f"environment {variable}", None, format_path(loc), located.message))
         raise SettingsError("\n".join(str(p) for p in problems)) from None
-    settings._source = doc
+    if path is not None:
+        settings._source = doc
     return settings
 
 
