@@ -6,17 +6,19 @@ the values directly (`REMEDIATOR_WEBHOOK_BEARER_TOKEN`, ...), which is what cont
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from service.yamlload import (
     ConfigError,
     ConfigErrors,
+    Duration,
     YamlDocument,
     YamlPath,
     format_path,
@@ -58,6 +60,96 @@ class LimitSettings(_Section):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
 
 
+# --- escalation (service/escalation.py, docs/escalation.md) ---------------------------------------
+
+_CHANNEL_NAME = r"^[a-z0-9][a-z0-9_-]*$"
+
+
+class ChannelSettings(_Section):
+    """One place escalations go. A webhook URL is often itself the secret (Slack's is), so it may
+    come from `url_file` or the environment (`REMEDIATOR_CHANNEL_<NAME>_URL`) instead of `url`."""
+
+    name: str = Field(pattern=_CHANNEL_NAME)
+    type: Literal["alertmanager", "webhook", "slack", "nats"]
+    url: str | None = Field(default=None, description="alertmanager: defaults to alertmanager_url; nats: nats_url")
+    url_file: Path | None = None
+    subject: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+    timeout: Duration = Field(default=10.0, gt=0, le=300)
+    retries: int = Field(default=100, ge=0, le=100_000)
+    backoff: Duration = Field(default=1.0, gt=0, le=3600)
+    max_backoff: Duration = Field(default=300.0, gt=0, le=86400)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.url is not None and self.url_file is not None:
+            raise ValueError("give url or url_file, not both")
+        if self.type == "nats":
+            if self.subject is None:
+                raise ValueError("a nats channel needs a subject")
+            if self.url is not None and not self.url.startswith(("nats://", "tls://")):
+                raise ValueError(f"a nats channel's url must be nats:// or tls://, got {self.url!r}")
+        elif self.subject is not None:
+            raise ValueError(f"subject is for nats channels, not {self.type}")
+        elif self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must be an http:// or https:// URL, got {self.url!r}")
+        return self
+
+
+class LevelSettings(_Section):
+    """Notify `channels` once the escalation has been open `delay` without an acknowledgement."""
+
+    delay: Duration = Field(default=0.0, ge=0, le=30 * 86400)
+    channels: list[str] = Field(min_length=1)
+
+
+class AlertmanagerAlertSettings(_Section):
+    """How the `RemediationFailed` alert is kept firing in Alertmanager while the escalation is open."""
+
+    resend_interval: Duration = Field(default=60.0, gt=0, le=3600)
+    ends_after: Duration = Field(default=300.0, gt=0, le=86400, description="endsAt = post time + this")
+    labels: dict[str, str] = Field(default_factory=dict, description="static labels added to every alert")
+
+    @model_validator(mode="after")
+    def _outlives_resends(self) -> Self:
+        # One lost re-post must not resolve a still-open escalation in Alertmanager.
+        if self.ends_after < 2 * self.resend_interval:
+            raise ValueError("ends_after must be at least twice resend_interval")
+        return self
+
+
+class EscalationSettings(_Section):
+    channels: list[ChannelSettings] = Field(default_factory=list)
+    levels: list[LevelSettings] = Field(
+        default_factory=list, description="empty: every channel at once (one level, no delay)"
+    )
+    alertmanager: AlertmanagerAlertSettings = Field(default_factory=AlertmanagerAlertSettings)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        names = [c.name for c in self.channels]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"channel names must be unique: {', '.join(duplicates)}")
+        for index, level in enumerate(self.levels):
+            unknown = [n for n in level.channels if n not in names]
+            if unknown:
+                raise ValueError(f"levels[{index}] names unknown channels: {', '.join(unknown)}")
+            if index and level.delay <= self.levels[index - 1].delay:
+                raise ValueError(f"levels[{index}].delay must be longer than the level before it")
+        # NATS may be the very thing that is broken: it can never be the only way a person hears.
+        kinds = {c.name: c.type for c in self.channels}
+        first = self.levels[0].channels if self.levels else names
+        if first and all(kinds[n] == "nats" for n in first):
+            raise ValueError("the first level must have a channel that is not nats: NATS may be what is broken")
+        return self
+
+    def level_channels(self) -> list[tuple[float, list[str]]]:
+        """(delay, channel names) per level; no levels means every channel at once."""
+        if self.levels:
+            return [(level.delay, list(level.channels)) for level in self.levels]
+        return [(0.0, [c.name for c in self.channels])] if self.channels else []
+
+
 class Settings(_Section):
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=9095, ge=0, le=65535)
@@ -70,6 +162,7 @@ class Settings(_Section):
     webhook_auth: WebhookAuthSettings = Field(default_factory=WebhookAuthSettings)
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     prometheus_url: str = "http://127.0.0.1:9090"
     alertmanager_url: str = "http://127.0.0.1:9093"
     nats_url: str = "nats://127.0.0.1:4222"
@@ -96,9 +189,11 @@ class Secrets:
     webhook_bearer_token: str | None
     webhook_basic_password: str | None
     operator_token: str | None
+    channel_urls: Mapping[str, str] = field(default_factory=dict)  # escalation channel name -> URL
 
     def values(self) -> list[str]:
-        return [v for v in (self.webhook_bearer_token, self.webhook_basic_password, self.operator_token) if v]
+        fixed = (self.webhook_bearer_token, self.webhook_basic_password, self.operator_token)
+        return [v for v in (*fixed, *self.channel_urls.values()) if v]
 
 
 class SettingsError(Exception):
@@ -234,4 +329,27 @@ def load_secrets(settings: Settings, env: Mapping[str, str] | None = None) -> Se
         raise _secret_error(
             settings, ("webhook_auth",), "basic auth needs both basic_username and a password (file or env)"
         )
-    return secrets
+    return _with_channel_urls(settings, secrets, env)
+
+
+def channel_url_env(name: str) -> str:
+    return f"{ENV_PREFIX}CHANNEL_{name.upper().replace('-', '_')}_URL"
+
+
+def _with_channel_urls(settings: Settings, secrets: Secrets, env: Mapping[str, str]) -> Secrets:
+    """Escalation channel URLs from the environment or `url_file`; a webhook channel needs one."""
+    urls: dict[str, str] = {}
+    for index, channel in enumerate(settings.escalation.channels):
+        where: YamlPath = ("escalation", "channels", index)
+        url = env.get(channel_url_env(channel.name)) or _read_secret_file(
+            settings, channel.url_file, (*where, "url_file")
+        )
+        if url is not None:
+            if not url.startswith(("http://", "https://", "nats://", "tls://")):
+                raise _secret_error(settings, where, f"channel {channel.name}: the URL given is not a URL")
+            urls[channel.name] = url
+        elif channel.url is None and channel.type in ("webhook", "slack"):
+            raise _secret_error(
+                settings, where, f"channel {channel.name} needs url, url_file or {channel_url_env(channel.name)}"
+            )
+    return dataclasses.replace(secrets, channel_urls=urls)

@@ -1,0 +1,165 @@
+"""Channel clients: where an escalation message goes.
+
+A channel is a transport only: the escalator shapes each message per channel when it queues it in
+the outbox, and the outbox worker calls `send` and retries. Every send has its own hard timeout and
+fails with `DeliveryError` carrying a short reason for the report; a channel never retries itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol
+
+import aiohttp
+import nats
+import nats.errors
+
+from service.clock import Clock
+from service.settings import ChannelSettings, Secrets, Settings
+
+_ERROR_BODY_CHARS = 300
+
+
+class DeliveryError(Exception):
+    """A delivery attempt failed; the message is what the report and the log show."""
+
+
+class Channel(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    async def send(self, session: aiohttp.ClientSession, payload: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Retry:
+    retries: int
+    backoff: float
+    max_backoff: float
+
+    def delay(self, attempts: int) -> float | None:
+        """Seconds before the next try after `attempts` failed ones; None once retries are spent."""
+        if attempts > self.retries:
+            return None
+        return min(self.max_backoff, self.backoff * 2.0 ** min(attempts - 1, 32))
+
+
+async def _post_json(session: aiohttp.ClientSession, url: str, body: object, within: float) -> None:
+    try:
+        async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=within)) as resp:
+            if resp.status >= 300:
+                text = (await resp.text(errors="replace"))[:_ERROR_BODY_CHARS].strip()
+                raise DeliveryError(f"HTTP {resp.status}: {text}" if text else f"HTTP {resp.status}")
+    except TimeoutError:
+        raise DeliveryError(f"no answer within {within:g}s") from None
+    except aiohttp.ClientError as exc:
+        raise DeliveryError(f"{type(exc).__name__}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class AlertmanagerChannel:
+    """POSTs one alert to Alertmanager's API v2, so its existing routes (PagerDuty, email...) page.
+
+    The payload is the alert without `endsAt` while the escalation is open: it is set here, at send
+    time, `ends_after` ahead, because Alertmanager resolves an alert whose `endsAt` passes without a
+    re-post, and a message that waited in the outbox must not arrive already expired.
+    """
+
+    name: str
+    url: str
+    timeout: float
+    clock: Clock
+    ends_after: float
+    type: str = "alertmanager"
+
+    async def send(self, session: aiohttp.ClientSession, payload: Mapping[str, Any]) -> None:
+        alert = dict(payload)
+        if alert.get("endsAt") is None:
+            alert["endsAt"] = (self.clock.now() + timedelta(seconds=self.ends_after)).isoformat()
+        await _post_json(session, f"{self.url}/api/v2/alerts", [alert], self.timeout)
+
+
+@dataclass(frozen=True)
+class WebhookChannel:
+    """A generic JSON webhook (also Slack-compatible ones: the escalator shapes `{"text": ...}`)."""
+
+    name: str
+    url: str
+    timeout: float
+    type: str = "webhook"
+
+    async def send(self, session: aiohttp.ClientSession, payload: Mapping[str, Any]) -> None:
+        await _post_json(session, self.url, payload, self.timeout)
+
+
+@dataclass(frozen=True)
+class NatsChannel:
+    """Publishes the JSON message on a subject. One connection per message: escalations are rare,
+    and a long-lived connection to the thing that may be broken would only add reconnect states."""
+
+    name: str
+    url: str
+    subject: str
+    timeout: float
+    type: str = "nats"
+
+    async def send(self, session: aiohttp.ClientSession, payload: Mapping[str, Any]) -> None:
+        errors: list[str] = []
+
+        async def remember(exc: Exception) -> None:
+            errors.append(str(exc) or type(exc).__name__)
+
+        try:
+            async with asyncio.timeout(self.timeout):
+                nc = await nats.connect(
+                    self.url,
+                    connect_timeout=max(1, math.ceil(self.timeout)),
+                    allow_reconnect=False,
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0,
+                    error_cb=remember,
+                )
+                try:
+                    await nc.publish(self.subject, json.dumps(payload).encode())
+                    await nc.flush(timeout=max(1, math.ceil(self.timeout)))
+                finally:
+                    await nc.close()
+        except TimeoutError:
+            raise DeliveryError(f"no answer within {self.timeout:g}s") from None
+        except (OSError, nats.errors.Error) as exc:
+            detail = "; ".join(errors) or str(exc) or type(exc).__name__
+            raise DeliveryError(f"nats: {detail}") from None
+
+
+def build_channels(settings: Settings, secrets: Secrets, clock: Clock) -> tuple[dict[str, Channel], dict[str, Retry]]:
+    """The configured channels by name, and each one's retry policy."""
+    escalation = settings.escalation
+    channels: dict[str, Channel] = {}
+    retries: dict[str, Retry] = {}
+    for spec in escalation.channels:
+        channels[spec.name] = _channel(spec, settings, secrets, clock)
+        retries[spec.name] = Retry(spec.retries, spec.backoff, spec.max_backoff)
+    return channels, retries
+
+
+def _channel(spec: ChannelSettings, settings: Settings, secrets: Secrets, clock: Clock) -> Channel:
+    url = secrets.channel_urls.get(spec.name) or spec.url
+    if spec.type == "alertmanager":
+        return AlertmanagerChannel(
+            spec.name,
+            (url or settings.alertmanager_url).rstrip("/"),
+            spec.timeout,
+            clock,
+            settings.escalation.alertmanager.ends_after,
+        )
+    if spec.type == "nats":
+        assert spec.subject is not None  # the settings refuse a nats channel without one
+        return NatsChannel(spec.name, url or settings.nats_url, spec.subject, spec.timeout)
+    assert url is not None  # load_secrets refuses a webhook channel without a URL
+    return WebhookChannel(spec.name, url, spec.timeout, type=spec.type)
