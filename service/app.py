@@ -352,4 +352,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
     app.router.add_post("/api/v1/pauses", _add_pause)
     app.router.add_delete("/api/v1/pauses/{id}", _clear_pause)
     app.router.add_post("/api/v1/limits/reset", _reset_limits)
+    from service.pages import add_page_routes  # imported here: the pages import RUNTIME from this module
+
+    add_page_routes(app)
     return app
