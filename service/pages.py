@@ -1,0 +1,428 @@
+"""The HTML pages the paged engineer opens: the index of executions and one page per execution.
+
+Server-side Jinja2 with autoescape on, in an Environment of its own: the sandboxed engine in
+``service.templating`` renders playbook parameters from alert labels, a different trust boundary with
+different rules (strict undefined, no HTML). The pages need no JavaScript: filters are a GET form and
+the approve/deny/acknowledge buttons are POST forms.
+
+The detail page is built from :func:`service.report.report_json`, the same model the JSON API and the
+Markdown report use, so the formats cannot disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+import jinja2
+from aiohttp import web
+from multidict import CIMultiDict
+
+from service.app import RUNTIME, Runtime
+from service.report import OUTPUT_TAIL_CHARS, OUTPUT_TAIL_LINES, report_json
+from service.steps.promql import format_labels
+from service.store import ACTIVE_STATES, TERMINAL_STATES, timestamp
+
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+STATES = (*ACTIVE_STATES, *sorted(TERMINAL_STATES))
+FILTER_KEYS = ("state", "rule", "alertname", "target")
+# The page stays readable with many series; the table below the chart still has every value.
+MAX_SERIES = 6
+CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 320.0, 120.0, 6.0
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf")
+# Action results travel in the redirect's query as fixed codes, never as free text: a crafted link
+# cannot put words of its own on the page.
+RESULTS = {
+    "approve": "Approved: the execution continues.",
+    "deny": "Denied: the approval step fails and the execution escalates.",
+    "ack": "Acknowledged.",
+    "unauthorized": "The operator token was not accepted.",
+    "forbidden": "No operator token is configured on the service: approvals are disabled.",
+    "conflict": "Nothing is pending for this execution (already decided, or timed out).",
+    "unavailable": "This action is not available on this service.",
+    "failed": "The action failed; see the service log.",
+}
+ACTIONS = ("approve", "deny", "ack")
+_STATUS_RESULTS = {401: "unauthorized", 403: "forbidden", 409: "conflict", 404: "unavailable"}
+# No script runs on these pages at all; inline CSS and the inline SVG chart are all they need.
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Pages:
+    env: jinja2.Environment
+
+
+PAGES = web.AppKey("pages", Pages)
+
+
+def add_page_routes(app: web.Application) -> None:
+    app[PAGES] = Pages(
+        jinja2.Environment(
+            loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,  # a typo in a template is a 500 in tests, not a blank
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+    )
+    app.router.add_get("/", _index)
+    app.router.add_get("/executions/{id}", _detail)
+    app.router.add_post("/executions/{id}/{action:approve|deny|ack}", _action)
+
+
+# --- small pure helpers ----------------------------------------------------------------------------
+
+
+def safe_link(url: str | None) -> str | None:
+    """An http(s) URL from an alert, or None: autoescaping stops markup, not `javascript:` links."""
+    if not url:
+        return None
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError:
+        return None
+    return url if scheme in ("http", "https") else None
+
+
+def silence_url(alertmanager_url: str, labels: Mapping[str, str]) -> str:
+    """Alertmanager's new-silence form, pre-filled with an exact matcher for every label."""
+    matchers = ", ".join(f'{name}="{_matcher_value(value)}"' for name, value in sorted(labels.items()))
+    query = urlencode({"filter": "{" + matchers + "}"}, quote_via=quote)
+    return f"{alertmanager_url.rstrip('/')}/#/silences/new?{query}"
+
+
+def _matcher_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def output_tail(output: str) -> tuple[str, int]:
+    """The last lines of a step's output (where the error nearly always is) and how many were cut."""
+    lines = output.rstrip("\n").splitlines()
+    kept = lines[-OUTPUT_TAIL_LINES:]
+    text = "\n".join(kept)[-OUTPUT_TAIL_CHARS:]
+    return text, len(lines) - len(kept)
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)  # the form says UTC
+
+
+def show_time(value: str | datetime | None) -> str:
+    parsed = parse_time(value) if isinstance(value, str) else value
+    return "" if parsed is None else parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def show_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def age(value: str | None, now: datetime) -> str:
+    parsed = parse_time(value)
+    return "" if parsed is None else show_duration(max(0.0, (now - parsed).total_seconds())) + " ago"
+
+
+def _seconds_between(start: str | None, end: str | None) -> float | None:
+    begun, ended = parse_time(start), parse_time(end)
+    return None if begun is None or ended is None else (ended - begun).total_seconds()
+
+
+# --- the verification chart ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    colour: str
+    points: tuple[tuple[float, float, str, float], ...]  # x, y in the chart; when; the value
+
+    @property
+    def polyline(self) -> str:
+        return " ".join(f"{x:.1f},{y:.1f}" for x, y, _, _ in self.points)
+
+
+@dataclass(frozen=True)
+class Chart:
+    series: tuple[Series, ...]
+    low: float
+    high: float
+    first: str
+    last: str
+    width: float = CHART_WIDTH
+    height: float = CHART_HEIGHT
+
+
+def numeric_samples(check: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """(series name, value) for each numeric sample a check carried (PromQL checks carry samples)."""
+    found: list[tuple[str, float]] = []
+    samples = check.get("data", {}).get("samples")
+    if not isinstance(samples, list):
+        return found
+    for sample in samples:
+        try:
+            value = float(sample["value"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if math.isfinite(value):
+            found.append((f"{check.get('check', '')}{format_labels(sample.get('labels') or {})}", value))
+    return found
+
+
+def verification_chart(polls: Sequence[Mapping[str, Any]]) -> Chart | None:
+    """A line per series over the polls' times, scaled into the chart; None when nothing is numeric."""
+    values: dict[str, list[tuple[datetime, float]]] = {}
+    for poll in polls:
+        at = parse_time(poll["at"])
+        assert at is not None
+        for check in poll["data"].get("checks", []):
+            for name, value in numeric_samples(check):
+                values.setdefault(name, []).append((at, value))
+    if not values:
+        return None
+    chosen = list(values.items())[:MAX_SERIES]
+    times = [at for _, points in chosen for at, _ in points]
+    numbers = [v for _, points in chosen for _, v in points]
+    start, span = min(times), (max(times) - min(times)).total_seconds() or 1.0
+    low, high = min(numbers), max(numbers)
+    spread = (high - low) or 1.0
+    inner_w, inner_h = CHART_WIDTH - 2 * CHART_PAD, CHART_HEIGHT - 2 * CHART_PAD
+
+    def point(at: datetime, value: float) -> tuple[float, float, str, float]:
+        x = CHART_PAD + inner_w * (at - start).total_seconds() / span
+        y = CHART_PAD + inner_h * (1 - (value - low) / spread)
+        return x, y, show_time(at), value
+
+    series = tuple(
+        Series(name, PALETTE[index % len(PALETTE)], tuple(point(at, v) for at, v in points))
+        for index, (name, points) in enumerate(chosen)
+    )
+    return Chart(series, low, high, show_time(start), show_time(max(times)))
+
+
+# --- the detail page model -------------------------------------------------------------------------
+
+
+def detail_context(
+    report: Mapping[str, Any],
+    *,
+    runbook: str,
+    alertmanager_url: str,
+    now: datetime,
+    can_decide: bool,
+    can_ack: bool,
+    result: str | None,
+) -> dict[str, Any]:
+    """What the detail template shows, from the report model (``report_json``)."""
+    execution, alert = report["execution"], report["alert"]
+    events = report["timeline"]
+    steps = []
+    for step in report["steps"]:
+        tail, cut = output_tail(step["output"])
+        steps.append({**step, "tail": tail, "cut_lines": cut, "when": show_time(step["started_at"])})
+    polls = [e for e in events if e["kind"] == "verify"]
+    people = [
+        {
+            "when": show_time(e["at"]),
+            "kind": e["kind"],
+            "message": e["message"],
+            "severity": e["data"].get("severity", ""),
+            "by": "" if str(e["data"].get("by", "")) in e["message"] else e["data"]["by"],
+        }
+        for e in events
+        if e["kind"] in ("escalation", "approval", "ack", "acknowledgement")
+    ]
+    labels: Mapping[str, str] = alert["labels"] if alert else {}
+    annotations: Mapping[str, str] = alert["annotations"] if alert else {}
+    return {
+        "execution": execution,
+        "alert": alert,
+        "labels": sorted(labels.items()),
+        "annotations": sorted((k, v) for k, v in annotations.items() if k not in ("summary", "description")),
+        "summary": annotations.get("summary", ""),
+        "description": annotations.get("description", ""),
+        "graph_url": safe_link(alert["generator_url"]) if alert else None,
+        "runbook_url": safe_link(annotations.get("runbook_url")),
+        "silence_url": silence_url(alertmanager_url, labels) if labels else None,
+        "fired_since": show_time(alert["starts_at"]) if alert else "",
+        "fired_age": age(alert["starts_at"], now) if alert else "",
+        "took": show_duration(_seconds_between(execution["started_at"], execution["finished_at"])),
+        "steps": steps,
+        "polls": polls,
+        "chart": verification_chart(polls),
+        "people": people,
+        "timeline": events,
+        "runbook": runbook,
+        "active": execution["state"] in ACTIVE_STATES,
+        "can_decide": can_decide,
+        "can_ack": can_ack,
+        "result": RESULTS.get(result or ""),
+        "result_ok": result in ACTIONS,
+    }
+
+
+# --- the index page model --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IndexQuery:
+    limit: int
+    offset: int
+    filters: dict[str, str]  # what the store filters on (times normalised to the stored form)
+    form: dict[str, str]  # what the form shows back, as typed
+
+    def link(self, offset: int) -> str:
+        query = {**{k: v for k, v in self.form.items() if v}, "limit": str(self.limit), "offset": str(offset)}
+        return "/?" + urlencode(query)
+
+
+def index_query(query: Mapping[str, str]) -> IndexQuery:
+    """The index's query string, validated; 400 names the bad parameter."""
+    try:
+        limit = max(1, min(MAX_PAGE_SIZE, int(query.get("limit", PAGE_SIZE))))
+        offset = max(0, int(query.get("offset", "0")))
+    except ValueError:
+        raise web.HTTPBadRequest(text="limit and offset must be integers") from None
+    form = {key: query.get(key, "").strip() for key in (*FILTER_KEYS, "since", "until")}
+    filters = {key: form[key] for key in FILTER_KEYS if form[key]}
+    for key in ("since", "until"):
+        try:
+            when = parse_time(form[key])
+        except ValueError:
+            raise web.HTTPBadRequest(text=f"{key}: not a date and time (e.g. 2026-11-27T19:30, UTC)") from None
+        if when is not None:
+            filters[key] = timestamp(when)
+    return IndexQuery(limit, offset, filters, form)
+
+
+def index_rows(rows: Sequence[Mapping[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            **row,
+            "created": show_time(row["created_at"]),
+            "age": age(row["created_at"], now),
+            "took": show_duration(_seconds_between(row["started_at"], row["finished_at"])),
+        }
+        for row in rows
+    ]
+
+
+# --- handlers --------------------------------------------------------------------------------------
+
+
+def _html(request: web.Request, template: str, context: Mapping[str, Any], status: int = 200) -> web.Response:
+    body = request.app[PAGES].env.get_template(template).render(context)
+    return web.Response(text=body, status=status, content_type="text/html", headers=_HEADERS)
+
+
+async def _index(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    page = index_query(request.query)
+    # One row more than shown tells whether an older page exists without counting the whole table.
+    rows = await runtime.store.list_executions(page.limit + 1, page.offset, page.filters)
+    figures = await runtime.store.rule_figures()
+    now = runtime.clock.now()
+    return _html(
+        request,
+        "index.html",
+        {
+            "rows": index_rows(rows[: page.limit], now),
+            "figures": figures,
+            "form": page.form,
+            "states": STATES,
+            "rules": [rule.name for rule in runtime.rules.current.rules] if runtime.rules.current else [],
+            "newer": page.link(max(0, page.offset - page.limit)) if page.offset > 0 else None,
+            "older": page.link(page.offset + page.limit) if len(rows) > page.limit else None,
+            "first": page.offset + 1,
+            "limit": page.limit,
+            "show_duration": show_duration,
+        },
+    )
+
+
+async def _detail(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    execution_id = request.match_info["id"]
+    record = await runtime.store.get_execution(execution_id)
+    if record is None:
+        return _html(request, "missing.html", {"execution_id": execution_id}, status=404)
+    report = report_json(record)
+    context = detail_context(
+        report,
+        runbook=_runbook(runtime, report["execution"]["playbook"]),
+        alertmanager_url=runtime.settings.alertmanager_url,
+        now=runtime.clock.now(),
+        can_decide=runtime.executor.approvals.pending(execution_id),
+        can_ack=_api_handler(request.app, "ack") is not None and report["execution"]["state"] in TERMINAL_STATES,
+        result=request.query.get("result"),
+    )
+    return _html(request, "detail.html", context)
+
+
+def _runbook(runtime: Runtime, playbook: str) -> str:
+    loaded = runtime.rules.current.playbooks.get(playbook) if runtime.rules.current else None
+    return loaded.playbook.runbook if loaded else ""
+
+
+def _api_handler(app: web.Application, action: str) -> Handler | None:
+    """The JSON API's POST handler for an execution action, if this service has that action."""
+    wanted = f"/api/v1/executions/{{id}}/{action}"
+    for resource in app.router.resources():
+        if resource.canonical == wanted:
+            for route in resource:
+                if route.method == "POST":
+                    return route.handler
+    return None
+
+
+async def _action(request: web.Request) -> web.StreamResponse:
+    """A button's form: the token from a password field becomes the Bearer header of the JSON API's own
+    handler, called in process, so the page and the API share one check and one decision (and the
+    token never appears in a URL). Post/redirect/get: reloading the page does not repeat the action.
+    """
+    execution_id, action = request.match_info["id"], request.match_info["action"]
+    # Read the form through a clone: aiohttp refuses to clone a request whose body it has read, and
+    # the request handed to the API handler below is a clone of this one.
+    form = await request.clone().post()
+    token, by = form.get("token"), form.get("by")
+    handler = _api_handler(request.app, action)
+    if handler is None:
+        result = "unavailable"
+    else:
+        query = {"by": " ".join(by.split())[:100]} if isinstance(by, str) and by.strip() else {}
+        api_request = request.clone(
+            rel_url=f"/api/v1/executions/{quote(execution_id, safe='')}/{action}?{urlencode(query)}",
+            headers=CIMultiDict({"Authorization": f"Bearer {token if isinstance(token, str) else ''}"}),
+        )
+        # The clone keeps this route's match info, whose "id" is the API route's "id" as well.
+        try:
+            status = (await handler(api_request)).status
+        except web.HTTPException as exc:
+            status = exc.status
+        result = action if status < 300 else _STATUS_RESULTS.get(status, "failed")
+    raise web.HTTPSeeOther(location=f"/executions/{quote(execution_id, safe='')}?result={result}")
