@@ -23,6 +23,7 @@ from service.store import ACTIVE_STATES, AlertEvent, ExecutionRecord, NewExecuti
 log = logging.getLogger("remediator.dispatcher")
 
 _BATCH = 200
+_MARK_CHUNK = 20
 _IDLE_POLL_S = 5.0  # a missed wake-up costs at most this long
 
 
@@ -118,12 +119,20 @@ class Dispatcher:
         """Dispatch every undispatched alert event, oldest first; returns how many."""
         total = 0
         while events := await self._store.undispatched_alert_events(_BATCH):
+            done: list[int] = []
             for event in events:
                 try:
                     await self._dispatch(event)
                 except Exception:
                     log.exception("dispatch failed", extra={"fingerprint": event.occurrence.fingerprint})
-                await self._store.mark_dispatched([event.id], self._clock.now())
+                done.append(event.id)
+                # Marked in small chunks: a crash replays at most a chunk, and a replay is harmless
+                # (dedup turns a replayed alert into a repeat of the run it already made).
+                if len(done) == _MARK_CHUNK:
+                    await self._store.mark_dispatched(done, self._clock.now())
+                    done = []
+            if done:
+                await self._store.mark_dispatched(done, self._clock.now())
             total += len(events)
         return total
 
@@ -159,10 +168,10 @@ class Dispatcher:
         limits = match.rule.rule.limits
         if verdict.reason == "budget_spent":
             since = now - timedelta(seconds=limits.window)
-            return await self._store.refusals_since(match.rule.name, match.target, "budget_spent", since) <= 1
+            return await self._store.count_refusals(match.rule.name, match.target, "budget_spent", since, 2) <= 1
         if verdict.reason == "storm":
             since = now - timedelta(seconds=self._settings.storm.window_seconds)
-            return await self._store.refusals_since(None, None, "storm", since) <= 1
+            return await self._store.count_refusals(None, None, "storm", since, 2) <= 1
         return True
 
     async def _decide(self, match: RuleMatch, event: AlertEvent) -> None:
