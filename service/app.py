@@ -26,6 +26,7 @@ from service.escalation import Escalator
 from service.executor import Endpoints, Executor
 from service.intake import Intake, WebhookAuth, handle
 from service.metrics import Metrics, create_metrics
+from service.report import report_json
 from service.rules import RuleSet, load_ruleset
 from service.settings import Secrets, Settings
 from service.store import NotificationReceipt, SQLiteStore
@@ -182,10 +183,7 @@ async def _get_execution(request: web.Request) -> web.Response:
     record = await request.app[RUNTIME].store.get_execution(request.match_info["id"])
     if record is None:
         return web.json_response({"status": "error", "error": "no such execution"}, status=404)
-    return web.json_response(
-        {"execution": record.execution, "alert": record.occurrence, "steps": record.steps, "timeline": record.events},
-        dumps=lambda obj: json.dumps(obj, default=str),
-    )
+    return web.json_response(report_json(record), dumps=lambda obj: json.dumps(obj, default=str))
 
 
 def _operator(request: web.Request) -> str:
