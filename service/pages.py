@@ -81,6 +81,7 @@ def add_page_routes(app: web.Application) -> None:
             lstrip_blocks=True,
         )
     )
+    app[PAGES].env.filters["number"] = show_number
     app.router.add_get("/", _index)
     app.router.add_get("/executions/{id}", _detail)
     app.router.add_post("/executions/{id}/{action:approve|deny|ack}", _action)
@@ -129,6 +130,10 @@ def parse_time(value: str | None) -> datetime | None:
 def show_time(value: str | datetime | None) -> str:
     parsed = parse_time(value) if isinstance(value, str) else value
     return "" if parsed is None else parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def show_number(value: float) -> str:
+    return f"{value:g}"
 
 
 def show_duration(seconds: float | None) -> str:
