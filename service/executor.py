@@ -13,7 +13,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from service.clock import Clock
 from service.logs import bind
@@ -42,6 +43,13 @@ log = logging.getLogger("remediator.executor")
 _NOT_RENDERED = frozenset({"type", "name", "var", "when", "steps", "check"})
 
 Escalate = Callable[[str, str, str], Awaitable[None]]  # (execution_id, reason, severity)
+
+
+class ApprovalHooks(Protocol):
+    """Told when an approval is requested and decided (the escalator: approve/deny links, closing)."""
+
+    async def approval_requested(self, execution_id: str, prompt: str, deadline: datetime) -> None: ...
+    async def approval_decided(self, execution_id: str, decision: str, by: str) -> None: ...
 
 
 class StepFailed(Exception):
@@ -112,6 +120,7 @@ class Executor:
         escalate: Escalate,
         max_concurrent: int,
         on_finished: Callable[[str, str, str, float], None],
+        approval_hooks: ApprovalHooks | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -122,6 +131,7 @@ class Executor:
         self._target_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._on_finished = on_finished
+        self._approval_hooks = approval_hooks
         self.approvals = Approvals()
 
     def start(self, request: RunRequest, queued: bool = False) -> asyncio.Task[None]:
@@ -318,7 +328,7 @@ class Executor:
             await self._escalate(request.execution_id, step.reason, step.severity)
             return StepOutcome(ok=True, status="ok", summary=f"escalated: {step.reason}")
         if isinstance(step, ApprovalStep):
-            return await self._approval(request, step)
+            return await self._approval(request, name, step)
         if isinstance(step, RollingStep):
             return await self._rolling(request, phase, name, step, context)
         if isinstance(step, AlertResolvedCheck):
@@ -341,17 +351,33 @@ class Executor:
         async with asyncio.timeout(step.timeout + 5):  # the step enforces its own; this is the backstop
             return await step_type.run(step, self._step_context(request))
 
-    async def _approval(self, request: RunRequest, step: ApprovalStep) -> StepOutcome:
-        decision = self.approvals.wait_for(request.execution_id)
-        await self._store.set_state(request.execution_id, "awaiting_approval", self._clock.now(), step.prompt)
-        await self._escalate(request.execution_id, f"approval needed: {step.prompt}", "warning")
+    async def _approval(self, request: RunRequest, name: str, step: ApprovalStep) -> StepOutcome:
+        """Persist the request, escalate it, wait for a decision or the deadline, persist the decision.
+
+        A run resumed after a restart finds its still-pending request and keeps its first deadline.
+        """
+        decision = self.approvals.wait_for(request.execution_id)  # before the state says it waits
+        now = self._clock.now()
+        pending = await self._store.open_approval(
+            request.execution_id, name, step.prompt, now, now + timedelta(seconds=step.timeout)
+        )
+        await self._store.set_state(request.execution_id, "awaiting_approval", now, step.prompt)
+        if self._approval_hooks is None:
+            await self._escalate(request.execution_id, f"approval needed: {step.prompt}", "warning")
+        else:
+            await self._approval_hooks.approval_requested(request.execution_id, step.prompt, pending.deadline)
         try:
-            approved, who = await asyncio.wait_for(decision, step.timeout)
+            remaining = (pending.deadline - self._clock.now()).total_seconds()
+            approved, who = await asyncio.wait_for(decision, max(0.0, remaining))
         except TimeoutError:
             approved, who = False, f"timeout after {step.timeout:g}s"
+        except asyncio.CancelledError:
+            await self._approval_closed(request.execution_id, pending.id, "expired", "the run was cancelled")
+            raise
         finally:
             self.approvals.forget(request.execution_id)
         verdict = "approved" if approved else "denied"
+        await self._approval_closed(request.execution_id, pending.id, verdict, who)
         await self._store.add_event(
             request.execution_id,
             self._clock.now(),
@@ -366,6 +392,11 @@ class Executor:
             summary=f"{verdict} by {who}",
             data={"approved": approved, "by": who},
         )
+
+    async def _approval_closed(self, execution_id: str, approval_id: int, decision: str, who: str) -> None:
+        if await self._store.decide_approval(approval_id, decision, who, self._clock.now()):
+            if self._approval_hooks is not None:
+                await self._approval_hooks.approval_decided(execution_id, decision, who)
 
     async def _rolling(
         self, request: RunRequest, phase: str, name: str, step: RollingStep, context: Mapping[str, Any]

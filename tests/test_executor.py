@@ -1,0 +1,239 @@
+"""The executor's control flow with real child processes: when, retries, allow_failure, earlier
+results in later templates, rolling, approval, the playbook timeout and on_failure cleanup."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flow_helpers import poll
+
+from service.clock import SystemClock
+from service.executor import Endpoints, Executor, RunRequest
+from service.playbooks import LoadedPlaybook, playbook_from_source
+from service.store import NewExecution, SQLiteStore
+from service.templating import TemplateEngine
+
+PY = sys.executable
+
+
+class Rig:
+    def __init__(self, store: SQLiteStore) -> None:
+        self.store = store
+        self.engine = TemplateEngine()
+        self.escalations: list[tuple[str, str, str]] = []
+        self.finished: list[tuple[str, str]] = []
+
+        async def escalate(execution_id: str, reason: str, severity: str) -> None:
+            self.escalations.append((execution_id, reason, severity))
+
+        self.executor = Executor(
+            store,
+            SystemClock(),
+            Endpoints("http://127.0.0.1:1", "http://127.0.0.1:1", "nats://127.0.0.1:1", "http://127.0.0.1:1", 4096),
+            self.engine,
+            escalate,
+            max_concurrent=4,
+            on_finished=lambda rule, playbook, outcome, seconds: self.finished.append((rule, outcome)),
+        )
+        self.serial = 0
+
+    async def run(self, playbook_yaml: str, params: dict[str, Any] | None = None, wait: bool = True) -> dict[str, Any]:
+        self.serial += 1
+        loaded: LoadedPlaybook = playbook_from_source(playbook_yaml.encode(), "test.yaml", self.engine)
+        execution_id = f"ex-{self.serial}"
+        await self.store.create_execution(
+            NewExecution(
+                execution_id,
+                "rule",
+                "v",
+                loaded.name,
+                loaded.version,
+                "t",
+                None,
+                "fp",
+                "A",
+                "enforce",
+                params or {},
+                "queued",
+            ),
+            SystemClock().now(),
+        )
+        task = self.executor.start(
+            RunRequest(
+                execution_id, "rule", loaded, params or {}, "t", 0, "fp", {"instance": "node-1"}, {}, "", "critical"
+            )
+        )
+        if wait:
+            await task
+        return {"id": execution_id, "task": task}
+
+    async def record(self, execution_id: str) -> Any:
+        return await self.store.get_execution(execution_id)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    store = SQLiteStore(tmp_path / "executor.db")
+    await store.open()
+    yield Rig(store)
+    await store.close()
+
+
+async def test_when_retries_allow_failure_and_earlier_results(rig: Rig, tmp_path: Path) -> None:
+    counter = tmp_path / "attempts"
+    playbook = f"""
+name: flow
+steps:
+  - name: probe
+    type: exec
+    argv: ["{PY}", "-c", "print('pending=42')"]
+  - name: skipped
+    type: exec
+    argv: ["{PY}", "-c", "raise SystemExit(9)"]
+    when: "'pending=0' in steps.probe.output"
+  - name: flaky
+    type: exec
+    argv: ["{PY}", "-c", "import pathlib,sys; p=pathlib.Path(sys.argv[1]); n=int(p.read_text()) if p.exists() else 0; p.write_text(str(n+1)); sys.exit(0 if n >= 2 else 1)", "{counter}"]
+    retries: 3
+    backoff: 0.01
+  - name: tolerated
+    type: exec
+    argv: ["{PY}", "-c", "raise SystemExit(3)"]
+    allow_failure: true
+  - name: uses-earlier
+    type: exec
+    argv: ["{PY}", "-c", "import sys; print('saw', sys.argv[1])", "{{{{ steps.probe.output | trim }}}}"]
+"""
+    run = await rig.run(playbook)
+    record = await rig.record(run["id"])
+    assert record.execution["state"] == "succeeded"
+    attempts = [(s["name"], s["attempt"], s["ok"]) for s in record.steps]
+    assert attempts == [
+        ("probe", 1, True),
+        ("flaky", 1, False),
+        ("flaky", 2, False),
+        ("flaky", 3, True),
+        ("tolerated", 1, False),
+        ("uses-earlier", 1, True),
+    ]
+    assert record.steps[-1]["output"].strip() == "saw pending=42"
+    assert any(e["kind"] == "skip" and "skipped" in e["message"] for e in record.events)
+
+
+async def test_a_failing_step_stops_the_run_runs_cleanup_and_escalates(rig: Rig, tmp_path: Path) -> None:
+    marker = tmp_path / "cleaned"
+    playbook = f"""
+name: failing
+steps:
+  - name: breaks
+    type: exec
+    argv: ["{PY}", "-c", "print('boom'); raise SystemExit(2)"]
+  - name: never
+    type: exec
+    argv: ["{PY}", "-c", "print('should not run')"]
+on_failure:
+  escalate: true
+  steps:
+    - name: cleanup
+      type: exec
+      argv: ["{PY}", "-c", "import pathlib,sys; pathlib.Path(sys.argv[1]).write_text('x')", "{marker}"]
+"""
+    run = await rig.run(playbook)
+    record = await rig.record(run["id"])
+    assert record.execution["state"] == "escalated"
+    assert 'step "breaks" failed' in record.execution["reason"]
+    assert [s["name"] for s in record.steps] == ["breaks", "cleanup"]
+    assert marker.exists()
+    assert rig.escalations and rig.escalations[0][0] == run["id"]
+
+
+async def test_rolling_goes_one_item_at_a_time_and_stops_at_the_first_failure(rig: Rig) -> None:
+    playbook = f"""
+name: rolling
+params:
+  nodes: {{type: str}}
+steps:
+  - name: restart-nodes
+    type: rolling
+    items: "{{{{ params.nodes }}}}"
+    var: node
+    steps:
+      - name: restart
+        type: exec
+        argv: ["{PY}", "-c", "import sys; print('restart', sys.argv[1]); sys.exit(1 if sys.argv[1] == 'r3' else 0)", "{{{{ node }}}}"]
+"""
+    run = await rig.run(playbook, {"nodes": "r1, r2 r3,r4"})
+    record = await rig.record(run["id"])
+    assert record.execution["state"] == "escalated"
+    outputs = [s["output"].strip() for s in record.steps if s["name"] == "restart"]
+    assert outputs == ["restart r1", "restart r2", "restart r3"]  # r4 never touched
+    rolling = next(s for s in record.steps if s["name"] == "restart-nodes")
+    assert rolling["data"] == {"done": ["r1", "r2"], "failed": "r3"}
+
+
+async def test_approval_approved_runs_the_guarded_step_and_denied_does_not(rig: Rig, tmp_path: Path) -> None:
+    playbook = f"""
+name: guarded
+params:
+  marker: {{type: str}}
+steps:
+  - name: ask
+    type: approval
+    prompt: "purge it?"
+    timeout: 30
+  - name: guarded
+    type: exec
+    argv: ["{PY}", "-c", "import pathlib,sys; pathlib.Path(sys.argv[1]).write_text('ran')", "{tmp_path}/{{{{ params.marker }}}}"]
+"""
+    for approved in (True, False):
+        marker = f"m-{approved}"
+        run = await rig.run(playbook, {"marker": marker}, wait=False)
+
+        async def awaiting(execution_id: str = run["id"]) -> bool:
+            record = await rig.record(execution_id)
+            return bool(record.execution["state"] == "awaiting_approval")
+
+        await poll(awaiting)
+        assert rig.executor.approvals.decide(run["id"], approved, "alice")
+        await run["task"]
+        record = await rig.record(run["id"])
+        assert (tmp_path / marker).exists() is approved
+        assert record.execution["state"] == ("succeeded" if approved else "escalated")
+        assert any(e["kind"] == "approval" and "by alice" in e["message"] for e in record.events)
+
+
+async def test_approval_timeout_denies(rig: Rig) -> None:
+    playbook = """
+name: unattended
+steps:
+  - name: ask
+    type: approval
+    prompt: "anyone?"
+    timeout: 0.2
+"""
+    run = await rig.run(playbook)
+    record = await rig.record(run["id"])
+    assert record.execution["state"] == "escalated"
+    assert "denied by timeout after 0.2s" in record.execution["reason"]
+
+
+async def test_playbook_timeout_stops_a_long_step(rig: Rig) -> None:
+    playbook = f"""
+name: slow
+timeout: 0.5
+steps:
+  - name: forever
+    type: exec
+    argv: ["{PY}", "-c", "import time; time.sleep(30)"]
+    timeout: 60
+"""
+    run = await rig.run(playbook)
+    record = await rig.record(run["id"])
+    assert record.execution["state"] == "escalated"
+    assert "playbook timeout of 0.5s reached" in record.execution["reason"]
+    [step] = record.steps
+    assert (step["name"], step["status"]) == ("forever", "cancelled")
