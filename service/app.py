@@ -22,7 +22,7 @@ from service.admission import StormGuard
 from service.checks import explain_payload
 from service.clock import Clock, SystemClock
 from service.dispatcher import Dispatcher, DispatchSettings
-from service.escalation import Escalator
+from service.escalation import Escalator, Policy
 from service.executor import Endpoints, Executor
 from service.intake import Intake, WebhookAuth, handle
 from service.metrics import Metrics, create_metrics
@@ -98,6 +98,12 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await store.close()
     log.info("store closed")
+
+
+async def _escalation_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The outbox worker and the level scheduler: after the store opens, before the flow escalates."""
+    async with app[RUNTIME].escalator.running():
+        yield
 
 
 async def _flow_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -202,7 +208,11 @@ async def _decide(request: web.Request, approved: bool) -> web.Response:
     runtime = request.app[RUNTIME]
     execution_id = request.match_info["id"]
     if not runtime.executor.approvals.decide(execution_id, approved, who):
-        return web.json_response({"status": "error", "error": "no approval is pending for this execution"}, status=409)
+        decided = [a for a in await runtime.store.approvals_for(execution_id) if a.decision is not None]
+        error = "no approval is pending for this execution"
+        if decided:
+            error += f": the last one was {decided[-1].decision} by {decided[-1].approver}"
+        return web.json_response({"status": "error", "error": error}, status=409)
     return web.json_response({"status": "approved" if approved else "denied", "by": who})
 
 
@@ -278,13 +288,26 @@ async def _deny(request: web.Request) -> web.Response:
     return await _decide(request, False)
 
 
+async def _ack(request: web.Request) -> web.Response:
+    """A person has it: stop further escalation levels and resolve the alert in Alertmanager."""
+    who = _operator(request)
+    runtime = request.app[RUNTIME]
+    execution_id = request.match_info["id"]
+    if await runtime.store.get_execution(execution_id) is None:
+        return web.json_response({"status": "error", "error": "no such execution"}, status=404)
+    closed = await runtime.escalator.acknowledge(execution_id, who)
+    if not closed:
+        return web.json_response({"status": "error", "error": "no open escalation for this execution"}, status=409)
+    return web.json_response({"status": "acknowledged", "by": who, "escalations": closed})
+
+
 def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None) -> web.Application:
     clock = clock or SystemClock()
     metrics = create_metrics()
     store = SQLiteStore(settings.resolve(settings.store.path))
     holder = RulesHolder(settings, metrics, clock)
     holder.reload()  # the CLI refuses to serve with invalid rules; here a failure leaves /-/ready at 503
-    escalator = Escalator(store, clock, settings.external_url)
+    escalator = Escalator(store, clock, Policy.from_settings(settings, secrets, clock), metrics)
 
     def finished(rule: str, playbook: str, outcome: str, seconds: float) -> None:
         metrics.executions.labels(rule, playbook, outcome).inc()
@@ -304,6 +327,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         escalator.escalate,
         settings.limits.max_concurrent_executions,
         finished,
+        approval_hooks=escalator,
     )
     dispatcher = Dispatcher(
         store,
@@ -335,7 +359,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         max_body_bytes=settings.limits.max_body_bytes,
         on_committed=committed,
     )
-    app.cleanup_ctx.extend([_store_ctx, _flow_ctx, _sighup_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _escalation_ctx, _flow_ctx, _sighup_ctx])
     app.router.add_post("/hooks/alertmanager", _receive_webhook)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)
@@ -346,6 +370,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
     app.router.add_get("/api/v1/executions/{id}", _get_execution)
     app.router.add_post("/api/v1/executions/{id}/approve", _approve)
     app.router.add_post("/api/v1/executions/{id}/deny", _deny)
+    app.router.add_post("/api/v1/executions/{id}/ack", _ack)
     app.router.add_get("/api/v1/pauses", _list_pauses)
     app.router.add_post("/api/v1/pauses", _add_pause)
     app.router.add_delete("/api/v1/pauses/{id}", _clear_pause)

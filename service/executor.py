@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -284,24 +285,12 @@ class Executor:
             except Exception as exc:  # a bug in a step must fail the step, not the service
                 log.exception("step crashed", extra={"execution_id": request.execution_id, "step": name})
                 outcome = _error_outcome(f"{type(exc).__name__}: {exc}")
-            duration = outcome.duration_s or time.monotonic() - started
-            await self._store.record_step(
-                request.execution_id,
-                StepRecord(
-                    phase,
-                    name,
-                    step_type,
-                    attempt,
-                    started_at,
-                    duration,
-                    outcome.ok,
-                    outcome.status,
-                    outcome.summary,
-                    outcome.output,
-                    outcome.exit_code,
-                    dict(outcome.data),
-                ),
-            )
+            except asyncio.CancelledError:
+                # the playbook timeout, a cancel or a shutdown stopped it: the report must say which step
+                stopped = StepOutcome(ok=False, status="cancelled", summary="stopped while running")
+                await self._record(request, phase, name, step_type, attempt, started_at, started, stopped)
+                raise
+            await self._record(request, phase, name, step_type, attempt, started_at, started, outcome)
             if outcome.ok or attempt > step.retries:
                 break
             await asyncio.sleep(delay)
@@ -317,6 +306,24 @@ class Executor:
         if not outcome.ok and not step.allow_failure:
             raise StepFailed(name, outcome)
         return outcome
+
+    async def _record(
+        self,
+        request: RunRequest,
+        phase: str,
+        name: str,
+        step_type: str,
+        attempt: int,
+        started_at: datetime,
+        started: float,
+        outcome: StepOutcome,
+    ) -> None:
+        duration = outcome.duration_s or time.monotonic() - started
+        record = StepRecord(
+            phase, name, step_type, attempt, started_at, duration, outcome.ok, outcome.status,
+            outcome.summary, outcome.output, outcome.exit_code, dict(outcome.data),
+        )  # fmt: skip
+        await self._store.record_step(request.execution_id, record)
 
     async def _dispatch(
         self, request: RunRequest, phase: str, name: str, step: StepSpecBase, context: Mapping[str, Any]

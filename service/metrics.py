@@ -20,6 +20,8 @@ class Metrics:
     admission_decisions: Counter
     executions: Counter
     execution_duration_seconds: Histogram
+    escalation_deliveries: Counter
+    escalation_delivery_failures: Counter
 
 
 def create_metrics() -> Metrics:
@@ -71,6 +73,18 @@ def create_metrics() -> Metrics:
             "Time from an execution's start to its outcome.",
             ["rule", "outcome"],
             buckets=(1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=registry,
+        ),
+        escalation_deliveries=Counter(
+            "remediator_escalation_deliveries",
+            "Escalation messages sent, by channel and result (delivered, failed, abandoned, resent, resend_failed).",
+            ["channel", "result"],
+            registry=registry,
+        ),
+        escalation_delivery_failures=Counter(
+            "remediator_escalation_delivery_failures",
+            "Failed attempts to send an escalation message (each retry counts), by channel.",
+            ["channel"],
             registry=registry,
         ),
     )

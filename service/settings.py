@@ -130,6 +130,8 @@ class EscalationSettings(_Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"channel names must be unique: {', '.join(duplicates)}")
+        if self.levels and self.levels[0].delay:
+            raise ValueError("levels[0] is notified at once: its delay must be 0")
         for index, level in enumerate(self.levels):
             unknown = [n for n in level.channels if n not in names]
             if unknown:
