@@ -3,12 +3,14 @@ per channel, after the channel comes back and across restarts; levels stop at an
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import nats
 import pytest
 from escalation_helpers import (  # noqa: F401 (fixtures)
     FAILING,
@@ -23,7 +25,7 @@ from escalation_helpers import (  # noqa: F401 (fixtures)
     store,
 )
 from flow_helpers import alert_body, poll
-from realprocs import AlertmanagerServer
+from realprocs import AlertmanagerServer, NatsServer
 
 from service.app import RUNTIME
 from service.settings import Settings, SettingsError, load_secrets, load_settings
@@ -291,3 +293,42 @@ def test_a_webhook_url_comes_from_a_file_or_the_environment_never_missing(tmp_pa
         "on-call": "http://127.0.0.1:1/hook",
     }
     assert "https://hooks.example.invalid/T000/B000" in secrets.values()
+
+
+async def test_a_nats_subject_gets_the_escalation_beside_another_channel(
+    nats_server: NatsServer, apps: AppFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    await receiver.start()
+    nc = await nats.connect(nats_server.client_url, connect_timeout=5, allow_reconnect=False)
+    received: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    async def on_message(msg: Any) -> None:
+        received.put_nowait(json.loads(msg.data))
+
+    await nc.subscribe("remediator.escalations", cb=on_message)
+    await nc.flush(timeout=5)
+    try:
+        settings = settings_for(
+            tmp_path,
+            "fails-verification",
+            FAILING,
+            {
+                "channels": [
+                    {"name": "hook", "type": "webhook", "url": receiver.url("/hook")},
+                    {"name": "bus", "type": "nats", "url": nats_server.client_url, "subject": "remediator.escalations"},
+                ]
+            },
+        )
+        client = await apps(settings)
+        assert (await client.post("/hooks/alertmanager", json=alert_body())).status == 200
+        run = await only_execution(client)
+        message = await asyncio.wait_for(received.get(), 20)
+        assert (message["execution_id"], message["event"], message["level"]) == (run["id"], "escalation", 0)
+        assert message["id"].endswith("/level-0/bus")
+        await poll(lambda: _hook_events(receiver, 1))
+    finally:
+        await nc.close()
+
+
+async def _hook_events(receiver: Receiver, n: int) -> bool:
+    return len(receiver.at("/hook")) >= n
