@@ -26,6 +26,7 @@ from service.escalation import Escalator, Policy
 from service.executor import Endpoints, Executor
 from service.intake import Intake, WebhookAuth, handle
 from service.metrics import Metrics, create_metrics
+from service.redaction import DEFAULT_PATTERNS, Redactor
 from service.report import report_json
 from service.rules import RuleSet, load_ruleset
 from service.settings import Secrets, Settings
@@ -328,6 +329,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         settings.limits.max_concurrent_executions,
         finished,
         approval_hooks=escalator,
+        redactor=Redactor(secrets.values(), (*DEFAULT_PATTERNS, *settings.redact_patterns)),
     )
     dispatcher = Dispatcher(
         store,

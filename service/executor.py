@@ -29,6 +29,7 @@ from service.playbooks import (
     WaitStep,
     rolling_items,
 )
+from service.redaction import Redactor
 from service.steps import StepContext, StepOutcome, StepSpecBase
 from service.steps.promql import Spec as PromqlSpec
 from service.steps.promql import expr_from_generator_url
@@ -121,6 +122,7 @@ class Executor:
         max_concurrent: int,
         on_finished: Callable[[str, str, str, float], None],
         approval_hooks: ApprovalHooks | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -132,6 +134,7 @@ class Executor:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._on_finished = on_finished
         self._approval_hooks = approval_hooks
+        self._redactor = redactor or Redactor(())
         self.approvals = Approvals()
 
     def start(self, request: RunRequest, queued: bool = False) -> asyncio.Task[None]:
@@ -318,9 +321,10 @@ class Executor:
         outcome: StepOutcome,
     ) -> None:
         duration = outcome.duration_s or time.monotonic() - started
+        redact = self._redactor
         record = StepRecord(
             phase, name, step_type, attempt, started_at, duration, outcome.ok, outcome.status,
-            outcome.summary, outcome.output, outcome.exit_code, dict(outcome.data),
+            redact.text(outcome.summary), redact.text(outcome.output), outcome.exit_code, redact.data(outcome.data),
         )  # fmt: skip
         await self._store.record_step(request.execution_id, record)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ class _Section(BaseModel):
 
 class StoreSettings(_Section):
     path: Path = Path("var/remediator.db")
+    retention_days: float = Field(default=30.0, gt=0, le=3650, description="executions older than this are pruned")
+    prune_interval_seconds: float = Field(default=3600.0, ge=10, le=86400)
 
 
 class WebhookAuthSettings(_Section):
@@ -169,6 +172,9 @@ class Settings(_Section):
     alertmanager_url: str = "http://127.0.0.1:9093"
     nats_url: str = "nats://127.0.0.1:4222"
     nats_monitor_url: str = "http://127.0.0.1:8222"
+    redact_patterns: list[str] = Field(
+        default_factory=list, description="regexes masked in step output, in addition to secrets and defaults"
+    )
     base_dir: Path = Field(default=Path("."), description="relative paths resolve against this")
     # Where the values came from, so a problem found later (an unreadable secret file) names its line.
     _source: YamlDocument | None = PrivateAttr(default=None)
@@ -179,6 +185,16 @@ class Settings(_Section):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
         return value.rstrip("/")
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _compiles(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f'invalid regex "{pattern}": {exc.msg}') from None
+        return patterns
 
     def resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else self.base_dir / path
