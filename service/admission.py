@@ -91,6 +91,9 @@ async def decide(
             return Verdict("refuse", "busy", f"a run for {match.target} is already active (concurrency: single)")
         if limits.concurrency == "parallel" and history.active >= limits.max_parallel:
             return Verdict("refuse", "busy", f"{history.active} runs active for {match.target} (max_parallel)")
+        if limits.concurrency == "restart":
+            detail = f"restart mode: cancels the {history.active} active run(s) for {match.target}"
+            return Verdict("run", "restart", detail)
         if limits.concurrency == "queued":
             if history.active > limits.max_queue:
                 return Verdict("refuse", "queue_full", f"queue for {match.target} is full (max_queue)")

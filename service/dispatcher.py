@@ -230,6 +230,10 @@ class Dispatcher:
             return
         if verdict.decision == "shadow":
             return
+        if verdict.reason == "restart":
+            for active in await self._store.active_for_target(rule.name, match.target):
+                if active != execution_id and self._executor.cancel(active):
+                    await self._store.add_event(active, now, "restart", f"cancelled: superseded by {execution_id}")
         playbook = self._rules().playbooks[match.playbook]
         self._executor.start(
             RunRequest(

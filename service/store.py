@@ -634,6 +634,18 @@ class SQLiteStore:
             ]
         )
 
+    async def active_for_target(self, rule: str, target: str) -> list[str]:
+        """Ids of the runs of `rule` still active for `target` (restart mode cancels them)."""
+        return await self.read(
+            lambda conn: [
+                row[0]
+                for row in conn.execute(
+                    f"SELECT id FROM executions WHERE rule = ? AND target = ? AND state IN ({_ACTIVE_SQL})",
+                    (rule, target),
+                )
+            ]
+        )
+
     async def execution_for_occurrence(self, rule: str, occurrence_id: int) -> tuple[str, str] | None:
         """(id, state) of the run a rule already made for this alert occurrence, if any."""
 

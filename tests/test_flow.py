@@ -21,8 +21,8 @@ rules:
     status: firing
     playbook: touch
     params:
-      marker: "{{ labels.marker | default('done') }}"
-    limits: {cooldown: 0, max_runs: 100, window: 1h, concurrency: queued, max_queue: 5}
+      marker: "{{{{ labels.marker | default('done') }}}}"
+    limits: {{cooldown: 0, max_runs: 100, window: 1h, concurrency: {concurrency}, max_queue: 5}}
 """
 
 PLAYBOOK = """
@@ -53,9 +53,12 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 async def service(tmp_path: Path) -> AsyncIterator[ClientFactory]:
     clients: list[TestClient[Any, Any]] = []
 
-    async def make(delay: float = 0, within: float = 5, check: str = "{{ params.marker }}") -> TestClient[Any, Any]:
+    async def make(
+        delay: float = 0, within: float = 5, check: str = "{{ params.marker }}", concurrency: str = "queued"
+    ) -> TestClient[Any, Any]:
         playbook = PLAYBOOK.format(python=sys.executable, root=tmp_path, delay=delay, within=within, check=check)
-        settings = Settings.model_validate(write_config(tmp_path, RULES, {"touch": playbook}))
+        rules = RULES.format(concurrency=concurrency)
+        settings = Settings.model_validate(write_config(tmp_path, rules, {"touch": playbook}))
         client = TestClient(TestServer(create_app(settings, Secrets(None, None, None))))
         await client.start_server()
         clients.append(client)
@@ -150,3 +153,16 @@ async def test_param_allowlist_refuses_a_hostile_label_and_runs_nothing(service:
     assert run["state"] == "refused"
     assert 'param "marker"' in run["reason"] and "does not match pattern" in run["reason"]
     assert not list(tmp_path.glob("x*"))
+
+
+async def test_restart_mode_cancels_the_active_run_for_the_new_one(service: ClientFactory) -> None:
+    client = await service(delay=5, concurrency="restart")
+    assert (await client.post("/hooks/alertmanager", json=alert_body("dddd000000000001", marker="r1"))).status == 200
+    [first] = await poll(lambda: _at_least(executions(client), 1))
+    await poll(lambda: finished(client, first["id"], {"running"}))
+    assert (await client.post("/hooks/alertmanager", json=alert_body("dddd000000000002", marker="r2"))).status == 200
+    report = await poll(lambda: finished(client, first["id"], {"cancelled"}))
+    assert any(e["kind"] == "restart" for e in report["timeline"])
+    runs = await executions(client)
+    second = next(r for r in runs if r["params"]["marker"] == "r2")
+    assert second["state"] in ("queued", "running", "verifying", "succeeded")
