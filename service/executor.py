@@ -244,7 +244,7 @@ class Executor:
                 return {k: render(v) for k, v in value.items()}
             return value
 
-        raw = step.model_dump(by_alias=True)
+        raw = step.model_dump(by_alias=True, exclude_unset=True)  # re-validated: only what the file said
         rendered = {k: (v if k in _NOT_RENDERED else render(v)) for k, v in raw.items()}
         return type(step).model_validate(rendered)
 
