@@ -332,3 +332,20 @@ async def test_a_nats_subject_gets_the_escalation_beside_another_channel(
 
 async def _hook_events(receiver: Receiver, n: int) -> bool:
     return len(receiver.at("/hook")) >= n
+
+
+async def test_a_level_due_while_the_service_was_down_is_sent_after_the_restart(
+    apps: AppFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    await receiver.start()
+    settings = outbox_settings(tmp_path, receiver, level1_delay="2s")
+    first = await apps(settings)
+    assert (await first.post("/hooks/alertmanager", json=alert_body())).status == 200
+    run = await only_execution(first)
+    await poll(lambda: _delivered_count(receiver, run["id"], 1))
+    await first.close()
+    assert len(receiver.bodies) == 1  # level 1 was not due yet when the service stopped
+
+    await apps(settings)
+    await poll(lambda: _delivered_count(receiver, run["id"], 3))
+    assert sorted((p, b.get("level")) for p, b in receiver.bodies) == [("/chat", None), ("/hook", 0), ("/hook", 1)]
