@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from service.rules import RuleMatch
-from service.store import SQLiteStore
+from service.store import TERMINAL_STATES, SQLiteStore
 
 Decision = Literal["run", "queue", "repeat", "refuse", "shadow"]
 
@@ -47,10 +47,13 @@ async def decide(
 ) -> Verdict:
     rule = match.rule.rule
     limits = rule.limits
-    existing = await store.execution_for_occurrence(rule.name, occurrence_id)
-    if existing is not None:
-        execution_id, _state = existing
-        return Verdict("repeat", "duplicate", f"occurrence already handled by execution {execution_id}", execution_id)
+    prior = await store.execution_for_occurrence(rule.name, occurrence_id)
+    if prior is not None:
+        # rerun_after: an alert still firing that long after a finished run may be tried again,
+        # within the same limits as any run
+        rerun = limits.rerun_after is not None and prior.state in TERMINAL_STATES
+        if not rerun or (now - prior.created_at).total_seconds() < (limits.rerun_after or 0):
+            return Verdict("repeat", "duplicate", f"occurrence already handled by execution {prior.id}", prior.id)
     for pause in await store.active_pauses(now):
         if pause["rule"] in ("*", rule.name) and pause["target"] in ("*", match.target):
             return Verdict(

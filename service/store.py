@@ -646,16 +646,16 @@ class SQLiteStore:
             ]
         )
 
-    async def execution_for_occurrence(self, rule: str, occurrence_id: int) -> tuple[str, str] | None:
-        """(id, state) of the run a rule already made for this alert occurrence, if any."""
+    async def execution_for_occurrence(self, rule: str, occurrence_id: int) -> PriorRun | None:
+        """The latest run a rule made for this alert occurrence, if any (refusals do not count)."""
 
-        def select(conn: sqlite3.Connection) -> tuple[str, str] | None:
+        def select(conn: sqlite3.Connection) -> PriorRun | None:
             row = conn.execute(
-                "SELECT id, state FROM executions WHERE occurrence_id = ? AND rule = ? AND state != 'refused'"
-                " ORDER BY created_at DESC LIMIT 1",
+                "SELECT id, state, created_at FROM executions WHERE occurrence_id = ? AND rule = ?"
+                " AND state != 'refused' ORDER BY created_at DESC LIMIT 1",
                 (occurrence_id, rule),
             ).fetchone()
-            return None if row is None else (row[0], row[1])
+            return None if row is None else PriorRun(row[0], row[1], datetime.fromisoformat(row[2]))
 
         return await self.read(select)
 
@@ -1167,6 +1167,13 @@ class StepRecord:
     output: str
     exit_code: int | None
     data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PriorRun:
+    id: str
+    state: str
+    created_at: datetime
 
 
 @dataclass(frozen=True)

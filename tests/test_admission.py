@@ -203,3 +203,17 @@ async def test_limits_hold_across_a_restart(harness: Any, tmp_path: Path) -> Non
     assert (await h.decide(nxt)).reason == "cooldown"
     h.clock.advance(timedelta(minutes=9).total_seconds())
     assert (await h.decide(nxt)).decision == "run"
+
+
+async def test_rerun_after_tries_a_still_firing_alert_again_once_the_run_finished(harness: Any) -> None:
+    h = await harness("{cooldown: 0, max_runs: 5, rerun_after: 10m}")
+    occ = await h.occurrence("aaaa000000000001")
+    first = await h.run(occ, state="running")
+    h.clock.advance(3600)
+    assert (await h.decide(occ)).decision == "repeat"  # still running: never twice at once
+    await h.store.set_state(first, "failed", h.clock.now())
+    second = await h.run(occ, state="failed")
+    h.clock.advance(599)
+    assert (await h.decide(occ)).existing_execution == second
+    h.clock.advance(1)
+    assert (await h.decide(occ)).decision == "run"
