@@ -98,6 +98,9 @@ class Escalator:
     async def escalate(self, execution_id: str, reason: str, severity: str) -> None:
         """Record the escalation and queue its first level; returns once committed, never sends."""
         await self._open(execution_id, "failed", reason, severity, None)
+        # Start-up recovery escalates the runs it marks interrupted: settle their approvals now
+        # rather than at the next periodic pass.
+        await self._settle_approvals()
 
     async def approval_requested(self, execution_id: str, prompt: str, deadline: datetime) -> None:
         # A run resumed after a restart asks again for the request it already escalated.

@@ -381,10 +381,9 @@ class Executor:
             approved, who = await asyncio.wait_for(decision, max(0.0, remaining))
         except TimeoutError:
             approved, who = False, f"timeout after {step.timeout:g}s"
-        except asyncio.CancelledError:
-            await self._approval_closed(request.execution_id, pending.id, "expired", "the run was cancelled")
-            raise
         finally:
+            # Cancelled (shutdown, resolved alert): the request stays pending in the store. A resumed
+            # run picks it up again; the escalator settles it once the execution has ended.
             self.approvals.forget(request.execution_id)
         verdict = "approved" if approved else "denied"
         await self._approval_closed(request.execution_id, pending.id, verdict, who)
