@@ -103,9 +103,7 @@ async def test_deny_by_header_name_skips_the_guarded_step(apps: AppFactory, rece
     client = await apps(approval_settings(tmp_path, receiver))
     assert (await client.post("/hooks/alertmanager", json=alert_body())).status == 200
     run = await _pending(client)
-    denied = await client.post(
-        f"/api/v1/executions/{run['id']}/deny", headers={**auth(), "X-Remediator-User": "bob"}
-    )
+    denied = await client.post(f"/api/v1/executions/{run['id']}/deny", headers={**auth(), "X-Remediator-User": "bob"})
     assert await denied.json() == {"status": "denied", "by": "bob"}
     report = await state_is(client, run["id"], "escalated")
     assert not (tmp_path / "guarded-ran").exists()
@@ -128,7 +126,11 @@ async def test_a_timeout_denies_and_escalates(apps: AppFactory, receiver: Receiv
     request, closing, failure = await poll(lambda: _hook_events(receiver, 3))
     assert request["kind"] == "approval"
     assert closing["event"] == "closed" and closing["reason"] == "approval denied by timeout after 1s"
-    assert (failure["kind"], failure["labels"]["alertname"], failure["severity"]) == ("failed", "RemediationFailed", "page")
+    assert (failure["kind"], failure["labels"]["alertname"], failure["severity"]) == (
+        "failed",
+        "RemediationFailed",
+        "page",
+    )
     assert "denied by timeout after 1s" in failure["reason"]
     kinds = [(e["kind"], e["state"]) for e in await store(client).escalations_for(run["id"])]
     assert kinds == [("approval", "closed"), ("failed", "open")]
@@ -145,7 +147,9 @@ async def test_requests_left_pending_by_a_crash_are_settled_at_start_up(
     now = datetime.now(UTC)
     for execution_id, deadline in (("ex-late", now - timedelta(minutes=1)), ("ex-early", now + timedelta(hours=1))):
         await db.create_execution(
-            NewExecution(execution_id, "jetstream", "v", "guarded", "v", "t", None, "fp", "A", "enforce", {}, "interrupted"),
+            NewExecution(
+                execution_id, "jetstream", "v", "guarded", "v", "t", None, "fp", "A", "enforce", {}, "interrupted"
+            ),
             now - timedelta(minutes=5),
         )
         await db.open_approval(execution_id, "ask", "restart the router?", now - timedelta(minutes=5), deadline)
@@ -154,7 +158,9 @@ async def test_requests_left_pending_by_a_crash_are_settled_at_start_up(
     client = await apps(settings)
 
     async def settled() -> list[tuple[str | None, str | None]] | None:
-        decisions = [(a.decision, a.approver) for x in ("ex-late", "ex-early") for a in await store(client).approvals_for(x)]
+        decisions = [
+            (a.decision, a.approver) for x in ("ex-late", "ex-early") for a in await store(client).approvals_for(x)
+        ]
         return decisions if all(d for d, _ in decisions) else None
 
     assert await poll(settled) == [("denied", "timeout"), ("expired", "the remediator")]

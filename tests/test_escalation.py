@@ -210,7 +210,9 @@ async def test_an_acknowledgement_stops_the_later_levels(apps: AppFactory, recei
     acked = await only_execution(client)
     await state_is(client, acked["id"], "escalated")
     await poll(lambda: _delivered_count(receiver, acked["id"], 1))
-    assert (await client.post(f"/api/v1/executions/{acked['id']}/ack", headers={**auth(), "X-Remediator-User": "bob"})).status == 200
+    assert (
+        await client.post(f"/api/v1/executions/{acked['id']}/ack", headers={**auth(), "X-Remediator-User": "bob"})
+    ).status == 200
     await poll(lambda: _delivered_count(receiver, acked["id"], 2))  # the closing message to the hook
 
     # A second escalation opened later reaching its level 1 proves the first one's level-1 time passed.
