@@ -236,6 +236,7 @@ def verification_chart(polls: Sequence[Mapping[str, Any]]) -> Chart | None:
 def detail_context(
     report: Mapping[str, Any],
     *,
+    escalations: Sequence[Mapping[str, Any]],
     runbook: str,
     alertmanager_url: str,
     now: datetime,
@@ -260,7 +261,7 @@ def detail_context(
             "by": "" if str(e["data"].get("by", "")) in e["message"] else e["data"]["by"],
         }
         for e in events
-        if e["kind"] in ("escalation", "approval", "ack", "acknowledgement")
+        if e["kind"] in ("escalation", "approval")
     ]
     labels: Mapping[str, str] = alert["labels"] if alert else {}
     annotations: Mapping[str, str] = alert["annotations"] if alert else {}
@@ -281,6 +282,16 @@ def detail_context(
         "polls": polls,
         "chart": verification_chart(polls),
         "people": people,
+        "escalations": [
+            {
+                **e,
+                "opened": show_time(e["opened_at"]),
+                "closed": show_time(e["closed_at"]),
+                "delivered": sum(1 for m in e["messages"] if m["delivered_at"]),
+                "failing": sorted({m["last_error"] for m in e["messages"] if not m["delivered_at"]} - {""}),
+            }
+            for e in escalations
+        ],
         "timeline": events,
         "runbook": runbook,
         "active": execution["state"] in ACTIVE_STATES,
@@ -377,13 +388,15 @@ async def _detail(request: web.Request) -> web.Response:
     if record is None:
         return _html(request, "missing.html", {"execution_id": execution_id}, status=404)
     report = report_json(record)
+    escalations = await runtime.store.escalations_for(execution_id)
     context = detail_context(
         report,
+        escalations=escalations,
         runbook=_runbook(runtime, report["execution"]["playbook"]),
         alertmanager_url=runtime.settings.alertmanager_url,
         now=runtime.clock.now(),
         can_decide=runtime.executor.approvals.pending(execution_id),
-        can_ack=_api_handler(request.app, "ack") is not None and report["execution"]["state"] in TERMINAL_STATES,
+        can_ack=_api_handler(request.app, "ack") is not None and any(e["state"] == "open" for e in escalations),
         result=request.query.get("result"),
     )
     return _html(request, "detail.html", context)
