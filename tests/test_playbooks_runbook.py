@@ -352,6 +352,9 @@ class Harness:
         assert self.executor.approvals.decide(execution_id, approved, "test-operator")
 
 
+MakeHarness = Callable[..., "Harness"]
+
+
 class Report:
     def __init__(self, record: ExecutionRecord, escalations: list[tuple[str, str]]) -> None:
         self.record = record
@@ -398,7 +401,7 @@ class Report:
 
 
 @pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Callable[[str], Harness]]:
+async def harness(tmp_path: Path) -> AsyncIterator[MakeHarness]:
     store = SQLiteStore(tmp_path / "remediator.db")
     await store.open()
     made: list[Harness] = []
@@ -428,9 +431,7 @@ async def router_connected(s: Stack, port: int | None = None) -> bool:
 # --- §1A NATS process down ------------------------------------------------------------------------
 
 
-async def test_nats_process_down_restarts_nats_and_the_router_reconnects(
-    stack: Stack, harness: Callable[[str], Harness]
-) -> None:
+async def test_nats_process_down_restarts_nats_and_the_router_reconnects(stack: Stack, harness: MakeHarness) -> None:
     await asyncio.to_thread(stack.start)
     await poll(lambda: router_connected(stack), what="router connected")
     old_pid, old_start = stack.pid("nats"), (await varz(stack))["start"]
@@ -450,7 +451,7 @@ async def test_nats_process_down_restarts_nats_and_the_router_reconnects(
     assert verified and "all checks hold" in verified[-1]["message"]
 
 
-async def test_nats_process_down_recovers_a_crashed_server(stack: Stack, harness: Callable[[str], Harness]) -> None:
+async def test_nats_process_down_recovers_a_crashed_server(stack: Stack, harness: MakeHarness) -> None:
     await asyncio.to_thread(stack.start)
     crashed = stack.pid("nats")
     os.kill(crashed, signal.SIGKILL)  # the runbook's case: the NATS process itself died
@@ -469,9 +470,7 @@ async def test_nats_process_down_recovers_a_crashed_server(stack: Stack, harness
     assert await router_connected(stack)
 
 
-async def test_nats_process_down_escalates_when_nats_cannot_start(
-    stack: Stack, harness: Callable[[str], Harness]
-) -> None:
+async def test_nats_process_down_escalates_when_nats_cannot_start(stack: Stack, harness: MakeHarness) -> None:
     # Something else holds NATS's client port: nats-server cannot bind it and exits at once.
     with socket.socket() as squatter:
         squatter.bind((LOOPBACK, stack.nats_port))
@@ -498,7 +497,7 @@ def _expiring_cert(directory: Path) -> Path:
 
 
 async def test_router_nats_flapping_diagnoses_then_restarts_router_nodes_one_at_a_time(
-    stack: Stack, harness: Callable[[str], Harness], tmp_path: Path
+    stack: Stack, harness: MakeHarness, tmp_path: Path
 ) -> None:
     require_binary("openssl")
     await asyncio.to_thread(stack.start)
@@ -549,9 +548,7 @@ async def test_router_nats_flapping_diagnoses_then_restarts_router_nodes_one_at_
     assert await router_connected(stack) and await router_connected(second)
 
 
-async def test_router_nats_flapping_without_tls_skips_the_certificate_check(
-    stack: Stack, harness: Callable[[str], Harness]
-) -> None:
+async def test_router_nats_flapping_without_tls_skips_the_certificate_check(stack: Stack, harness: MakeHarness) -> None:
     await asyncio.to_thread(stack.start)
     report = await harness("http://127.0.0.1:9").run(
         "router-nats-flapping",
@@ -584,7 +581,7 @@ async def _backlog(s: Stack, count: int) -> None:
 
 
 async def test_jetstream_backlog_gathers_evidence_advises_and_purges_nothing(
-    clean: tuple[Stack, str], harness: Callable[[str], Harness]
+    clean: tuple[Stack, str], harness: MakeHarness
 ) -> None:
     s, prometheus = clean
     await _backlog(s, 300)
@@ -607,7 +604,7 @@ async def test_jetstream_backlog_gathers_evidence_advises_and_purges_nothing(
 
 
 async def test_jetstream_purge_waits_for_approval_denied_keeps_everything_approved_purges(
-    clean: tuple[Stack, str], harness: Callable[[str], Harness]
+    clean: tuple[Stack, str], harness: MakeHarness
 ) -> None:
     s, prometheus = clean
     await _backlog(s, 200)
@@ -664,7 +661,7 @@ def _transitions(text: str, tenant: str, provider: str, to: str) -> float:
 
 
 async def test_circuit_breaker_with_a_healthy_provider_goes_half_open_then_closes(
-    clean: tuple[Stack, str], harness: Callable[[str], Harness]
+    clean: tuple[Stack, str], harness: MakeHarness
 ) -> None:
     s, prometheus = clean
     tenant, provider = "tenant_a", "openai"
@@ -694,7 +691,7 @@ async def test_circuit_breaker_with_a_healthy_provider_goes_half_open_then_close
 
 
 async def test_circuit_breaker_with_a_failing_provider_stays_open_and_escalates(
-    clean: tuple[Stack, str], harness: Callable[[str], Harness]
+    clean: tuple[Stack, str], harness: MakeHarness
 ) -> None:
     s, prometheus = clean
     tenant, provider = "tenant_a", "anthropic"
@@ -725,9 +722,7 @@ async def test_circuit_breaker_with_a_failing_provider_stays_open_and_escalates(
     assert _transitions(await s.metrics(), tenant, provider, "half_open") == half_open_before
 
 
-async def test_full_force_recovery_only_after_approval(
-    clean: tuple[Stack, str], harness: Callable[[str], Harness]
-) -> None:
+async def test_full_force_recovery_only_after_approval(clean: tuple[Stack, str], harness: MakeHarness) -> None:
     s, prometheus = clean
     tenant, provider = "tenant_b", "openai"
     await _open_breaker(s, prometheus, tenant, provider)
@@ -774,7 +769,7 @@ async def _started_with_messages(s: Stack, count: int) -> int:
 
 
 async def test_clean_state_restart_keeps_data_and_brings_ports_9000_9001_back(
-    stack: Stack, harness: Callable[[str], Harness]
+    stack: Stack, harness: MakeHarness
 ) -> None:
     messages = await _started_with_messages(stack, 20)
     pids = (stack.pid("nats"), stack.pid("router"))
@@ -794,9 +789,7 @@ async def test_clean_state_restart_keeps_data_and_brings_ports_9000_9001_back(
     assert await stack.stream_messages() == messages  # the data survived
 
 
-async def test_clean_state_restart_wipes_data_only_after_approval(
-    stack: Stack, harness: Callable[[str], Harness]
-) -> None:
+async def test_clean_state_restart_wipes_data_only_after_approval(stack: Stack, harness: MakeHarness) -> None:
     messages = await _started_with_messages(stack, 20)
     pids = (stack.pid("nats"), stack.pid("router"))
     h = harness("http://127.0.0.1:9")
@@ -829,9 +822,7 @@ async def test_clean_state_restart_wipes_data_only_after_approval(
 # --- §4 troubleshooting diagnostics -------------------------------------------------------------
 
 
-async def test_high_latency_diagnosis_names_the_slow_provider(
-    clean: tuple[Stack, str], harness: Callable[[str], Harness]
-) -> None:
+async def test_high_latency_diagnosis_names_the_slow_provider(clean: tuple[Stack, str], harness: MakeHarness) -> None:
     s, prometheus = clean
     await s.admin("POST", "/admin/faults/provider/openai", {"extra_latency_ms": 1500})
     slow = f'router_provider_latency_p95_ms{{instance="{s.instance}",provider="openai"}} >= 1000'
@@ -848,9 +839,7 @@ async def test_high_latency_diagnosis_names_the_slow_provider(
     assert "p95 request latency" in text and "slow provider(s): openai" in text, text
 
 
-async def test_429_diagnosis_reports_the_rate_limited_share(
-    clean: tuple[Stack, str], harness: Callable[[str], Harness]
-) -> None:
+async def test_429_diagnosis_reports_the_rate_limited_share(clean: tuple[Stack, str], harness: MakeHarness) -> None:
     s, prometheus = clean
     await s.admin("POST", "/admin/faults/rate_limit", {"fraction": 0.5})
     sel = f'instance="{s.instance}"'
@@ -867,9 +856,7 @@ async def test_429_diagnosis_reports_the_rate_limited_share(
     assert "over 5%" in text, text
 
 
-async def test_503_diagnosis_names_the_open_breaker(
-    clean: tuple[Stack, str], harness: Callable[[str], Harness]
-) -> None:
+async def test_503_diagnosis_names_the_open_breaker(clean: tuple[Stack, str], harness: MakeHarness) -> None:
     s, prometheus = clean
     await _open_breaker(s, prometheus, "tenant_b", "anthropic")
 
@@ -883,9 +870,7 @@ async def test_503_diagnosis_names_the_open_breaker(
     assert "circuit breaker(s) open for tenant_b/anthropic" in report.escalation_text, report.escalation_text
 
 
-async def test_stuck_queue_diagnosis_finds_the_crashed_consumer(
-    clean: tuple[Stack, str], harness: Callable[[str], Harness]
-) -> None:
+async def test_stuck_queue_diagnosis_finds_the_crashed_consumer(clean: tuple[Stack, str], harness: MakeHarness) -> None:
     s, prometheus = clean
     await s.admin("POST", "/admin/faults/consumer", {"mode": "crashed"})
     down = f'router_nats_subscriber_up{{instance="{s.instance}"}} == 0'
@@ -901,7 +886,7 @@ async def test_stuck_queue_diagnosis_finds_the_crashed_consumer(
     assert "consumer crash" in report.escalation_text and "subscriber_up=0" in report.escalation_text
 
 
-async def test_notify_only_escalates_with_the_alert_summary(harness: Callable[[str], Harness]) -> None:
+async def test_notify_only_escalates_with_the_alert_summary(harness: MakeHarness) -> None:
     report = await harness().run("notify-only", {}, labels={"alertname": "RouterDown", "instance": "127.0.0.1:9001"})
     assert report.state == "succeeded", report.explain()
     assert report.escalations[0][0].startswith("RouterDown on 127.0.0.1:9001")
