@@ -123,8 +123,11 @@ async def test_a_timeout_denies_and_escalates(apps: AppFactory, receiver: Receiv
     [approval] = await store(client).approvals_for(run["id"])
     assert (approval.decision, approval.approver) == ("denied", "timeout after 1s")
 
-    request, closing, failure = await poll(lambda: _hook_events(receiver, 3))
-    assert request["kind"] == "approval"
+    # the approval's closing message and the failure's notice are sent concurrently: any order
+    messages = await poll(lambda: _hook_events(receiver, 3))
+    by_event = {(m["kind"], m["event"]): m for m in messages}
+    assert sorted(by_event) == [("approval", "closed"), ("approval", "escalation"), ("failed", "escalation")]
+    closing, failure = by_event["approval", "closed"], by_event["failed", "escalation"]
     assert closing["event"] == "closed" and closing["reason"] == "approval denied by timeout after 1s"
     assert (failure["kind"], failure["labels"]["alertname"], failure["severity"]) == (
         "failed",
