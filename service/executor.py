@@ -446,6 +446,9 @@ class Executor:
                     outcome = await self._dispatch(request, phase, name, self._render(check, context), context)
                 except TemplateError as exc:
                     outcome = _error_outcome(f"template: {exc}")
+                except Exception as exc:  # a bad check must fail the poll, not leave the run hanging
+                    log.exception("check crashed", extra={"execution_id": request.execution_id, "check": name})
+                    outcome = _error_outcome(f"{type(exc).__name__}: {exc}")
                 results.append(
                     {
                         "check": name,

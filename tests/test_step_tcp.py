@@ -56,3 +56,16 @@ def test_port_range() -> None:
     for bad in (0, 65536):
         with pytest.raises(ValueError):
             Spec(type="tcp", port=bad)
+
+
+def test_port_may_be_a_template_that_renders_to_a_number() -> None:
+    from pydantic import ValidationError
+
+    from service.steps.tcp import Spec
+
+    assert Spec.model_validate({"type": "tcp", "port": "{{ params.port }}"}).port == "{{ params.port }}"
+    assert Spec.model_validate({"type": "tcp", "port": "4222"}).port == 4222
+    assert Spec.model_validate({"type": "tcp", "port": 9000}).port == 9000
+    for bad in ("abc", 0, 70000, True, "4222; rm -rf /"):
+        with pytest.raises(ValidationError, match="port must be a number"):
+            Spec.model_validate({"type": "tcp", "port": bad})

@@ -4,12 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from service.steps import StepContext, StepOutcome, StepSpecBase
 from service.steps.errors import reason
+
+
+def _port(value: object) -> object:
+    """A port number, or a template (``"{{ params.port }}"``) kept as text until the executor renders
+    it: the rendered text must then be a port number like any other."""
+    if isinstance(value, str) and "{{" in value:
+        return value
+    number = int(value) if isinstance(value, str) and value.strip().isdigit() else value
+    if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
+        raise ValueError(f"port must be a number from 1 to 65535 or a template, got {value!r}")
+    return number
+
+
+Port = Annotated[int | str, BeforeValidator(_port)]
 
 
 class Spec(StepSpecBase):
@@ -17,16 +31,17 @@ class Spec(StepSpecBase):
 
     type: Literal["tcp"]
     host: str = "127.0.0.1"
-    port: int = Field(ge=1, le=65535)
+    port: Port
     timeout: float = Field(default=5.0, gt=0, le=3600)
 
 
 async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
     started = time.monotonic()
-    target = f"{spec.host}:{spec.port}"
+    port = int(spec.port)  # the executor has rendered a templated port by now
+    target = f"{spec.host}:{port}"
     try:
         async with asyncio.timeout(spec.timeout):
-            _, writer = await asyncio.open_connection(spec.host, spec.port)
+            _, writer = await asyncio.open_connection(spec.host, port)
             writer.close()
             await writer.wait_closed()
     except TimeoutError:
@@ -40,6 +55,6 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
         ok=ok,
         status=status,
         summary=summary,
-        data={"host": spec.host, "port": spec.port, "open": ok, "connect_s": round(elapsed, 6)},
+        data={"host": spec.host, "port": port, "open": ok, "connect_s": round(elapsed, 6)},
         duration_s=elapsed,
     )
