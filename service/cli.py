@@ -23,6 +23,7 @@ from service.checks import (
     format_explanation,
     load_alerting_rules,
 )
+from service.demo import add_demo_command
 from service.report import render_markdown, report_json
 from service.rules import RuleSet
 from service.ruletest import run_rule_tests
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("json", "md"), default="json")
     report.add_argument("id", metavar="ID")
     report.set_defaults(run=_report)
+
+    add_demo_command(commands)  # `remediator demo`: service/demo.py
     return parser
 
 
