@@ -11,10 +11,11 @@ import signal
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import TypeVar
 
 from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -28,6 +29,7 @@ from service.intake import Intake, WebhookAuth, handle
 from service.metrics import Metrics, create_metrics
 from service.redaction import DEFAULT_PATTERNS, Redactor
 from service.report import report_json
+from service.retention import prune
 from service.rules import RuleSet, load_ruleset
 from service.settings import Secrets, Settings
 from service.store import NotificationReceipt, SQLiteStore
@@ -90,6 +92,7 @@ class Runtime:
 
 RUNTIME = web.AppKey("runtime", Runtime)
 INTAKE = web.AppKey("intake", Intake)
+SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -101,9 +104,30 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("store closed")
 
 
+async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One scheduler for the timed jobs: escalation levels and the store's retention."""
+    runtime = app[RUNTIME]
+    scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
+    store_settings = runtime.settings.store
+    scheduler.add_job(
+        prune,
+        "interval",
+        seconds=store_settings.prune_interval_seconds,
+        args=(runtime.store, runtime.clock, store_settings.retention_days),
+        id="retention",
+        next_run_time=runtime.clock.now(),  # a store that grew while we were down shrinks at once
+        coalesce=True,
+        max_instances=1,
+    )
+    scheduler.start()
+    app[SCHEDULER] = scheduler
+    yield
+    scheduler.shutdown(wait=False)
+
+
 async def _escalation_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The outbox worker and the level scheduler: after the store opens, before the flow escalates."""
-    async with app[RUNTIME].escalator.running():
+    """The outbox worker and the levels: after the store opens, before the flow escalates."""
+    async with app[RUNTIME].escalator.running(app[SCHEDULER]):
         yield
 
 
@@ -341,6 +365,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         ),
         lambda rule, decision, reason: metrics.admission_decisions.labels(rule, decision, reason).inc(),
         escalator.escalate,
+        escalator.original_resolved,
     )
     runtime = Runtime(settings, secrets, clock, metrics, store, holder, escalator, executor, dispatcher)
     app = web.Application(client_max_size=settings.limits.max_body_bytes)
@@ -361,7 +386,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         max_body_bytes=settings.limits.max_body_bytes,
         on_committed=committed,
     )
-    app.cleanup_ctx.extend([_store_ctx, _escalation_ctx, _flow_ctx, _sighup_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _scheduler_ctx, _escalation_ctx, _flow_ctx, _sighup_ctx])
     app.router.add_post("/hooks/alertmanager", _receive_webhook)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)

@@ -48,6 +48,7 @@ class Dispatcher:
         settings: DispatchSettings,
         on_decision: Callable[[str, str, str], None],
         escalate: Callable[[str, str, str], Awaitable[None]],
+        on_resolved: Callable[[int], Awaitable[object]],
     ) -> None:
         self._store = store
         self._rules = rules
@@ -56,6 +57,7 @@ class Dispatcher:
         self._settings = settings
         self._on_decision = on_decision
         self._escalate = escalate
+        self._on_resolved = on_resolved  # closes the escalations of the resolved alert's runs
         self._wake = asyncio.Event()
 
     async def recover(self) -> None:
@@ -155,12 +157,13 @@ class Dispatcher:
 
     async def _resolved(self, occurrence_id: int) -> None:
         """The alert resolved: cancel its queued runs, and running ones whose playbook says so."""
-        for execution_id, state, on_resolved in await self._store.active_for_occurrence(occurrence_id):
-            if state == "queued" or on_resolved == "cancel":
+        for execution_id, state, _playbook in await self._store.active_for_occurrence(occurrence_id):
+            if state == "queued" or self._executor.on_resolved(execution_id) == "cancel":
                 if self._executor.cancel(execution_id):
                     await self._store.add_event(
                         execution_id, self._clock.now(), "resolved", "alert resolved: cancelled"
                     )
+        await self._on_resolved(occurrence_id)
 
     async def _first_of_its_kind(self, match: RuleMatch, verdict: admission.Verdict, now: datetime) -> bool:
         """Escalate a tripped budget once per window for its target, and a storm once per storm:

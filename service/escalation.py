@@ -18,7 +18,7 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -132,13 +132,11 @@ class Escalator:
     # --- running: the worker and the level scheduler --------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[None]:
-        """Deliver the outbox and run the levels while inside; levels open before a restart are
-        scheduled again (a level whose time passed meanwhile is queued at once)."""
+    async def running(self, scheduler: AsyncIOScheduler) -> AsyncIterator[None]:
+        """Deliver the outbox and run the levels (on the app's scheduler) while inside; levels open
+        before a restart are scheduled again (a level whose time passed meanwhile is queued at once)."""
         if not self._policy.channels:
             log.warning("no escalation channels configured: escalations are only recorded in reports")
-        scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop(), timezone=UTC)
-        scheduler.start()
         try:
             async with aiohttp.ClientSession() as session:
                 self._session, self._scheduler = session, scheduler
@@ -154,7 +152,6 @@ class Escalator:
                     with contextlib.suppress(asyncio.CancelledError):
                         await worker
         finally:
-            scheduler.shutdown(wait=False)
             self._session = self._scheduler = None
 
     async def deliver_due(self) -> int:

@@ -132,6 +132,8 @@ class Executor:
         self._slots = asyncio.Semaphore(max_concurrent)
         self._target_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._requests: dict[str, RunRequest] = {}
+        self._stopping = False
         self._on_finished = on_finished
         self._approval_hooks = approval_hooks
         self._redactor = redactor or Redactor(())
@@ -140,7 +142,13 @@ class Executor:
     def start(self, request: RunRequest, queued: bool = False) -> asyncio.Task[None]:
         task = asyncio.create_task(self._run(request, queued), name=f"execution {request.execution_id}")
         self._tasks[request.execution_id] = task
-        task.add_done_callback(lambda _t: self._tasks.pop(request.execution_id, None))
+        self._requests[request.execution_id] = request
+
+        def forget(_task: asyncio.Task[None]) -> None:
+            self._tasks.pop(request.execution_id, None)
+            self._requests.pop(request.execution_id, None)
+
+        task.add_done_callback(forget)
         return task
 
     def cancel(self, execution_id: str) -> bool:
@@ -150,8 +158,15 @@ class Executor:
         task.cancel()
         return True
 
+    def on_resolved(self, execution_id: str) -> str | None:
+        """What the run's own playbook version says to do when its alert resolves (None: not here)."""
+        request = self._requests.get(execution_id)
+        return None if request is None else request.playbook.playbook.on_resolved
+
     async def shutdown(self) -> None:
-        """Cancel running executions; start-up recovery will find them `running` -> `interrupted`."""
+        """Stop running executions, leaving them in their active state: the next start-up finds them
+        and marks them `interrupted` (or resumes them), exactly as after a crash."""
+        self._stopping = True
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -177,7 +192,8 @@ class Executor:
                 outcome = await self._run_admitted(request, logger)
         except asyncio.CancelledError:
             outcome = "cancelled"
-            await self._store.set_state(request.execution_id, "cancelled", self._clock.now(), "cancelled")
+            if not self._stopping:
+                await self._store.set_state(request.execution_id, "cancelled", self._clock.now(), "cancelled")
             raise
         finally:
             self.approvals.forget(request.execution_id)

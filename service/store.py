@@ -647,6 +647,36 @@ class SQLiteStore:
             ]
         )
 
+    async def prune(self, before: datetime) -> PruneResult:
+        """Delete finished executions created before `before` (their steps, events, escalations and
+        approvals cascade), then the alerts and notifications no execution refers to any more."""
+        cutoff = timestamp(before)
+        finished = ", ".join(f"'{state}'" for state in sorted(TERMINAL_STATES | {"skipped"}))
+
+        def delete(conn: sqlite3.Connection) -> PruneResult:
+            executions = conn.execute(
+                f"DELETE FROM executions WHERE created_at < ? AND state IN ({finished})", (cutoff,)
+            ).rowcount
+            events = conn.execute(
+                "DELETE FROM alert_events WHERE dispatched_at IS NOT NULL AND notification_id IN"
+                " (SELECT id FROM notifications WHERE received_at < ?)",
+                (cutoff,),
+            ).rowcount
+            occurrences = conn.execute(
+                "DELETE FROM occurrences WHERE last_received_at < ?"
+                " AND id NOT IN (SELECT occurrence_id FROM executions WHERE occurrence_id IS NOT NULL)"
+                " AND id NOT IN (SELECT occurrence_id FROM alert_events)",
+                (cutoff,),
+            ).rowcount
+            notifications = conn.execute(
+                "DELETE FROM notifications WHERE received_at < ?"
+                " AND id NOT IN (SELECT notification_id FROM alert_events)",
+                (cutoff,),
+            ).rowcount
+            return PruneResult(executions, events, occurrences, notifications)
+
+        return await self.write(delete)
+
     async def active_for_target(self, rule: str, target: str) -> list[str]:
         """Ids of the runs of `rule` still active for `target` (restart mode cancels them)."""
         return await self.read(
@@ -1180,6 +1210,14 @@ class StepRecord:
     output: str
     exit_code: int | None
     data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    executions: int
+    alert_events: int
+    occurrences: int
+    notifications: int
 
 
 @dataclass(frozen=True)

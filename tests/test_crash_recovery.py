@@ -106,3 +106,17 @@ def test_killed_idempotent_playbook_is_resumed(tmp_path: Path, processes: list[S
         timeout=20,
         what="the resumed run to succeed",
     )
+
+
+def test_graceful_stop_mid_playbook_is_recovered_like_a_crash(tmp_path: Path, processes: list[ServiceProcess]) -> None:
+    service = make_service(tmp_path, idempotent=False)
+    processes.append(service)
+    service.start()
+    assert post(f"{service.url}/hooks/alertmanager", alert_body(marker="term1", sleep="8")) == 200
+    poll_until(lambda: (tmp_path / "term1").exists(), timeout=20, what="the second step to start")
+    assert service.terminate() == 0
+    service.start()
+    [run] = get(f"{service.url}/api/v1/executions")["executions"]
+    report = get(f"{service.url}/api/v1/executions/{run['id']}")
+    assert report["execution"]["state"] == "interrupted"
+    assert [(s["name"], s["status"]) for s in report["steps"]] == [("first", "ok"), ("second", "cancelled")]

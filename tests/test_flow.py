@@ -166,3 +166,16 @@ async def test_restart_mode_cancels_the_active_run_for_the_new_one(service: Clie
     runs = await executions(client)
     second = next(r for r in runs if r["params"]["marker"] == "r2")
     assert second["state"] in ("queued", "running", "verifying", "succeeded")
+
+
+async def test_a_resolved_alert_cancels_its_running_execution_when_the_playbook_says_so(
+    service: ClientFactory,
+) -> None:
+    client = await service(delay=5)  # the playbook says on_resolved: cancel
+    assert (await client.post("/hooks/alertmanager", json=alert_body("ffff000000000001", marker="c1"))).status == 200
+    [run] = await poll(lambda: _at_least(executions(client), 1))
+    await poll(lambda: finished(client, run["id"], {"running"}))
+    resolved = alert_body("ffff000000000001", status="resolved", marker="c1")
+    assert (await client.post("/hooks/alertmanager", json=resolved)).status == 200
+    report = await poll(lambda: finished(client, run["id"], {"cancelled"}))
+    assert any(e["kind"] == "resolved" for e in report["timeline"])
