@@ -87,3 +87,15 @@ def alertmanager_metric(stack: Stack, name: str) -> float:
         if line.startswith(name + "{") or line.startswith(name + " "):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def router_series(stack: Stack, name: str, **labels: str) -> float:
+    """The sum of the router's series `name` whose labels include `labels`, from its /metrics."""
+    status, text = http_json("GET", f"{stack.router_url}/metrics")
+    assert status == 200 and isinstance(text, str), f"router /metrics: HTTP {status}"
+    wanted = [f'{k}="{v}"' for k, v in labels.items()]
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(w in line for w in wanted):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
