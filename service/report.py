@@ -26,6 +26,8 @@ def report_json(record: ExecutionRecord) -> dict[str, Any]:
         "alert": record.occurrence,
         "steps": record.steps,
         "timeline": record.events,
+        "escalations": record.escalations,
+        "approvals": record.approvals,
     }
 
 
@@ -42,6 +44,7 @@ def render_markdown(record: ExecutionRecord, report_url: str) -> str:
     lines += _what_fired(record)
     lines += _steps(record.steps)
     lines += _verification(record.events)
+    lines += _people(record)
     lines += _timeline(record.events)
     lines += [
         "## Outcome",
@@ -164,3 +167,25 @@ def _fenced(text: str) -> list[str]:
     longest = max((len(run) for run in _BACKTICKS.findall(text)), default=0)
     fence = "`" * max(3, longest + 1)
     return [f"{fence}text", text, fence]
+
+
+def _people(record: ExecutionRecord) -> list[str]:
+    """Escalations (who was told, when, whether it was acknowledged) and approvals (who decided)."""
+    if not record.escalations and not record.approvals:
+        return []
+    lines = ["## Escalations and approvals", ""]
+    for escalation in record.escalations:
+        delivered = sum(1 for m in escalation["messages"] if m["delivered_at"])
+        who = f", acknowledged by {escalation['acked_by']}" if escalation["acked_by"] else ""
+        lines.append(
+            f"- {escalation['opened_at']} escalation ({escalation['severity']}, {escalation['state']}{who}): "
+            f"{_inline(escalation['reason'])} — {delivered} of {len(escalation['messages'])} messages delivered"
+        )
+    for approval in record.approvals:
+        decided = (
+            f"{approval['decision']} by {approval['approver']} at {approval['decided_at']}"
+            if approval["decided_at"]
+            else f"pending until {approval['deadline']}"
+        )
+        lines.append(f"- approval for step `{approval['step']}` ({_inline(approval['prompt'])}): {decided}")
+    return [*lines, ""]

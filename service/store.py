@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import json
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -850,7 +851,13 @@ class SQLiteStore:
                 },
             )
 
-        return await self.read(select)
+        record = await self.read(select)
+        if record is None:
+            return None
+        approvals = [dataclasses.asdict(a) for a in await self.approvals_for(execution_id)]
+        return dataclasses.replace(
+            record, escalations=await self.escalations_for(execution_id), approvals=approvals
+        )
 
     async def list_executions(
         self, limit: int = 50, offset: int = 0, filters: Mapping[str, str] | None = None
@@ -1240,6 +1247,8 @@ class ExecutionRecord:
     steps: list[dict[str, Any]]
     events: list[dict[str, Any]]
     occurrence: dict[str, Any] | None
+    escalations: list[dict[str, Any]] = field(default_factory=list)
+    approvals: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _execution_row(row: sqlite3.Row) -> dict[str, Any]:

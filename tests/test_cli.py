@@ -207,7 +207,7 @@ def test_report_json_and_markdown(config: Path) -> None:
     as_json = remediator("report", "--config", str(config), execution_id)
     assert as_json.returncode == 0, as_json.stderr
     report = json.loads(as_json.stdout)
-    assert set(report) == {"execution", "alert", "steps", "timeline"}
+    assert set(report) == {"execution", "alert", "steps", "timeline", "escalations", "approvals"}
     assert report["execution"]["state"] == "escalated"
     assert report["alert"]["labels"]["instance"] == "127.0.0.1:19101"
     assert [s["name"] for s in report["steps"]] == ["stop"]
