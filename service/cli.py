@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,10 @@ def _report(args: argparse.Namespace) -> int:
         return 1
     if args.format == "md":
         print(render_markdown(record, f"{settings.external_url}/executions/{args.id}"), end="")
+    elif args.format == "html":
+        from service.pages import render_report_html  # the page templates load only for this format
+
+        print(render_report_html(record, settings.alertmanager_url, "", datetime.now(UTC)), end="")
     else:
         print(json.dumps(report_json(record), indent=2, default=str))
     return 0
@@ -225,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="the report of one execution, from the store")
     report.add_argument("--config", type=Path, default=None, help="names the store")
-    report.add_argument("--format", choices=("json", "md"), default="json")
+    report.add_argument("--format", choices=("json", "md", "html"), default="json")
     report.add_argument("id", metavar="ID")
     report.set_defaults(run=_report)
 

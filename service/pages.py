@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 from service.app import RUNTIME, Runtime
 from service.report import OUTPUT_TAIL_CHARS, OUTPUT_TAIL_LINES, report_json
 from service.steps.promql import format_labels
-from service.store import ACTIVE_STATES, TERMINAL_STATES, timestamp
+from service.store import ACTIVE_STATES, TERMINAL_STATES, ExecutionRecord, timestamp
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -71,17 +71,35 @@ class Pages:
 PAGES = web.AppKey("pages", Pages)
 
 
-def add_page_routes(app: web.Application) -> None:
-    app[PAGES] = Pages(
-        jinja2.Environment(
-            loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-            autoescape=True,
-            undefined=jinja2.StrictUndefined,  # a typo in a template is a 500 in tests, not a blank
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
+def page_environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a typo in a template is a 500 in tests, not a blank
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
-    app[PAGES].env.filters["number"] = show_number
+    env.filters["number"] = show_number
+    return env
+
+
+def render_report_html(record: ExecutionRecord, alertmanager_url: str, runbook: str, now: datetime) -> str:
+    """The detail page as a standalone file (``remediator report --format html``), without buttons."""
+    context = detail_context(
+        report_json(record),
+        escalations=record.escalations,
+        runbook=runbook,
+        alertmanager_url=alertmanager_url,
+        now=now,
+        can_decide=False,
+        can_ack=False,
+        result=None,
+    )
+    return page_environment().get_template("detail.html").render(context)
+
+
+def add_page_routes(app: web.Application) -> None:
+    app[PAGES] = Pages(page_environment())
     app.router.add_get("/", _index)
     app.router.add_get("/executions/{id}", _detail)
     app.router.add_post("/executions/{id}/{action:approve|deny|ack}", _action)

@@ -219,6 +219,11 @@ def test_report_json_and_markdown(config: Path) -> None:
     assert "**Report:** http://127.0.0.1:9095/executions/ex-1" in text
     assert "### 1. steps/stop (`exec`): failed" in text
     assert "```text\nstopping\nno pid\n```" in text
+    page = remediator("report", "--config", str(config), "--format", "html", execution_id)
+    assert page.returncode == 0, page.stderr
+    assert page.stdout.startswith("<!doctype html>") or page.stdout.lstrip().lower().startswith("<!doctype html>")
+    assert "no pid" in page.stdout and "NatsJetStreamUnhealthy" in page.stdout
+    assert "<form" not in page.stdout  # a file has nobody to post to
 
 
 def test_report_on_a_missing_id_exits_1(config: Path) -> None:
