@@ -57,6 +57,10 @@ LOG_TAIL_BYTES = 12_000
 ROUTER = "demo.router"
 TERMINAL_STATES = frozenset({"succeeded", "failed", "escalated", "refused", "cancelled", "interrupted"})
 
+# The executor records `failed` before its on_failure steps and escalation, then `escalated`: a
+# `failed` run is taken as final once it has stayed so this long.
+FAILED_SETTLE_S = 2.0
+
 # Alertmanager escalations go back into Alertmanager as alerts with these names; a person's
 # receiver gets them, never the remediator's own webhook.
 ESCALATION_ALERTS = 'alertname=~"Remediation.*"'
@@ -211,6 +215,13 @@ def stop_pid(pid: int, timeout: float = STOP_TIMEOUT_S) -> None:
             if not _pid_alive(pid):
                 break
             time.sleep(POLL_S)
+
+
+def settled(row: Mapping[str, Any]) -> bool:
+    """An execution (a row of GET /api/v1/executions) in its final state."""
+    if row["state"] != "failed":
+        return row["state"] in TERMINAL_STATES
+    return (datetime.now(UTC) - parse_time(row["updated_at"])).total_seconds() >= FAILED_SETTLE_S
 
 
 def log_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
@@ -779,7 +790,7 @@ class Stack:
         def found() -> dict[str, Any] | None:
             rows: list[dict[str, Any]] = self.executions(**filters)
             for row in rows[::-1]:
-                if predicate(row) and (not terminal or row["state"] in TERMINAL_STATES):
+                if predicate(row) and (not terminal or settled(row)):
                     return row
             return None
 
@@ -995,8 +1006,8 @@ class Narrator:
     def say(self, message: str) -> None:
         print(f"[{time.monotonic() - self.t0:7.1f}s] {message}", file=self.out, flush=True)
 
-    def tick(self) -> None:
-        if time.monotonic() - self._last < self.every:
+    def tick(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self._last < self.every:
             return
         self._last = time.monotonic()
         with contextlib.suppress(StackError, KeyError, TypeError, ValueError):
@@ -1047,12 +1058,13 @@ class Narrator:
                     f" ({float(step['duration_s']):.2f}s) {_short(step['summary'], 110)}"
                 )
             self._steps[execution_id] = len(steps)
-            escalations = [e for e in report["timeline"] if e["kind"] == "escalation"]
-            for event in escalations[self._escalations.get(execution_id, 0) :]:
-                self.say(f"  {execution_id}: escalated: {_short(event['message'], 200)}")
-            self._escalations[execution_id] = len(escalations)
-            if state != before and state != "refused" and before is not None:
-                self.say(f"  {execution_id}: {state}{': ' + _short(row['reason'], 140) if row['reason'] else ''}")
+            notes = [e for e in report["timeline"] if e["kind"] in ("escalation", "delivery")]
+            for event in notes[self._escalations.get(execution_id, 0) :]:
+                self.say(f"  {execution_id}: {event['kind']}: {_short(event['message'], 200)}")
+            self._escalations[execution_id] = len(notes)
+            if state != before and state != "refused" and (before is not None or state not in ("queued", "running")):
+                reason = f" ({_short(row['reason'], 140)})" if row["reason"] else ""
+                self.say(f"  {execution_id}: state -> {state}{reason}")
                 if state in TERMINAL_STATES:
                     self.say(f"  report: {self.stack.report_url(execution_id)}")
             status = (report.get("alert") or {}).get("status", "")
@@ -1228,7 +1240,7 @@ def run_demo(ports_base: int | None, keep: bool, out: Any = None) -> int:
             except StackError as exc:
                 number = len(results) + 1
                 result = ScenarioResult(number, scenario.__name__.removeprefix("_tour_"), "-", False, f"error: {exc}")
-            narrator.tick()
+            narrator.tick(force=True)
             say(f"==> {result.line()}")
             results.append(result)
             with contextlib.suppress(StackError):
@@ -1242,7 +1254,7 @@ def run_demo(ports_base: int | None, keep: bool, out: Any = None) -> int:
             say("--keep: everything stays up; Ctrl-C (or SIGTERM) stops it and removes " + str(workdir))
             signal.pause()
     except (KeyboardInterrupt, Interrupted) as exc:
-        say(f"\nremediator demo: interrupted ({exc or 'SIGINT'}): stopping everything")
+        say(f"\nremediator demo: interrupted ({str(exc) or 'SIGINT'}): stopping everything")
         code = 130
     except StackError as exc:
         say(f"remediator demo: {exc}")
