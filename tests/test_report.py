@@ -83,4 +83,11 @@ def test_verification_polls_and_timeline_are_tables_that_stay_tables() -> None:
 
 def test_json_is_the_api_shape() -> None:
     rec = record([step("x")], [])
-    assert report_json(rec) == {"execution": rec.execution, "alert": None, "steps": rec.steps, "timeline": []}
+    assert report_json(rec) == {
+        "execution": rec.execution,
+        "alert": None,
+        "steps": rec.steps,
+        "timeline": [],
+        "escalations": [],
+        "approvals": [],
+    }
