@@ -69,7 +69,7 @@ class Dispatcher:
             request = self._resumable(record)
             now = self._clock.now()
             if request is not None:
-                await self._store.add_event(execution_id, now, "resume", "resumed after a restart (idempotent)")
+                await self._store.add_event(execution_id, now, "resume", "resumed after a restart")
                 await self._store.set_state(execution_id, "queued", now, "resumed after a restart")
                 self._executor.start(request, queued=False)
                 log.warning("execution resumed after a restart", extra={"execution_id": execution_id})
@@ -88,8 +88,10 @@ class Dispatcher:
         rule = self._rules().get(execution["rule"])
         if playbook is None or rule is None or occurrence is None:
             return None
-        # resume only what the playbook promised is safe to repeat, and only the version that started
-        if not playbook.playbook.idempotent or playbook.version != execution["playbook_version"]:
+        # resume what never started, or what the playbook promised is safe to repeat; and only with
+        # the playbook version the run was admitted with
+        never_started = execution["started_at"] is None and not record.steps
+        if not (never_started or playbook.playbook.idempotent) or playbook.version != execution["playbook_version"]:
             return None
         return RunRequest(
             execution_id=execution["id"],
