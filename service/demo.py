@@ -40,13 +40,25 @@ import yaml
 T = TypeVar("T")
 
 LOOPBACK = "127.0.0.1"
-# The repository: the demo needs its demo/, rules/, playbooks/ and alertmanager/ directories.
-REPO = Path(__file__).resolve().parent.parent
+
+
+def _repository() -> Path:
+    """The checkout whose demo/, rules/, playbooks/ and alertmanager/ the stack uses: the one this
+    package is in (an editable install, scripts/run.sh), else the current directory."""
+    for candidate in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (candidate / "demo" / "scripts" / "nats_start.sh").is_file():
+            return candidate
+    return Path(__file__).resolve().parent.parent
+
+
+REPO = _repository()
 INSTALL_HINT = "apt-get install nats-server prometheus prometheus-alertmanager"
+# binary -> its Debian package; curl is what the runbook scripts talk HTTP with
 BINARIES = {
     "nats-server": "nats-server",
     "prometheus": "prometheus",
     "prometheus-alertmanager": "prometheus-alertmanager",
+    "curl": "curl",
 }
 _EXTRA_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 START_TIMEOUT_S = 30.0
@@ -82,14 +94,19 @@ def find_binaries() -> dict[str, str]:
     search = os.pathsep.join([os.environ.get("PATH", ""), *_EXTRA_PATH])
     found: dict[str, str] = {}
     missing: list[str] = []
+    packages: list[str] = []
     for name, package in BINARIES.items():
         path = shutil.which(name, path=search)
         if path is None:
             missing.append(f"{name} (Debian package {package})")
+            packages.append(package)
         else:
             found[name] = path
     if missing:
-        raise MissingBinaries(f"not installed: {', '.join(missing)}. Install them with: {INSTALL_HINT}")
+        hint = INSTALL_HINT + "".join(f" {p}" for p in packages if p not in INSTALL_HINT.split())
+        raise MissingBinaries(f"not installed: {', '.join(missing)}. Install them with: {hint}")
+    if not (REPO / "demo" / "scripts" / "nats_start.sh").is_file():
+        raise StackError(f"no demo/scripts in {REPO}: run it from a checkout of the repository")
     return found
 
 
