@@ -8,6 +8,8 @@ printed in the terminal summary.
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,18 @@ from service.demo import MissingBinaries, Remediator, Stack, StackError, StackOp
 _TIMINGS_KEY = pytest.StashKey[list[tuple[str, list[str]]]]()
 
 
+class _ServiceProcess(ServiceProcess):
+    def stop(self) -> None:
+        """SIGTERM first, as in production: the service cancels its runs and kills their steps'
+        process groups; SIGKILL only when it does not exit in time (terminate() does that)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.terminate(timeout=15)
+
+
 def service_process(workdir: Path, config: dict[str, Any], port: int) -> Remediator:
     """The remediator as the other process tests run it (tests/service_proc.py)."""
-    return ServiceProcess(workdir=workdir, config=config, port=port)
+    return _ServiceProcess(workdir=workdir, config=config, port=port)
 
 
 class Stacks:
