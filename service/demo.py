@@ -747,6 +747,7 @@ class Stack:
             ("alertmanager", self.alertmanager.stop),
             ("router", lambda: self._stop_pidfile("router.pid", ROUTER)),
             ("nats-server", lambda: self._stop_pidfile("nats.pid", "nats-server")),
+            ("strays", self._stop_strays),
         ]
         for name, stop in steps:
             try:
@@ -766,6 +767,20 @@ class Stack:
             "alertmanager": self.alertmanager.pid,
             "remediator": remediator if isinstance(remediator, int) else None,
         }
+
+    def _stop_strays(self) -> None:
+        """Anything still running from this stack's directory (a NATS a playbook was starting when the
+        remediator was stopped, before its pid file was written): stopped by PID too."""
+        marker = str(self.workdir).encode() + b"/"
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker in cmdline and _pid_alive(int(entry.name)):
+                stop_pid(int(entry.name))
 
     def _stop_pidfile(self, name: str, pattern: str) -> None:
         pid = live_pid(self.state_dir / name, pattern)

@@ -112,8 +112,10 @@ def gone(pid: int) -> bool:
 def assert_cleaned_up(process: DemoProcess) -> None:
     pids = process.pids()
     assert len(pids) == 5, process.output
-    assert [pid for pid in pids if not gone(pid)] == [], process.output
-    assert not process.workdir().exists()
+    alive = {pid: Path(f"/proc/{pid}/cmdline").read_bytes()[:200] for pid in pids if not gone(pid)}
+    assert alive == {}, process.output
+    workdir = process.workdir()
+    assert not workdir.exists(), (sorted(str(p) for p in workdir.rglob("*"))[:50], process.output)
     assert "stopped everything, removed" in process.lines[-1]
 
 
