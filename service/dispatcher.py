@@ -230,7 +230,9 @@ class Dispatcher:
         )
         log.info("admission", extra={**fields, "execution_id": execution_id})
         if verdict.decision == "refuse":
-            if rule.escalate_on_refusal and await self._first_of_its_kind(match, verdict, now):
+            # a storm is escalated whatever the rule says: it is about all rules, not this one
+            wanted = rule.escalate_on_refusal or verdict.reason == "storm"
+            if wanted and await self._first_of_its_kind(match, verdict, now):
                 await self._escalate(execution_id, f"refused: {verdict.detail}", rule.severity)
             return
         if verdict.decision == "shadow":

@@ -96,7 +96,15 @@ class Escalator:
     # --- what the flow calls ------------------------------------------------------------------
 
     async def escalate(self, execution_id: str, reason: str, severity: str) -> None:
-        """Record the escalation and queue its first level; returns once committed, never sends."""
+        """Record the escalation and queue its first level; returns once committed, never sends.
+
+        An execution already escalated and not yet acknowledged is not escalated again (one incident,
+        one page): the later reason goes on its timeline."""
+        if any(e.kind == "failed" for e in await self._store.open_escalations(execution_id)):
+            await self._store.add_event(
+                execution_id, self._clock.now(), "escalation", f"(already escalated) {reason}", {"severity": severity}
+            )
+            return
         await self._open(execution_id, "failed", reason, severity, None)
         # Start-up recovery escalates the runs it marks interrupted: settle their approvals now
         # rather than at the next periodic pass.

@@ -221,18 +221,21 @@ class Executor:
             await store.set_state(request.execution_id, "succeeded", now(), "verified" if playbook.verify else "")
             logger.info("execution succeeded")
             return "succeeded"
-        await store.set_state(request.execution_id, "failed", now(), failure)
+        # The final state is written once cleanup and escalation are done, so nobody reads a
+        # `failed` that is about to become `escalated`; the failure itself is on the timeline now.
+        await store.add_event(request.execution_id, now(), "failure", failure)
         logger.warning("execution failed", extra={"reason": failure})
         for index, step in enumerate(playbook.on_failure.steps):
             try:
                 await self._step(request, "on_failure", index, step, self._context(request))
             except StepFailed as exc:
                 await store.add_event(request.execution_id, now(), "cleanup", f"cleanup step failed: {exc}")
+        outcome = "failed"
         if playbook.on_failure.escalate:
             await self._escalate(request.execution_id, failure, request.severity)
-            await store.set_state(request.execution_id, "escalated", now(), failure)
-            return "escalated"
-        return "failed"
+            outcome = "escalated"
+        await store.set_state(request.execution_id, outcome, now(), failure)
+        return outcome
 
     def _context(self, request: RunRequest, **extra: Any) -> dict[str, Any]:
         return {
