@@ -661,11 +661,12 @@ class Stack:
         route["group_interval"] = self.options.group_interval
         route["repeat_interval"] = self.options.repeat_interval
         route["routes"] = [{"receiver": "people", "matchers": [ESCALATION_ALERTS]}]
-        for receiver in doc["receivers"]:
-            for hook in receiver.get("webhook_configs", []):
-                hook["url"] = f"{self.remediator_url}/hooks/alertmanager"
-                hook["http_config"]["authorization"]["credentials_file"] = str(self.webhook_token_file)
-        doc["receivers"].append({"name": "people"})  # no integration: the demo's "pager"
+        receivers = {receiver["name"]: receiver for receiver in doc["receivers"]}
+        for hook in receivers["remediator"]["webhook_configs"]:
+            hook["url"] = f"{self.remediator_url}/hooks/alertmanager"
+            hook["http_config"]["authorization"]["credentials_file"] = str(self.webhook_token_file)
+        receivers["people"] = {"name": "people"}  # no integration: the demo's "pager"
+        doc["receivers"] = list(receivers.values())
         (self.alertmanager.log_path.parent / "alertmanager.yml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
     # --- starting and stopping ----------------------------------------------------------------
