@@ -55,19 +55,31 @@ class RulesHolder:
     current: RuleSet | None = None
     last_errors: list[str] = field(default_factory=list)
 
-    def reload(self) -> bool:
+    def load(self) -> bool:
+        """Load now (at start-up, before the loop runs)."""
+        return self._apply(self._parse())
+
+    async def reload(self) -> bool:
+        """Parse in a worker thread, so thousands of rules never stall the webhook; swap on the loop."""
+        return self._apply(await asyncio.to_thread(self._parse))
+
+    def _parse(self) -> RuleSet | ConfigErrors:
         s = self.settings
         try:
-            ruleset = load_ruleset([g for g in s.rules if g], [g for g in s.playbooks if g], s.base_dir)
+            return load_ruleset([g for g in s.rules if g], [g for g in s.playbooks if g], s.base_dir)
         except ConfigErrors as exc:
-            self.last_errors = [str(e) for e in exc.errors]
+            return exc
+
+    def _apply(self, loaded: RuleSet | ConfigErrors) -> bool:
+        if isinstance(loaded, ConfigErrors):
+            self.last_errors = [str(e) for e in loaded.errors]
             self.metrics.config_last_reload_successful.set(0)
             log.error("reload refused: the old rules stay", extra={"errors": self.last_errors})
             return False
-        self.current, self.last_errors = ruleset, []
+        self.current, self.last_errors = loaded, []
         self.metrics.config_last_reload_successful.set(1)
         self.metrics.config_last_reload_success_timestamp.set(self.clock.now().timestamp())
-        log.info("rules loaded", extra={"rules": len(ruleset.rules), "playbooks": len(ruleset.playbooks)})
+        log.info("rules loaded", extra={"rules": len(loaded.rules), "playbooks": len(loaded.playbooks)})
         return True
 
     def rules(self) -> RuleSet:
@@ -147,7 +159,15 @@ async def _sighup_ctx(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     installed = threading.current_thread() is threading.main_thread()
     if installed:
-        loop.add_signal_handler(signal.SIGHUP, app[RUNTIME].rules.reload)
+        holder = app[RUNTIME].rules
+        pending: set[asyncio.Task[bool]] = set()
+
+        def on_sighup() -> None:
+            task = asyncio.create_task(holder.reload())
+            pending.add(task)  # keep a reference until it is done
+            task.add_done_callback(pending.discard)
+
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
     yield
     if installed:
         loop.remove_signal_handler(signal.SIGHUP)
@@ -173,7 +193,7 @@ async def _ready(request: web.Request) -> web.Response:
 
 async def _reload(request: web.Request) -> web.Response:
     holder = request.app[RUNTIME].rules
-    if holder.reload():
+    if await holder.reload():
         return web.json_response({"status": "success"})
     return web.json_response({"status": "error", "errors": holder.last_errors}, status=400)
 
@@ -331,7 +351,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
     metrics = create_metrics()
     store = SQLiteStore(settings.resolve(settings.store.path))
     holder = RulesHolder(settings, metrics, clock)
-    holder.reload()  # the CLI refuses to serve with invalid rules; here a failure leaves /-/ready at 503
+    holder.load()  # the CLI refuses to serve with invalid rules; here a failure leaves /-/ready at 503
     escalator = Escalator(store, clock, Policy.from_settings(settings, secrets, clock), metrics)
 
     def finished(rule: str, playbook: str, outcome: str, seconds: float) -> None:

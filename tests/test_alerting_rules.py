@@ -24,7 +24,7 @@ FAST_RULES = AM_DIR / "router-alerts.fast.yml"
 RULE_TESTS = AM_DIR / "router-alerts.test.yml"
 AM_CONFIG = AM_DIR / "alertmanager.yml"
 PROM_CONFIG = AM_DIR / "prometheus.yml"
-RUNBOOK = ROOT.parent / "shared" / "runbook" / "T-OPS-04-recovery-runbook.md"
+RUNBOOK = ROOT / "docs" / "runbook" / "T-OPS-04-recovery-runbook.md"  # the project keeps its own copy
 TOOL_TIMEOUT_S = 60
 
 PACKAGES = {"promtool": "prometheus", "amtool": "prometheus-alertmanager"}
