@@ -349,7 +349,7 @@ async def _ack(request: web.Request) -> web.Response:
 def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None) -> web.Application:
     clock = clock or SystemClock()
     metrics = create_metrics()
-    store = SQLiteStore(settings.resolve(settings.store.path))
+    store = SQLiteStore(settings.resolve(settings.store.path), settings.store.synchronous)
     holder = RulesHolder(settings, metrics, clock)
     holder.load()  # the CLI refuses to serve with invalid rules; here a failure leaves /-/ready at 503
     escalator = Escalator(store, clock, Policy.from_settings(settings, secrets, clock), metrics)

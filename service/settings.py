@@ -36,6 +36,10 @@ class _Section(BaseModel):
 
 class StoreSettings(_Section):
     path: Path = Path("var/remediator.db")
+    synchronous: Literal["full", "normal"] = Field(
+        default="full",
+        description="full: each acknowledged alert survives power loss; normal: a service crash only (faster)",
+    )
     retention_days: float = Field(default=30.0, gt=0, le=3650, description="executions older than this are pruned")
     prune_interval_seconds: float = Field(default=3600.0, ge=10, le=86400)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from service.webhook import WebhookNotification
 
@@ -286,11 +286,15 @@ def _parse_time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+Synchronous = Literal["full", "normal"]
+
+
+def _connect(path: Path, synchronous: Synchronous = "full") -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000)
     conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: an acknowledged notification survives a crash or power loss, not only a process kill.
-    conn.execute("PRAGMA synchronous=FULL")
+    # full: every commit is fsynced, so an acknowledged notification survives power loss too.
+    # normal: survives a crash of the service, but the last commits may roll back on power loss.
+    conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
     return conn
@@ -338,8 +342,9 @@ def _row_to_occurrence(row: sqlite3.Row) -> Occurrence:
 
 
 class SQLiteStore:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, synchronous: Synchronous = "full") -> None:
         self._path = path
+        self._synchronous = synchronous
         # One thread owns the write connection; reads have their own connection and thread (WAL lets
         # them overlap writes).
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
@@ -362,7 +367,7 @@ class SQLiteStore:
         writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         loop = asyncio.get_running_loop()
         try:
-            conn = await loop.run_in_executor(writer, _connect, self._path)
+            conn = await loop.run_in_executor(writer, _connect, self._path, self._synchronous)
             await loop.run_in_executor(writer, _migrate, conn)
         except sqlite3.Error as exc:
             writer.shutdown(wait=True)
