@@ -237,13 +237,21 @@ async def _get_execution(request: web.Request) -> web.Response:
     return web.json_response(report_json(record), dumps=lambda obj: json.dumps(obj, default=str))
 
 
+def operator_token_accepted(runtime: Runtime, given: str) -> bool | None:
+    """Whether `given` is the operator token (constant-time); None when no token is configured."""
+    token = runtime.secrets.operator_token
+    if token is None:
+        return None
+    return hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 def _operator(request: web.Request) -> str:
     """The approver's name, once the operator token checks out; 401/403 otherwise."""
-    token = request.app[RUNTIME].secrets.operator_token
-    if token is None:
-        raise web.HTTPForbidden(text="no operator token is configured: approvals are disabled")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+    accepted = operator_token_accepted(request.app[RUNTIME], given if scheme.lower() == "bearer" else "")
+    if accepted is None:
+        raise web.HTTPForbidden(text="no operator token is configured: approvals are disabled")
+    if not accepted or scheme.lower() != "bearer":
         raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="remediator-operator"'})
     return request.query.get("by") or request.headers.get("X-Remediator-User") or "operator"
 
@@ -292,36 +300,49 @@ async def _list_pauses(request: web.Request) -> web.Response:
     return web.json_response({"pauses": await runtime.store.active_pauses(runtime.clock.now())})
 
 
+async def add_pause(runtime: Runtime, rule: str, target: str, reason: str, by: str, seconds: float | None) -> int:
+    """Pause automation for a rule and/or target ('*' is every one); the API and the page call this."""
+    now = runtime.clock.now()
+    until = None if seconds is None else now + timedelta(seconds=seconds)
+    pause_id = await runtime.store.add_pause(rule, target, reason, by, now, until)
+    log.warning("automation paused", extra={"rule": rule, "target": target, "by": by, "pause": pause_id})
+    return pause_id
+
+
+async def clear_pause(runtime: Runtime, pause_id: int, by: str) -> bool:
+    cleared = await runtime.store.clear_pause(pause_id, runtime.clock.now())
+    if cleared:
+        log.warning("automation resumed", extra={"pause": pause_id, "by": by})
+    return cleared
+
+
+async def reset_limits(runtime: Runtime, rule: str, target: str, by: str) -> None:
+    await runtime.store.reset_limits(rule, target, by, runtime.clock.now())
+    log.warning("limits reset", extra={"rule": rule, "target": target, "by": by})
+
+
 async def _add_pause(request: web.Request) -> web.Response:
     who = _operator(request)
     body = await _json_body(request, PauseRequest)
-    runtime = request.app[RUNTIME]
-    now = runtime.clock.now()
-    until = None if body.duration_seconds is None else now + timedelta(seconds=body.duration_seconds)
-    pause_id = await runtime.store.add_pause(body.rule, body.target, body.reason, who, now, until)
-    log.warning("automation paused", extra={"rule": body.rule, "target": body.target, "by": who})
+    pause_id = await add_pause(request.app[RUNTIME], body.rule, body.target, body.reason, who, body.duration_seconds)
     return web.json_response({"status": "paused", "id": pause_id}, status=201)
 
 
 async def _clear_pause(request: web.Request) -> web.Response:
     who = _operator(request)
-    runtime = request.app[RUNTIME]
     try:
         pause_id = int(request.match_info["id"])
     except ValueError:
         raise web.HTTPNotFound() from None
-    if not await runtime.store.clear_pause(pause_id, runtime.clock.now()):
+    if not await clear_pause(request.app[RUNTIME], pause_id, who):
         return web.json_response({"status": "error", "error": "no such active pause"}, status=404)
-    log.warning("automation resumed", extra={"pause": pause_id, "by": who})
     return web.json_response({"status": "resumed", "id": pause_id})
 
 
 async def _reset_limits(request: web.Request) -> web.Response:
     who = _operator(request)
     body = await _json_body(request, ResetRequest)
-    runtime = request.app[RUNTIME]
-    await runtime.store.reset_limits(body.rule, body.target, who, runtime.clock.now())
-    log.warning("limits reset", extra={"rule": body.rule, "target": body.target, "by": who})
+    await reset_limits(request.app[RUNTIME], body.rule, body.target, who)
     return web.json_response({"status": "reset", "rule": body.rule, "target": body.target, "by": who})
 
 

@@ -23,7 +23,7 @@ import jinja2
 from aiohttp import web
 from multidict import CIMultiDict
 
-from service.app import RUNTIME, Runtime
+from service.app import RUNTIME, Runtime, add_pause, clear_pause, operator_token_accepted, reset_limits
 from service.report import OUTPUT_TAIL_CHARS, OUTPUT_TAIL_LINES, report_json
 from service.steps.promql import format_labels
 from service.store import ACTIVE_STATES, TERMINAL_STATES, ExecutionRecord, timestamp
@@ -49,6 +49,15 @@ RESULTS = {
     "failed": "The action failed; see the service log.",
 }
 ACTIONS = ("approve", "deny", "ack")
+MAINTENANCE_RESULTS = {
+    "paused": "Paused: matching alerts are refused (reason paused) until it ends.",
+    "resumed": "Resumed: automation acts again.",
+    "reset": "Reset: the target's budget and cooldown start afresh.",
+    "unauthorized": RESULTS["unauthorized"],
+    "forbidden": "No operator token is configured on the service: maintenance changes are disabled.",
+    "invalid": "Some field was empty or out of range; nothing changed.",
+    "missing": "That pause is not active any more.",
+}
 _STATUS_RESULTS = {401: "unauthorized", 403: "forbidden", 409: "conflict", 404: "unavailable"}
 # No script runs on these pages at all; inline CSS and the inline SVG chart are all they need.
 _HEADERS = {
@@ -103,6 +112,10 @@ def add_page_routes(app: web.Application) -> None:
     app.router.add_get("/", _index)
     app.router.add_get("/executions/{id}", _detail)
     app.router.add_post("/executions/{id}/{action:approve|deny|ack}", _action)
+    app.router.add_get("/maintenance", _maintenance)
+    app.router.add_post("/maintenance/pause", _pause)
+    app.router.add_post("/maintenance/pauses/{id:[0-9]+}/resume", _resume)
+    app.router.add_post("/maintenance/reset", _reset)
 
 
 # --- small pure helpers ----------------------------------------------------------------------------
@@ -462,3 +475,69 @@ async def _action(request: web.Request) -> web.StreamResponse:
             status = exc.status
         result = action if status < 300 else _STATUS_RESULTS.get(status, "failed")
     raise web.HTTPSeeOther(location=f"/executions/{quote(execution_id, safe='')}?result={result}")
+
+
+# --- maintenance: pauses and budget resets ---------------------------------------------------------
+
+
+async def _maintenance(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    result = request.query.get("result", "")
+    pauses = [
+        {**pause, "since": show_time(pause["created_at"]), "until": show_time(pause["until"]) if pause["until"] else ""}
+        for pause in await runtime.store.active_pauses(runtime.clock.now())
+    ]
+    return _html(
+        request,
+        "maintenance.html",
+        {
+            "pauses": pauses,
+            "rules": [rule.name for rule in runtime.rules.current.rules] if runtime.rules.current else [],
+            "result": MAINTENANCE_RESULTS.get(result),
+            "result_ok": result in ("paused", "resumed", "reset"),
+        },
+    )
+
+
+def _done(result: str) -> web.HTTPSeeOther:
+    return web.HTTPSeeOther(location=f"/maintenance?result={result}")
+
+
+async def _operator_form(request: web.Request) -> tuple[Mapping[str, str], str]:
+    """The form's fields and the person's name, once its operator token checks out."""
+    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    accepted = operator_token_accepted(request.app[RUNTIME], form.get("token", ""))
+    if accepted is None:
+        raise _done("forbidden")
+    if not accepted:
+        raise _done("unauthorized")
+    return form, " ".join(form.get("by", "").split())[:100] or "operator"
+
+
+def _field(form: Mapping[str, str], name: str, limit: int = 1000) -> str:
+    value = form.get(name, "").strip()
+    if not value or len(value) > limit:
+        raise _done("invalid")
+    return value
+
+
+async def _pause(request: web.Request) -> web.StreamResponse:
+    form, by = await _operator_form(request)
+    rule, target, reason = _field(form, "rule", 200), _field(form, "target", 500), _field(form, "reason")
+    minutes = form.get("minutes", "").strip()
+    if minutes and not (minutes.isdigit() and 1 <= int(minutes) <= 30 * 24 * 60):
+        raise _done("invalid")
+    await add_pause(request.app[RUNTIME], rule, target, reason, by, int(minutes) * 60 if minutes else None)
+    raise _done("paused")
+
+
+async def _resume(request: web.Request) -> web.StreamResponse:
+    _form, by = await _operator_form(request)
+    cleared = await clear_pause(request.app[RUNTIME], int(request.match_info["id"]), by)
+    raise _done("resumed" if cleared else "missing")
+
+
+async def _reset(request: web.Request) -> web.StreamResponse:
+    form, by = await _operator_form(request)
+    await reset_limits(request.app[RUNTIME], _field(form, "rule", 200), _field(form, "target", 500), by)
+    raise _done("reset")

@@ -121,3 +121,35 @@ async def test_storm_guard_holds_and_escalates_once(service: ClientFactory) -> N
     assert [await escalated(client, r["id"]) for r in refused[1:]] == [False, False, False]
     metrics = await (await client.get("/metrics")).text()
     assert 'remediator_admission_decisions_total{decision="refuse",reason="storm",rule="quick-fix"} 4.0' in metrics
+
+
+async def test_maintenance_page_pauses_resumes_and_resets_with_the_operator_token(service: ClientFactory) -> None:
+    client = await service()
+    page = await (await client.get("/maintenance")).text()
+    assert "Automation is not paused anywhere." in page and 'href="/maintenance"' in page
+    form = {"rule": "quick-fix", "target": "node-1", "reason": "disk swap <b>", "minutes": "30", "by": "bob"}
+
+    async def submit(path: str, fields: dict[str, str]) -> str:
+        response = await client.post(path, data=fields, allow_redirects=False)
+        assert response.status == 303
+        return response.headers["Location"]
+
+    assert await submit("/maintenance/pause", {**form, "token": "nope"}) == "/maintenance?result=unauthorized"
+    assert (await (await client.get("/api/v1/pauses")).json())["pauses"] == []
+    bad = {**form, "minutes": "-3", "token": "op-token"}
+    assert await submit("/maintenance/pause", bad) == "/maintenance?result=invalid"
+    assert await submit("/maintenance/pause", {**form, "token": "op-token"}) == "/maintenance?result=paused"
+    [pause] = (await (await client.get("/api/v1/pauses")).json())["pauses"]
+    assert (pause["created_by"], pause["until"] is not None) == ("bob", True)
+    page = await (await client.get("/maintenance?result=paused")).text()
+    assert "disk swap &lt;b&gt;" in page and "Paused:" in page
+
+    await post_alert(client, 1)
+    [refused] = await poll(lambda: runs(client, 1))
+    assert refused["refusal"] == "paused"
+
+    resume = f"/maintenance/pauses/{pause['id']}/resume"
+    assert await submit(resume, {"token": "op-token", "by": "bob"}) == "/maintenance?result=resumed"
+    assert await submit(resume, {"token": "op-token"}) == "/maintenance?result=missing"
+    reset = {"rule": "quick-fix", "target": "node-1", "token": "op-token", "by": "bob"}
+    assert await submit("/maintenance/reset", reset) == "/maintenance?result=reset"
