@@ -113,7 +113,10 @@ class Dispatcher:
     async def run(self) -> None:
         while True:
             self._wake.clear()
-            await self.dispatch_pending()
+            try:
+                await self.dispatch_pending()
+            except Exception:  # the store failing now must not stop dispatch for good: retry later
+                log.exception("dispatch pass failed; retrying")
             try:
                 await asyncio.wait_for(self._wake.wait(), _IDLE_POLL_S)
             except TimeoutError:
