@@ -195,6 +195,15 @@ class Executor:
             if not self._stopping:
                 await self._store.set_state(request.execution_id, "cancelled", self._clock.now(), "cancelled")
             raise
+        except Exception as exc:  # a bug or a failing store: the run must not sit `running` unnoticed
+            outcome = "escalated"
+            logger.exception("execution crashed")
+            reason = f"internal error: {type(exc).__name__}: {exc}"
+            try:
+                await self._escalate(request.execution_id, reason, request.severity)
+                await self._store.set_state(request.execution_id, "escalated", self._clock.now(), reason)
+            except Exception:  # the store itself is failing: start-up recovery will find the run
+                logger.exception("could not record the crash")
         finally:
             self.approvals.forget(request.execution_id)
             self._on_finished(request.rule, request.playbook.name, outcome, self._clock.monotonic() - started)

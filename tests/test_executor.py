@@ -237,3 +237,23 @@ steps:
     assert "playbook timeout of 0.5s reached" in record.execution["reason"]
     [step] = record.steps
     assert (step["name"], step["status"]) == ("forever", "cancelled")
+
+
+async def test_a_crash_inside_the_run_is_escalated_not_left_running(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from service.store import StoreError
+
+    async def broken(*_: object) -> None:
+        raise StoreError("commit failed: disk I/O error")
+
+    monkeypatch.setattr(rig.store, "record_step", broken)
+    run = await rig.run(f"""
+name: unlucky
+steps:
+  - name: fine
+    type: exec
+    argv: ["{PY}", "-c", "pass"]
+""")
+    record = await rig.record(run["id"])
+    assert record.execution["state"] == "escalated"
+    assert record.execution["reason"] == "internal error: StoreError: commit failed: disk I/O error"
+    assert rig.escalations[-1][1] == record.execution["reason"]
