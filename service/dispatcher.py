@@ -75,8 +75,7 @@ class Dispatcher:
                 log.warning("execution resumed after a restart", extra={"execution_id": execution_id})
                 continue
             reason = (
-                "the remediator stopped while this execution was active; "
-                "steps after the last recorded one did not run"
+                "the remediator stopped while this execution was active; steps after the last recorded one did not run"
             )
             await self._store.set_state(execution_id, "interrupted", now, reason)
             await self._escalate(execution_id, f"interrupted: {reason}", "critical")

@@ -509,5 +509,3 @@ class Executor:
 
 def _error_outcome(summary: str) -> StepOutcome:
     return StepOutcome(ok=False, status="error", summary=summary)
-
-

@@ -588,10 +588,22 @@ class SQLiteStore:
                 " target, occurrence_id, fingerprint, alertname, mode, params, state, reason, refusal)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    execution.id, when, when, execution.rule, execution.rule_version, execution.playbook,
-                    execution.playbook_version, execution.target, execution.occurrence_id, execution.fingerprint,
-                    execution.alertname, execution.mode, json.dumps(execution.params), execution.state,
-                    execution.reason, execution.refusal,
+                    execution.id,
+                    when,
+                    when,
+                    execution.rule,
+                    execution.rule_version,
+                    execution.playbook,
+                    execution.playbook_version,
+                    execution.target,
+                    execution.occurrence_id,
+                    execution.fingerprint,
+                    execution.alertname,
+                    execution.mode,
+                    json.dumps(execution.params),
+                    execution.state,
+                    execution.reason,
+                    execution.refusal,
                 ),
             )
             _insert_event(conn, execution.id, when, "state", f"{execution.state}: {execution.reason}".rstrip(": "))
@@ -627,8 +639,18 @@ class SQLiteStore:
                 "INSERT INTO execution_steps (execution_id, phase, name, type, attempt, started_at, duration_s, ok,"
                 " status, summary, output, exit_code, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    execution_id, step.phase, step.name, step.type, step.attempt, timestamp(step.started_at),
-                    step.duration_s, int(step.ok), step.status, step.summary, step.output, step.exit_code,
+                    execution_id,
+                    step.phase,
+                    step.name,
+                    step.type,
+                    step.attempt,
+                    timestamp(step.started_at),
+                    step.duration_s,
+                    int(step.ok),
+                    step.status,
+                    step.summary,
+                    step.output,
+                    step.exit_code,
                     json.dumps(step.data, default=str),
                 ),
             )
@@ -786,10 +808,12 @@ class SQLiteStore:
     async def clear_pause(self, pause_id: int, at: datetime) -> bool:
         when = timestamp(at)
         return await self.write(
-            lambda conn: conn.execute(
-                "UPDATE pauses SET cleared_at = ? WHERE id = ? AND cleared_at IS NULL", (when, pause_id)
-            ).rowcount
-            == 1
+            lambda conn: (
+                conn.execute(
+                    "UPDATE pauses SET cleared_at = ? WHERE id = ? AND cleared_at IS NULL", (when, pause_id)
+                ).rowcount
+                == 1
+            )
         )
 
     async def active_pauses(self, at: datetime) -> list[dict[str, Any]]:
@@ -840,9 +864,7 @@ class SQLiteStore:
             ).fetchall()
             occurrence = None
             if row["occurrence_id"] is not None:
-                occurrence = conn.execute(
-                    "SELECT * FROM occurrences WHERE id = ?", (row["occurrence_id"],)
-                ).fetchone()
+                occurrence = conn.execute("SELECT * FROM occurrences WHERE id = ?", (row["occurrence_id"],)).fetchone()
             return ExecutionRecord(
                 execution=_execution_row(row),
                 steps=[{**dict(s), "ok": bool(s["ok"]), "data": json.loads(s["data"])} for s in steps],
@@ -860,9 +882,7 @@ class SQLiteStore:
         if record is None:
             return None
         approvals = [dataclasses.asdict(a) for a in await self.approvals_for(execution_id)]
-        return dataclasses.replace(
-            record, escalations=await self.escalations_for(execution_id), approvals=approvals
-        )
+        return dataclasses.replace(record, escalations=await self.escalations_for(execution_id), approvals=approvals)
 
     async def list_executions(
         self, limit: int = 50, offset: int = 0, filters: Mapping[str, str] | None = None
@@ -931,7 +951,6 @@ class SQLiteStore:
 
         return await self.read(select)
 
-
     # --- escalations (service/escalation.py: escalations, their delivery outbox, approvals) ------
 
     async def open_escalation(
@@ -945,8 +964,13 @@ class SQLiteStore:
                 "INSERT INTO escalations (id, execution_id, kind, reason, severity, opened_at, state, level, facts)"
                 " VALUES (?, ?, ?, ?, ?, ?, 'open', 0, ?)",
                 (
-                    escalation.id, escalation.execution_id, escalation.kind, escalation.reason,
-                    escalation.severity, when, json.dumps(escalation.facts, default=str),
+                    escalation.id,
+                    escalation.execution_id,
+                    escalation.kind,
+                    escalation.reason,
+                    escalation.severity,
+                    when,
+                    json.dumps(escalation.facts, default=str),
                 ),
             )
             _queue_messages(conn, escalation.id, when, messages)
@@ -1006,7 +1030,11 @@ class SQLiteStore:
             )
             _queue_messages(conn, escalation_id, when, [m for m in closings if m.channel in reached])
             _insert_event(
-                conn, row[0], when, "escalation", f"{state} by {by}: {reason}",
+                conn,
+                row[0],
+                when,
+                "escalation",
+                f"{state} by {by}: {reason}",
                 {"escalation_id": escalation_id, "state": state, "by": by},
             )
             return True
@@ -1028,10 +1056,17 @@ class SQLiteStore:
             ).fetchall()
             return [
                 OpenEscalation(
-                    id=r["id"], execution_id=r["execution_id"], kind=r["kind"], reason=r["reason"],
-                    severity=r["severity"], opened_at=_required_time(r["opened_at"]), level=r["level"],
-                    facts=json.loads(r["facts"]), occurrence_id=r["occurrence_id"],
-                    occurrence_status=r["occurrence_status"], occurrence_seen_at=_parse_time(r["last_received_at"]),
+                    id=r["id"],
+                    execution_id=r["execution_id"],
+                    kind=r["kind"],
+                    reason=r["reason"],
+                    severity=r["severity"],
+                    opened_at=_required_time(r["opened_at"]),
+                    level=r["level"],
+                    facts=json.loads(r["facts"]),
+                    occurrence_id=r["occurrence_id"],
+                    occurrence_status=r["occurrence_status"],
+                    occurrence_seen_at=_parse_time(r["last_received_at"]),
                 )
                 for r in rows
             ]
@@ -1041,7 +1076,8 @@ class SQLiteStore:
     async def due_deliveries(self, now: datetime, limit: int) -> list[Delivery]:
         return await self.read(
             lambda conn: _deliveries(
-                conn, f"WHERE {_OUTBOX_PENDING} AND o.next_attempt_at <= ? ORDER BY o.id LIMIT ?",
+                conn,
+                f"WHERE {_OUTBOX_PENDING} AND o.next_attempt_at <= ? ORDER BY o.id LIMIT ?",
                 (timestamp(now), limit),
             )
         )
@@ -1049,9 +1085,9 @@ class SQLiteStore:
     async def next_delivery_at(self) -> datetime | None:
         return await self.read(
             lambda conn: _parse_time(
-                conn.execute(
-                    f"SELECT min(next_attempt_at) FROM escalation_outbox WHERE {_OUTBOX_PENDING}"
-                ).fetchone()[0]
+                conn.execute(f"SELECT min(next_attempt_at) FROM escalation_outbox WHERE {_OUTBOX_PENDING}").fetchone()[
+                    0
+                ]
             )
         )
 
@@ -1261,7 +1297,11 @@ def _execution_row(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def _insert_event(
-    conn: sqlite3.Connection, execution_id: str, when: str, kind: str, message: str,
+    conn: sqlite3.Connection,
+    execution_id: str,
+    when: str,
+    kind: str,
+    message: str,
     data: Mapping[str, Any] | None = None,
 ) -> None:
     conn.execute(
@@ -1359,9 +1399,7 @@ def _deliveries(conn: sqlite3.Connection, where: str, args: tuple[Any, ...]) -> 
         f" FROM escalation_outbox o JOIN escalations e ON e.id = o.escalation_id {where}",
         args,
     ).fetchall()
-    return [
-        Delivery(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8]) for r in rows
-    ]
+    return [Delivery(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7]), r[8]) for r in rows]
 
 
 def _delivery_data(delivery: Delivery) -> dict[str, Any]:

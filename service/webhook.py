@@ -71,7 +71,7 @@ def describe_errors(error: ValidationError) -> list[dict[str, str]]:
             continue
         message = item["msg"]
         if item["type"] == "literal_error" and item["loc"] == ("version",):
-            message = f"unsupported webhook version {item.get('input')!r}: only version \"4\" is understood"
+            message = f'unsupported webhook version {item.get("input")!r}: only version "4" is understood'
         problems.append({"field": field_path(tuple(item["loc"])), "message": message})
     return problems
 
