@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -26,9 +24,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from service.demo import ChildProcess
+
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 10.0
 POLL_S = 0.05
 LOG_TAIL_BYTES = 20_000
 
@@ -85,15 +84,12 @@ def poll_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
 
 
-class RealProcess:
+class RealProcess(ChildProcess):
     """One server process: started with a readiness URL, stopped by PID, output in ``log_path``."""
 
     def __init__(self, name: str, argv: Sequence[str], log_path: Path, ready_url: str) -> None:
-        self.name = name
-        self.argv = list(argv)
-        self.log_path = log_path
+        super().__init__(name, argv, log_path)
         self.ready_url = ready_url
-        self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int:
@@ -101,23 +97,10 @@ class RealProcess:
             raise RuntimeError(f"{self.name} is not running")
         return self._proc.pid
 
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def start(self) -> None:
+    def start(self, cwd: Path | None = None) -> None:
         if self.running:
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
-        with self.log_path.open("ab") as log:
-            log.write(f"--- start: {' '.join(self.argv)}\n".encode())
-            log.flush()
-            self._proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C meant for pytest does not hit it before teardown
-            )
+        super().start(cwd)
         try:
             poll_until(self._ready, START_TIMEOUT_S, f"{self.name} to be ready at {self.ready_url}")
         except BaseException:
@@ -135,20 +118,6 @@ class RealProcess:
         except OSError:
             return False
         return status == 200
-
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout``; returns the exit status (None if never started)."""
-        proc, self._proc = self._proc, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
-        return proc.returncode
 
     def log_tail(self) -> str:
         try:
