@@ -745,7 +745,7 @@ class Stack:
     def stop(self) -> None:
         """Stop everything by PID, newest first; never raises for a process already gone."""
         errors: list[str] = []
-        steps: list[tuple[str, Callable[[], None]]] = [
+        steps: list[tuple[str, Callable[[], object]]] = [
             ("remediator", lambda: self.remediator.stop() if self.remediator is not None else None),
             ("prometheus", self.prometheus.stop),
             ("alertmanager", self.alertmanager.stop),
