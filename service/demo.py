@@ -977,9 +977,10 @@ def fix_timings(
     if verifying is not None:
         parts["before verification"] = _seconds(cursor, verifying)
         polls = [e for e in report["timeline"] if e["kind"] == "verify" and e["data"].get("phase") == "verify"]
-        checks_s = sum(float(c["duration_s"]) for e in polls for c in e["data"].get("checks", []))
-        waited = verify_interval * max(0, len(polls) - 1)
-        verification_s = checks_s + waited
+        # Polls start every interval (the checks run inside it), so the waiting is the intervals
+        # before the last poll plus the last poll's own checks.
+        last_checks_s = sum(float(c["duration_s"]) for c in polls[-1]["data"].get("checks", [])) if polls else 0.0
+        verification_s = verify_interval * max(0, len(polls) - 1) + last_checks_s
         parts["verification"] = _seconds(verifying, done) - verification_s
     else:
         parts["after steps"] = _seconds(cursor, done)

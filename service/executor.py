@@ -466,6 +466,8 @@ class Executor:
         polls = 0
         while True:
             polls += 1
+            # polls start on a fixed cadence: recording a poll does not stretch the interval
+            next_poll = time.monotonic() + verify.interval
             results: list[dict[str, Any]] = []
             for index, check in enumerate(verify.checks):
                 name = check.name or f"{phase}-{index + 1}-{check.type}"
@@ -501,10 +503,10 @@ class Executor:
             )
             if held:
                 return None
-            if time.monotonic() + verify.interval > deadline:
+            if next_poll > deadline:
                 failing = "; ".join(f"{r['check']}: {r['summary']}" for r in results if not r["ok"])
                 return f"verification did not hold within {verify.within:g}s ({polls} polls): {failing}"
-            await asyncio.sleep(verify.interval)
+            await asyncio.sleep(max(0.0, next_poll - time.monotonic()))
 
 
 def _error_outcome(summary: str) -> StepOutcome:
