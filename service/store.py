@@ -1,14 +1,17 @@
 """The store: the only module that speaks SQL.
 
-SQLite in WAL mode, one file, zero set-up. Writes are group-committed: callers queue their work on
-the event loop, and one flush at a time takes everything queued so far to the single writer thread,
-runs it in one transaction and commits. Each caller still waits for its own durable COMMIT
-(synchronous=FULL), but concurrent posts share one fsync and one thread hand-off, and there is exactly
-one writer, so `database is locked` cannot happen. If any job of a batch fails, the batch is rolled
-back and its jobs re-run one transaction each, so a bad job never takes its neighbours down.
+SQLite in WAL mode, one file, zero set-up. Writes are group-committed: callers queue their work,
+and one flush at a time runs everything queued so far in one transaction (the statements on the
+event loop, microseconds each; the COMMIT, which waits for the fsync, on the single writer thread).
+Each caller still waits for its own durable COMMIT, but concurrent posts share one fsync and one
+thread hand-off, and there is exactly one writer, so `database is locked` cannot happen. If any job
+of a batch fails, the batch is rolled back and its jobs re-run one transaction each, so a bad job
+never takes its neighbours down.
 
-The public surface is the `Store` protocol; a PostgreSQL implementation can follow it without
-touching callers.
+Callers use the domain methods (`record_notification`, `create_execution`, `target_history`, ...),
+which take and return plain values and dataclasses: no SQL and no sqlite3 object crosses that line
+(`write`/`read` are for this module, tests and benchmarks). A PostgreSQL store with the same
+methods can replace this one without touching callers.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, TypeVar
 
 from service.webhook import WebhookNotification
 
@@ -261,20 +264,6 @@ class AlertEvent:
     occurrence: Occurrence
     common_labels: dict[str, str]
     external_url: str
-
-
-class Store(Protocol):
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    @property
-    def is_open(self) -> bool: ...
-    async def record_notification(
-        self, notification: WebhookNotification, body: bytes, received_at: datetime
-    ) -> NotificationReceipt: ...
-    async def count_notifications(self) -> int: ...
-    async def count_alert_events(self) -> int: ...
-    async def undispatched_alert_events(self, limit: int) -> list[AlertEvent]: ...
-    async def mark_dispatched(self, event_ids: Sequence[int], at: datetime) -> None: ...
 
 
 def timestamp(value: datetime) -> str:
