@@ -44,6 +44,7 @@ async def decide(
     now: datetime,
     storm: StormGuard,
     dry_run: bool,
+    silenced_by: str | None = None,
 ) -> Verdict:
     rule = match.rule.rule
     limits = rule.limits
@@ -54,6 +55,8 @@ async def decide(
         rerun = limits.rerun_after is not None and prior.state in TERMINAL_STATES
         if not rerun or (now - prior.created_at).total_seconds() < (limits.rerun_after or 0):
             return Verdict("repeat", "duplicate", f"occurrence already handled by execution {prior.id}", prior.id)
+    if silenced_by is not None:
+        return Verdict("refuse", "paused", f"automation paused by {silenced_by}")
     for pause in await store.active_pauses(now):
         if pause["rule"] in ("*", rule.name) and pause["target"] in ("*", match.target):
             return Verdict(

@@ -9,7 +9,7 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 from typing import TypeVar
@@ -26,12 +26,14 @@ from service.dispatcher import Dispatcher, DispatchSettings
 from service.escalation import Escalator, Policy
 from service.executor import Endpoints, Executor
 from service.intake import Intake, WebhookAuth, handle
+from service.matchers import parse_matcher
 from service.metrics import Metrics, create_metrics
 from service.redaction import DEFAULT_PATTERNS, Redactor
 from service.report import report_json
 from service.retention import prune
 from service.rules import RuleSet, load_ruleset
 from service.settings import Secrets, Settings
+from service.silences import SilenceWatcher
 from service.store import NotificationReceipt, SQLiteStore
 from service.templating import TemplateEngine
 from service.yamlload import ConfigErrors
@@ -100,6 +102,7 @@ class Runtime:
     escalator: Escalator
     executor: Executor
     dispatcher: Dispatcher
+    silences: SilenceWatcher | None
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -135,6 +138,17 @@ async def _scheduler_ctx(app: web.Application) -> AsyncIterator[None]:
     app[SCHEDULER] = scheduler
     yield
     scheduler.shutdown(wait=False)
+
+
+async def _silences_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Poll Alertmanager's silences for remediation pauses, when configured."""
+    watcher = app[RUNTIME].silences
+    task = asyncio.create_task(watcher.run(), name="silences") if watcher is not None else None
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _escalation_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -297,7 +311,22 @@ async def _json_body(request: web.Request, model: type[ApiModel]) -> ApiModel:
 
 async def _list_pauses(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
-    return web.json_response({"pauses": await runtime.store.active_pauses(runtime.clock.now())})
+    silences = runtime.silences.pauses if runtime.silences is not None else []
+    return web.json_response(
+        {
+            "pauses": await runtime.store.active_pauses(runtime.clock.now()),
+            "silences": [
+                {
+                    "id": p.id,
+                    "created_by": p.created_by,
+                    "comment": p.comment,
+                    "ends_at": p.ends_at,
+                    "matchers": [str(m) for m in p.matchers],
+                }
+                for p in silences
+            ],
+        }
+    )
 
 
 async def add_pause(runtime: Runtime, rule: str, target: str, reason: str, by: str, seconds: float | None) -> int:
@@ -396,6 +425,20 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         approval_hooks=escalator,
         redactor=Redactor(secrets.values(), (*DEFAULT_PATTERNS, *settings.redact_patterns)),
     )
+    silences = (
+        SilenceWatcher(
+            settings.alertmanager_url,
+            parse_matcher(settings.silence_pause.marker),
+            settings.silence_pause.interval_seconds,
+        )
+        if settings.silence_pause is not None
+        else None
+    )
+
+    def silenced_by(labels: Mapping[str, str]) -> str | None:
+        pause = silences.pause_for(labels) if silences is not None else None
+        return None if pause is None else pause.describe()
+
     dispatcher = Dispatcher(
         store,
         holder.rules,
@@ -407,8 +450,9 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         lambda rule, decision, reason: metrics.admission_decisions.labels(rule, decision, reason).inc(),
         escalator.escalate,
         escalator.original_resolved,
+        silenced_by,
     )
-    runtime = Runtime(settings, secrets, clock, metrics, store, holder, escalator, executor, dispatcher)
+    runtime = Runtime(settings, secrets, clock, metrics, store, holder, escalator, executor, dispatcher, silences)
     app = web.Application(client_max_size=settings.limits.max_body_bytes)
     app[RUNTIME] = runtime
 
@@ -427,7 +471,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         max_body_bytes=settings.limits.max_body_bytes,
         on_committed=committed,
     )
-    app.cleanup_ctx.extend([_store_ctx, _scheduler_ctx, _escalation_ctx, _flow_ctx, _sighup_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _scheduler_ctx, _escalation_ctx, _silences_ctx, _flow_ctx, _sighup_ctx])
     app.router.add_post("/hooks/alertmanager", _receive_webhook)
     app.router.add_get("/-/healthy", _healthy)
     app.router.add_get("/-/ready", _ready)

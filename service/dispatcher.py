@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -49,6 +49,7 @@ class Dispatcher:
         on_decision: Callable[[str, str, str], None],
         escalate: Callable[[str, str, str], Awaitable[None]],
         on_resolved: Callable[[int], Awaitable[object]],
+        silenced_by: Callable[[Mapping[str, str]], str | None] = lambda _labels: None,
     ) -> None:
         self._store = store
         self._rules = rules
@@ -58,6 +59,7 @@ class Dispatcher:
         self._on_decision = on_decision
         self._escalate = escalate
         self._on_resolved = on_resolved  # closes the escalations of the resolved alert's runs
+        self._silenced_by = silenced_by  # the Alertmanager silence pausing automation for these labels
         self._wake = asyncio.Event()
 
     async def recover(self) -> None:
@@ -189,7 +191,13 @@ class Dispatcher:
             verdict = admission.Verdict("refuse", "bad_params", match.error or "render failed")
         else:
             verdict = await admission.decide(
-                self._store, match, occurrence.id, now, self._settings.storm, self._settings.dry_run
+                self._store,
+                match,
+                occurrence.id,
+                now,
+                self._settings.storm,
+                self._settings.dry_run,
+                self._silenced_by(occurrence.labels),
             )
         self._on_decision(rule.name, verdict.decision, verdict.reason)
         fields = {

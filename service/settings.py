@@ -16,6 +16,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from service.matchers import MatcherError, parse_matcher
 from service.yamlload import (
     ConfigError,
     ConfigErrors,
@@ -124,6 +125,24 @@ class AlertmanagerAlertSettings(_Section):
         return self
 
 
+class SilencePauseSettings(_Section):
+    """Alertmanager silences carrying `marker` pause automation for what their other matchers select."""
+
+    marker: str = 'remediation="paused"'
+    interval_seconds: float = Field(default=15.0, ge=1, le=3600)
+
+    @field_validator("marker")
+    @classmethod
+    def _one_equality_matcher(cls, marker: str) -> str:
+        try:
+            matcher = parse_matcher(marker)
+        except MatcherError as exc:
+            raise ValueError(str(exc)) from None
+        if matcher.op != "=":
+            raise ValueError(f'the marker must be an equality matcher like remediation="paused", got {marker}')
+        return marker
+
+
 class EscalationSettings(_Section):
     channels: list[ChannelSettings] = Field(default_factory=list)
     levels: list[LevelSettings] = Field(
@@ -172,6 +191,9 @@ class Settings(_Section):
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
+    silence_pause: SilencePauseSettings | None = Field(
+        default=None, description="pause automation through Alertmanager silences (off unless set)"
+    )
     prometheus_url: str = "http://127.0.0.1:9090"
     alertmanager_url: str = "http://127.0.0.1:9093"
     nats_url: str = "nats://127.0.0.1:4222"
