@@ -48,3 +48,26 @@ async def poll(check: Callable[[], Awaitable[T | None]], timeout: float = 20.0, 
             return last
         await asyncio.sleep(every)
     raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+
+
+# A playbook that does nothing but succeed, and a rule for the captured alert with the given budget:
+# for tests about what happens around a run (admission, pauses), not the run itself.
+QUICK_PLAYBOOK = """
+name: quick
+params:
+  node: {type: str}
+steps:
+  - type: exec
+    argv: ["true"]
+"""
+
+
+def quick_rules(max_runs: int) -> str:
+    return f"""
+rules:
+  - name: quick-fix
+    match: ['alertname="NatsJetStreamUnhealthy"']
+    playbook: quick
+    params: {{node: "{{{{ labels.instance }}}}"}}
+    limits: {{cooldown: 0, max_runs: {max_runs}, window: 1h, concurrency: parallel}}
+"""

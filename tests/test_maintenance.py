@@ -8,28 +8,10 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from flow_helpers import alert_body, poll, write_config
+from flow_helpers import QUICK_PLAYBOOK, alert_body, poll, quick_rules, write_config
 
 from service.app import create_app
 from service.settings import Secrets, Settings
-
-PLAYBOOK = """
-name: quick
-params:
-  node: {type: str}
-steps:
-  - type: exec
-    argv: ["true"]
-"""
-
-RULES = """
-rules:
-  - name: quick-fix
-    match: ['alertname="NatsJetStreamUnhealthy"']
-    playbook: quick
-    params: {node: "{{ labels.instance }}"}
-    limits: {cooldown: 0, max_runs: 1, window: 1h, concurrency: parallel}
-"""
 
 OPERATOR = {"Authorization": "Bearer op-token"}
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -40,7 +22,7 @@ async def service(tmp_path: Path) -> AsyncIterator[ClientFactory]:
     clients: list[TestClient[Any, Any]] = []
 
     async def make(**limits: Any) -> TestClient[Any, Any]:
-        config = write_config(tmp_path, RULES, {"quick": PLAYBOOK})
+        config = write_config(tmp_path, quick_rules(1), {"quick": QUICK_PLAYBOOK})
         config["limits"] = limits
         settings = Settings.model_validate(config)
         client = TestClient(TestServer(create_app(settings, Secrets(None, None, "op-token"))))

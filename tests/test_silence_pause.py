@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
-from flow_helpers import alert_body, poll, write_config
+from flow_helpers import QUICK_PLAYBOOK, alert_body, poll, quick_rules, write_config
 from realprocs import AlertmanagerServer
 
 from service.app import create_app
@@ -22,22 +22,6 @@ route:
   receiver: blackhole
 receivers:
   - name: blackhole
-"""
-PLAYBOOK = """
-name: quick
-params:
-  node: {type: str}
-steps:
-  - type: exec
-    argv: ["true"]
-"""
-RULES = """
-rules:
-  - name: quick-fix
-    match: ['alertname="NatsJetStreamUnhealthy"']
-    playbook: quick
-    params: {node: "{{ labels.instance }}"}
-    limits: {cooldown: 0, max_runs: 100, window: 1h, concurrency: parallel}
 """
 
 
@@ -87,7 +71,7 @@ async def test_a_remediation_silence_in_alertmanager_pauses_what_it_matches(
             assert response.status == 200
             silence_id = (await response.json())["silenceID"]
 
-        config = write_config(tmp_path, RULES, {"quick": PLAYBOOK})
+        config = write_config(tmp_path, quick_rules(100), {"quick": QUICK_PLAYBOOK})
         config.update(alertmanager_url=am.url, silence_pause={"interval_seconds": 1})
         client = TestClient(TestServer(create_app(Settings.model_validate(config), Secrets(None, None, None))))
         await client.start_server()
