@@ -457,7 +457,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
     app[RUNTIME] = runtime
 
     def committed(receipt: NotificationReceipt) -> None:
-        dispatcher.wake()
+        dispatcher.submit(receipt.events)
 
     app[INTAKE] = Intake(
         store=store,
@@ -469,6 +469,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         metrics=metrics,
         clock=clock,
         max_body_bytes=settings.limits.max_body_bytes,
+        wants=dispatcher.wants,
         on_committed=committed,
     )
     app.cleanup_ctx.extend([_store_ctx, _scheduler_ctx, _escalation_ctx, _silences_ctx, _flow_ctx, _sighup_ctx])

@@ -1,8 +1,10 @@
 """The dispatcher: committed alerts -> rule matches -> admission -> executor.
 
-It reads the store's durable queue of alert events (so an alert acknowledged just before a crash
-is dispatched after the restart), is woken by the intake after each commit, and never runs on the
-request path: the webhook answer does not wait for any of this.
+The intake hands it each committed notification's alert events in memory, so under load nothing is
+read back. The store's queue of undispatched events stays the source of truth: the dispatcher reads
+it at start (an alert acknowledged just before a crash is dispatched after the restart), after a
+failed pass, when the hand-over overflowed, and when idle (an event whose hand-over was lost). It
+never runs on the request path: the webhook answer does not wait for any of this.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -24,7 +26,8 @@ log = logging.getLogger("remediator.dispatcher")
 
 _BATCH = 200
 _MARK_CHUNK = 20
-_IDLE_POLL_S = 5.0  # a missed wake-up costs at most this long
+_IDLE_POLL_S = 5.0  # an event whose hand-over was lost waits at most this long
+_INBOX_LIMIT = 10_000  # past this, drop the hand-over and read the store's queue instead
 
 
 def new_execution_id(clock: Clock) -> str:
@@ -61,6 +64,11 @@ class Dispatcher:
         self._on_resolved = on_resolved  # closes the escalations of the resolved alert's runs
         self._silenced_by = silenced_by  # the Alertmanager silence pausing automation for these labels
         self._wake = asyncio.Event()
+        self._inbox: list[AlertEvent] = []
+        self._rescan = True  # read the store's queue on the next pass
+        # The ids the last read of the store's queue returned: the same events may also be handed
+        # over, since a hand-over follows its commit, and must not be dispatched twice.
+        self._scanned: set[int] = set()
 
     async def recover(self) -> None:
         """Runs left active by a crash: resume those whose playbook declares its steps idempotent
@@ -108,7 +116,21 @@ class Dispatcher:
             severity=rule.rule.severity,
         )
 
-    def wake(self, *_: object) -> None:
+    def wants(self, status: str, labels: Mapping[str, str]) -> bool:
+        """Whether dispatching an alert could do anything beyond a firing -> resolved transition
+        (which the store sees): some rule matches it. The intake asks before storing, so an alert no
+        rule wants is stored as dispatched and never queued."""
+        return self._rules().wants(status, labels)
+
+    def submit(self, events: Sequence[AlertEvent]) -> None:
+        """Hand over a committed notification's events (called by the intake after its commit)."""
+        if not events:
+            return
+        if len(self._inbox) + len(events) > _INBOX_LIMIT:
+            self._inbox.clear()
+            self._rescan = True
+        else:
+            self._inbox.extend(events)
         self._wake.set()
 
     async def run(self) -> None:
@@ -118,31 +140,52 @@ class Dispatcher:
                 await self.dispatch_pending()
             except Exception:  # the store failing now must not stop dispatch for good: retry later
                 log.exception("dispatch pass failed; retrying")
+                self._rescan = True
             try:
                 await asyncio.wait_for(self._wake.wait(), _IDLE_POLL_S)
             except TimeoutError:
-                pass
+                self.idle()
+
+    def idle(self) -> None:
+        """Nothing was handed over for a while: read the store's queue on the next pass, for an
+        event whose hand-over was lost (its request went away between commit and hand-over)."""
+        self._rescan = True
 
     async def dispatch_pending(self) -> int:
-        """Dispatch every undispatched alert event, oldest first; returns how many."""
+        """Dispatch what was handed over, or every undispatched event when the store's queue is
+        due a read; oldest first; returns how many."""
         total = 0
-        while events := await self._store.undispatched_alert_events(_BATCH):
-            done: list[int] = []
-            for event in events:
-                try:
-                    await self._dispatch(event)
-                except Exception:
-                    log.exception("dispatch failed", extra={"fingerprint": event.occurrence.fingerprint})
-                done.append(event.id)
-                # Marked in small chunks: a crash replays at most a chunk, and a replay is harmless
-                # (dedup turns a replayed alert into a repeat of the run it already made).
-                if len(done) == _MARK_CHUNK:
-                    await self._store.mark_dispatched(done, self._clock.now())
-                    done = []
-            if done:
-                await self._store.mark_dispatched(done, self._clock.now())
+        if self._rescan:
+            self._rescan = False
+            self._scanned = set()
+            while events := await self._store.undispatched_alert_events(_BATCH):
+                self._scanned.update(event.id for event in events)
+                await self._dispatch_all(events)
+                total += len(events)
+        while self._inbox:
+            events = sorted(
+                (event for event in self._inbox if event.id not in self._scanned), key=lambda event: event.id
+            )
+            self._inbox = []
+            await self._dispatch_all(events)
             total += len(events)
         return total
+
+    async def _dispatch_all(self, events: Sequence[AlertEvent]) -> None:
+        done: list[int] = []
+        for event in events:
+            try:
+                await self._dispatch(event)
+            except Exception:
+                log.exception("dispatch failed", extra={"fingerprint": event.occurrence.fingerprint})
+            done.append(event.id)
+            # Marked in small chunks: a crash replays at most a chunk, and a replay is harmless
+            # (dedup turns a replayed alert into a repeat of the run it already made).
+            if len(done) == _MARK_CHUNK:
+                await self._store.mark_dispatched(done, self._clock.now())
+                done = []
+        if done:
+            await self._store.mark_dispatched(done, self._clock.now())
 
     async def _dispatch(self, event: AlertEvent) -> None:
         occurrence = event.occurrence

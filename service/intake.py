@@ -12,7 +12,7 @@ import binascii
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,7 @@ class Intake:
     metrics: Metrics
     clock: Clock
     max_body_bytes: int
+    wants: Callable[[str, Mapping[str, str]], bool]  # does a rule want an alert (status, labels)?
     on_committed: Callable[[NotificationReceipt], None]
 
 
@@ -124,7 +125,8 @@ async def handle(intake: Intake, request: web.Request) -> web.Response:
         return _error(400, "invalid Alertmanager webhook payload: " + details[0]["field"], details)
     started = time.perf_counter()
     try:
-        receipt = await intake.store.record_notification(notification, body, intake.clock.now())
+        wanted = [intake.wants(alert.status, alert.labels) for alert in notification.alerts]
+        receipt = await intake.store.record_notification(notification, body, intake.clock.now(), wanted)
     except StoreError as exc:
         log.error("could not store notification", extra={"error": str(exc), "group_key": notification.groupKey})
         return _error(503, "the store cannot commit right now; retry", headers={"Retry-After": "5"})
@@ -136,6 +138,6 @@ async def handle(intake: Intake, request: web.Request) -> web.Response:
         {
             "status": "accepted",
             "notification_id": receipt.notification_id,
-            "alerts": len(receipt.alert_event_ids),
+            "alerts": receipt.alert_count,
         }
     )

@@ -381,6 +381,11 @@ class RuleSet:
         rules, status, labels = self.rules, alert.status, alert.labels
         return [rules[p] for p in self._index.candidates(labels) if rules[p].accepts(status, labels)]
 
+    def wants(self, status: str, labels: Mapping[str, str]) -> bool:
+        """Whether any rule accepts an alert with this status and labels (nothing rendered)."""
+        rules = self.rules
+        return any(rules[p].accepts(status, labels) for p in self._index.candidates(labels))
+
     def candidate_count(self, labels: Mapping[str, str]) -> int:
         """How many rules the index leaves to evaluate for ``labels`` (what matching costs)."""
         return sum(1 for _ in self._index.candidates(labels))

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from service.webhook import WebhookNotification
+from service.webhook import WebhookAlert, WebhookNotification
 
 T = TypeVar("T")
 
@@ -226,17 +226,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE INDEX executions_rule_state_fix
             ON executions(rule, state, (julianday(finished_at) - julianday(created_at)) * 86400.0)""",
     ),
+    (
+        # The status before the latest delivery (NULL until a second one): one UPSERT ... RETURNING
+        # both records a delivery and says whether it was a transition, instead of a SELECT first.
+        "ALTER TABLE occurrences ADD COLUMN previous_status TEXT",
+    ),
 )
 
 
 class StoreError(Exception):
     """The store could not do what was asked (disk full, I/O error, closed): callers answer 503."""
-
-
-@dataclass(frozen=True)
-class NotificationReceipt:
-    notification_id: int
-    alert_event_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -255,7 +254,7 @@ class Occurrence:
 
 @dataclass(frozen=True)
 class AlertEvent:
-    """One alert as one notification delivered it, with its occurrence's current state."""
+    """One alert as one notification delivered it, with its occurrence as that delivery left it."""
 
     id: int
     notification_id: int
@@ -264,6 +263,36 @@ class AlertEvent:
     occurrence: Occurrence
     common_labels: dict[str, str]
     external_url: str
+
+
+@dataclass(frozen=True)
+class NotificationReceipt:
+    """What one committed notification became: its row, how many alerts it held, and the events
+    the dispatcher has to see (those stored as already dispatched are not among them)."""
+
+    notification_id: int
+    alert_count: int
+    events: tuple[AlertEvent, ...]
+
+
+_INSERT_NOTIFICATION = (
+    "INSERT INTO notifications (received_at, receiver, status, group_key, external_url, alert_count, body)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# A re-send of a known occurrence updates it; previous_status = status keeps the status before this
+# delivery, since SET reads the row as it was.
+_UPSERT_OCCURRENCE = (
+    "INSERT INTO occurrences (fingerprint, starts_at, alertname, labels, annotations, generator_url, status,"
+    " ends_at, first_received_at, last_received_at, receive_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
+    " ON CONFLICT (fingerprint, starts_at) DO UPDATE SET previous_status = status, status = excluded.status,"
+    " ends_at = excluded.ends_at, labels = excluded.labels, annotations = excluded.annotations,"
+    " last_received_at = excluded.last_received_at, receive_count = receive_count + 1"
+    " RETURNING id, previous_status, receive_count"
+)
+_INSERT_ALERT_EVENT = (
+    "INSERT INTO alert_events (notification_id, occurrence_id, status, previous_status, dispatched_at)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
 
 
 def timestamp(value: datetime) -> str:
@@ -453,70 +482,85 @@ class SQLiteStore:
             raise StoreError(f"read failed: {exc}") from exc
 
     async def record_notification(
-        self, notification: WebhookNotification, body: bytes, received_at: datetime
+        self,
+        notification: WebhookNotification,
+        body: bytes,
+        received_at: datetime,
+        wanted: Sequence[bool] | None = None,
     ) -> NotificationReceipt:
+        """Store the notification and each alert's delivery. ``wanted[i]`` says whether a rule wants
+        alert i (None: assume every one): an alert no rule wants, and which is not a firing ->
+        resolved transition, has nothing to dispatch and is stored as dispatched at receipt."""
         received = timestamp(received_at)
+        notification_row = (
+            received,
+            notification.receiver,
+            notification.status,
+            notification.groupKey,
+            notification.externalURL,
+            len(notification.alerts),
+            body.decode("utf-8"),
+        )
+        # Everything but the statements is prepared before the transaction: a batch's statements
+        # then run back to back, and a batch re-run after a neighbour failed repeats only them.
+        if wanted is None:
+            wanted = [True] * len(notification.alerts)
+        occurrences: list[tuple[WebhookAlert, datetime, datetime | None, tuple[Any, ...], bool]] = []
+        for alert, rule_wants in zip(notification.alerts, wanted, strict=True):
+            starts_at = alert.startsAt.astimezone(UTC)
+            ends_at = None if alert.endsAt is None else alert.endsAt.astimezone(UTC)
+            row = (
+                alert.fingerprint,
+                timestamp(starts_at),
+                alert.labels.get("alertname", ""),
+                json.dumps(alert.labels, sort_keys=True),
+                json.dumps(alert.annotations, sort_keys=True),
+                alert.generatorURL,
+                alert.status,
+                None if ends_at is None else timestamp(ends_at),
+                received,
+                received,
+            )
+            occurrences.append((alert, starts_at, ends_at, row, rule_wants))
 
         def insert(conn: sqlite3.Connection) -> NotificationReceipt:
-            cursor = conn.execute(
-                "INSERT INTO notifications (received_at, receiver, status, group_key, external_url, alert_count, body)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    received,
-                    notification.receiver,
-                    notification.status,
-                    notification.groupKey,
-                    notification.externalURL,
-                    len(notification.alerts),
-                    body.decode("utf-8"),
-                ),
-            )
-            notification_id = cursor.lastrowid
+            notification_id = conn.execute(_INSERT_NOTIFICATION, notification_row).lastrowid
             assert notification_id is not None
-            event_ids = []
-            for alert in notification.alerts:
-                starts_at = timestamp(alert.startsAt)
-                ends_at = None if alert.endsAt is None else timestamp(alert.endsAt)
-                labels = json.dumps(alert.labels, sort_keys=True)
-                annotations = json.dumps(alert.annotations, sort_keys=True)
-                existing = conn.execute(
-                    "SELECT id, status FROM occurrences WHERE fingerprint = ? AND starts_at = ?",
-                    (alert.fingerprint, starts_at),
-                ).fetchone()
-                if existing is None:
-                    previous_status = None
-                    occurrence_id = conn.execute(
-                        "INSERT INTO occurrences (fingerprint, starts_at, alertname, labels, annotations,"
-                        " generator_url, status, ends_at, first_received_at, last_received_at, receive_count)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                        (
-                            alert.fingerprint,
-                            starts_at,
-                            alert.labels.get("alertname", ""),
-                            labels,
-                            annotations,
-                            alert.generatorURL,
-                            alert.status,
-                            ends_at,
-                            received,
-                            received,
-                        ),
-                    ).lastrowid
-                else:
-                    occurrence_id, previous_status = existing
-                    conn.execute(
-                        "UPDATE occurrences SET status = ?, ends_at = ?, labels = ?, annotations = ?,"
-                        " last_received_at = ?, receive_count = receive_count + 1 WHERE id = ?",
-                        (alert.status, ends_at, labels, annotations, received, occurrence_id),
-                    )
+            events = []
+            for alert, starts_at, ends_at, row, rule_wants in occurrences:
+                occurrence_id, previous_status, receive_count = conn.execute(_UPSERT_OCCURRENCE, row).fetchone()
+                pending = rule_wants or (alert.status == "resolved" and previous_status == "firing")
                 event_id = conn.execute(
-                    "INSERT INTO alert_events (notification_id, occurrence_id, status, previous_status)"
-                    " VALUES (?, ?, ?, ?)",
-                    (notification_id, occurrence_id, alert.status, previous_status),
+                    _INSERT_ALERT_EVENT,
+                    (notification_id, occurrence_id, alert.status, previous_status, None if pending else received),
                 ).lastrowid
                 assert event_id is not None
-                event_ids.append(event_id)
-            return NotificationReceipt(notification_id, tuple(event_ids))
+                if not pending:
+                    continue
+                occurrence = Occurrence(
+                    id=occurrence_id,
+                    fingerprint=alert.fingerprint,
+                    starts_at=starts_at,
+                    alertname=row[2],
+                    labels=alert.labels,
+                    annotations=alert.annotations,
+                    generator_url=alert.generatorURL,
+                    status=alert.status,
+                    ends_at=ends_at,
+                    receive_count=receive_count,
+                )
+                events.append(
+                    AlertEvent(
+                        id=event_id,
+                        notification_id=notification_id,
+                        status=alert.status,
+                        previous_status=previous_status,
+                        occurrence=occurrence,
+                        common_labels=notification.commonLabels,
+                        external_url=notification.externalURL,
+                    )
+                )
+            return NotificationReceipt(notification_id, len(occurrences), tuple(events))
 
         return await self.write(insert)
 

@@ -1,0 +1,98 @@
+"""What the store makes of a notification: occurrences, transitions, and what the dispatcher gets."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import replace
+from pathlib import Path
+
+from flow_helpers import alert_body
+
+from service.clock import FakeClock
+from service.store import MIGRATIONS, SQLiteStore
+from service.webhook import parse
+
+
+def body_of(fingerprint: str, status: str = "firing") -> bytes:
+    return json.dumps(alert_body(fingerprint, status)).encode()
+
+
+async def test_the_hand_over_is_what_the_store_reads_back(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        handed = []
+        for body in (body_of("aa01"), body_of("aa01"), body_of("aa01", "resolved")):
+            receipt = await store.record_notification(parse(body), body, clock.now())
+            assert receipt.alert_count == 1
+            handed.extend(receipt.events)
+            clock.advance(1)
+        read_back = await store.undispatched_alert_events(100)
+        # the store's read shows each occurrence as it is now; the hand-over, as its delivery left it
+        assert [replace(e.occurrence, status="", ends_at=None, receive_count=0) for e in read_back] == [
+            replace(e.occurrence, status="", ends_at=None, receive_count=0) for e in handed
+        ]
+        assert [replace(e, occurrence=None) for e in read_back] == [replace(e, occurrence=None) for e in handed]
+        assert read_back[-1] == handed[-1]
+        assert [(e.status, e.previous_status, e.occurrence.receive_count) for e in handed] == [
+            ("firing", None, 1),
+            ("firing", "firing", 2),
+            ("resolved", "firing", 3),
+        ]
+    finally:
+        await store.close()
+
+
+async def test_an_alert_no_rule_wants_is_stored_as_dispatched_unless_it_resolved(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    try:
+        receipts = []
+        for body in (body_of("bb01"), body_of("bb01"), body_of("bb01", "resolved"), body_of("bb01", "resolved")):
+            receipts.append(await store.record_notification(parse(body), body, clock.now(), wanted=[False]))
+        # only the firing -> resolved transition has something to dispatch (closing what the alert
+        # started); the resolved re-send after it has not
+        assert [len(r.events) for r in receipts] == [0, 0, 1, 0]
+        assert [e.id for e in await store.undispatched_alert_events(100)] == [e.id for e in receipts[2].events]
+        with sqlite3.connect(store.path) as conn:
+            rows = conn.execute("SELECT status, previous_status, dispatched_at IS NULL FROM alert_events ORDER BY id")
+            assert rows.fetchall() == [
+                ("firing", None, 0),
+                ("firing", "firing", 0),
+                ("resolved", "firing", 1),
+                ("resolved", "resolved", 0),
+            ]
+            assert conn.execute("SELECT receive_count, status FROM occurrences").fetchall() == [(4, "resolved")]
+    finally:
+        await store.close()
+
+
+async def test_a_store_from_the_previous_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        for number, statements in enumerate(MIGRATIONS[:6], start=1):
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={number}")
+        conn.execute(
+            "INSERT INTO occurrences (fingerprint, starts_at, alertname, labels, annotations, generator_url, status,"
+            " first_received_at, last_received_at, receive_count)"
+            " VALUES ('cc01', '2026-11-27T19:43:48.250000+00:00', 'A', '{}', '{}', '', 'firing', 'x', 'x', 5)"
+        )
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        body = json.loads(body_of("cc01", "resolved"))
+        body["alerts"][0]["startsAt"] = "2026-11-27T19:43:48.25Z"
+        raw = json.dumps(body).encode()
+        receipt = await store.record_notification(parse(raw), raw, FakeClock().now())
+        [event] = receipt.events
+        assert (event.previous_status, event.occurrence.receive_count) == ("firing", 6)
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+            assert conn.execute("SELECT count(*) FROM occurrences").fetchone() == (1,)
+    finally:
+        await store.close()
