@@ -4,7 +4,9 @@ SQLite in WAL mode, one file, zero set-up. Writes are group-committed: callers q
 and one flush at a time runs everything queued so far in one transaction (the statements on the
 event loop, microseconds each; the COMMIT, which waits for the fsync, on the single writer thread).
 Each caller still waits for its own durable COMMIT, but concurrent posts share one fsync and one
-thread hand-off, and there is exactly one writer, so `database is locked` cannot happen. If any job
+thread hand-off, and there is exactly one writer, so `database is locked` cannot happen. Before a
+batch starts, the flush yields to the loop while that brings more writes, so requests the loop is
+still reading join it rather than wait out a whole commit for the next one. If any job
 of a batch fails, the batch is rolled back and its jobs re-run one transaction each, so a bad job
 never takes its neighbours down.
 
@@ -32,6 +34,7 @@ from service.webhook import WebhookAlert, WebhookNotification
 T = TypeVar("T")
 
 _MAX_BATCH = 256
+_GATHER_TURNS = 8
 _BUSY_TIMEOUT_MS = 5000
 
 # Versioned schema migrations, applied in order at start; PRAGMA user_version records how far.
@@ -423,7 +426,8 @@ class SQLiteStore:
         """Commit what is queued; what arrives meanwhile forms the next batch (one flush at a time)."""
         try:
             while self._pending:
-                batch, self._pending = self._pending, []
+                await self._gather()
+                batch, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
                 outcomes: list[_Outcome]
                 try:
                     outcomes = [(result, None) for result in await self._commit([work for work, _ in batch])]
@@ -441,6 +445,16 @@ class SQLiteStore:
                         future.set_exception(error)
         finally:
             self._flushing = None
+
+    async def _gather(self) -> None:
+        """Let the requests the loop is already reading join this commit: yield to the loop while
+        each turn adds writes (a few turns at most). Under load a commit, its fsync and its thread
+        hand-off then serve many more requests; when idle the first turn adds nothing."""
+        for _ in range(_GATHER_TURNS):
+            queued = len(self._pending)
+            await asyncio.sleep(0)
+            if len(self._pending) == queued or len(self._pending) >= _MAX_BATCH:
+                return
 
     async def _commit_alone(self, work: Callable[[sqlite3.Connection], Any]) -> _Outcome:
         try:

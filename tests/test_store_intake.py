@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import pytest
 from flow_helpers import alert_body
 
 from service.clock import FakeClock
@@ -94,5 +97,34 @@ async def test_a_store_from_the_previous_schema_is_upgraded_in_place(tmp_path: P
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
             assert conn.execute("SELECT count(*) FROM occurrences").fetchone() == (1,)
+    finally:
+        await store.close()
+
+
+async def test_writes_from_requests_still_being_read_join_one_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = SQLiteStore(tmp_path / "s.db")
+    await store.open()
+    commits = []
+    commit = store._commit
+
+    async def counted(works: list[Any]) -> list[Any]:
+        commits.append(len(works))
+        return await commit(works)
+
+    monkeypatch.setattr(store, "_commit", counted)
+    clock = FakeClock()
+
+    async def request(n: int) -> None:
+        for _ in range(n % 4):  # its body still arriving: a few loop turns before it writes
+            await asyncio.sleep(0)
+        body = body_of(f"ee{n:02d}")
+        await store.record_notification(parse(body), body, clock.now())
+
+    try:
+        await asyncio.gather(*(request(n) for n in range(30)))
+        assert commits == [30]
+        assert await store.count_notifications() == 30
     finally:
         await store.close()
