@@ -134,10 +134,9 @@ async def handle(intake: Intake, request: web.Request) -> web.Response:
     for alert in notification.alerts:
         intake.metrics.alerts_received.labels(alert.status).inc()
     intake.on_committed(receipt)
-    return web.json_response(
-        {
-            "status": "accepted",
-            "notification_id": receipt.notification_id,
-            "alerts": receipt.alert_count,
-        }
+    # Formatted directly, not through json.dumps: this is the one answer on the hot path.
+    return web.Response(
+        body=b'{"status": "accepted", "notification_id": %d, "alerts": %d}'
+        % (receipt.notification_id, receipt.alert_count),
+        content_type="application/json",
     )

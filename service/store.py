@@ -29,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from pydantic_core import to_json
+
 from service.webhook import WebhookAlert, WebhookNotification
 
 T = TypeVar("T")
@@ -233,6 +235,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The status before the latest delivery (NULL until a second one): one UPSERT ... RETURNING
         # both records a delivery and says whether it was a transition, instead of a SELECT first.
         "ALTER TABLE occurrences ADD COLUMN previous_status TEXT",
+        # Only the hourly prune asked alert_events by occurrence, and it does without: one B-tree
+        # less to update for every alert received.
+        "DROP INDEX alert_events_occurrence",
     ),
 )
 
@@ -527,8 +532,10 @@ class SQLiteStore:
                 alert.fingerprint,
                 timestamp(starts_at),
                 alert.labels.get("alertname", ""),
-                json.dumps(alert.labels, sort_keys=True),
-                json.dumps(alert.annotations, sort_keys=True),
+                # pydantic's encoder: a fifth of json.dumps's time; keys stay in the order received
+                # (sorted, from Alertmanager: Go marshals maps sorted)
+                to_json(alert.labels).decode(),
+                to_json(alert.annotations).decode(),
                 alert.generatorURL,
                 alert.status,
                 None if ends_at is None else timestamp(ends_at),
