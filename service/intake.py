@@ -123,9 +123,9 @@ async def handle(intake: Intake, request: web.Request) -> web.Response:
     except ValidationError as exc:
         details = describe_errors(exc)
         return _error(400, "invalid Alertmanager webhook payload: " + details[0]["field"], details)
+    wanted = [intake.wants(alert.status, alert.labels) for alert in notification.alerts]
     started = time.perf_counter()
     try:
-        wanted = [intake.wants(alert.status, alert.labels) for alert in notification.alerts]
         receipt = await intake.store.record_notification(notification, body, intake.clock.now(), wanted)
     except StoreError as exc:
         log.error("could not store notification", extra={"error": str(exc), "group_key": notification.groupKey})

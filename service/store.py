@@ -6,9 +6,9 @@ event loop, microseconds each; the COMMIT, which waits for the fsync, on the sin
 Each caller still waits for its own durable COMMIT, but concurrent posts share one fsync and one
 thread hand-off, and there is exactly one writer, so `database is locked` cannot happen. Before a
 batch starts, the flush yields to the loop while that brings more writes, so requests the loop is
-still reading join it rather than wait out a whole commit for the next one. If any job
-of a batch fails, the batch is rolled back and its jobs re-run one transaction each, so a bad job
-never takes its neighbours down.
+still reading join it rather than wait out a whole commit for the next one. If any job of a batch
+fails, the batch is rolled back and its jobs re-run one transaction each, so a bad job never takes
+its neighbours down.
 
 Callers use the domain methods (`record_notification`, `create_execution`, `target_history`, ...),
 which take and return plain values and dataclasses: no SQL and no sqlite3 object crosses that line
@@ -562,7 +562,7 @@ class SQLiteStore:
                     id=occurrence_id,
                     fingerprint=alert.fingerprint,
                     starts_at=starts_at,
-                    alertname=row[2],
+                    alertname=alert.labels.get("alertname", ""),
                     labels=alert.labels,
                     annotations=alert.annotations,
                     generator_url=alert.generatorURL,
