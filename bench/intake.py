@@ -1,8 +1,9 @@
 """Intake throughput and latency: the real receiver (durable commit) against a bare aiohttp ceiling.
 
 Both servers run in turn on core 0 under the same wrk load on core 1 (Lua POST script, 16 connections).
-Prints requests/s, p50 and p99 for both, and the real receiver's ratio to the ceiling; ratios are what
-to compare across machines, since absolute numbers drift on shared hosts.
+Prints requests/s, p50, p99 and the server's CPU time per request for both, and the real receiver's
+ratio to the ceiling; ratios are what to compare across machines, since absolute numbers drift on
+shared hosts (CPU per request drifts least: it does not count time the host gave to others).
 
     .venv/bin/python bench/intake.py [--duration 10] [--connections 16]
 """
@@ -10,6 +11,7 @@ to compare across machines, since absolute numbers drift on shared hosts.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import shutil
@@ -34,6 +36,8 @@ class Result:
     p50_ms: float
     p99_ms: float
     non_2xx: int
+    requests: int
+    cpu_us_per_request: float = 0.0
 
 
 def free_port() -> int:
@@ -79,7 +83,14 @@ def run_wrk(name: str, url: str, duration: int, connections: int) -> Result:
     p50 = latency_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
     p99 = latency_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return Result(name, rps, p50, p99, int(bad[1]) if bad else 0)
+    requests = int(re.search(r"(\d+) requests in", out)[1])  # type: ignore[index]
+    return Result(name, rps, p50, p99, int(bad[1]) if bad else 0, requests)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (fields after the command name)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def serve_and_measure(name: str, argv: list[str], env: dict[str, str], port: int, args: argparse.Namespace) -> Result:
@@ -89,7 +100,10 @@ def serve_and_measure(name: str, argv: list[str], env: dict[str, str], port: int
         wait_ready(f"http://127.0.0.1:{port}/-/ready", proc)
         url = f"http://127.0.0.1:{port}/hooks/alertmanager"
         run_wrk(name, url, 2, args.connections)  # warm-up
-        return run_wrk(name, url, args.duration, args.connections)
+        cpu_before = cpu_seconds(proc.pid)
+        result = run_wrk(name, url, args.duration, args.connections)
+        cpu_us = (cpu_seconds(proc.pid) - cpu_before) * 1e6 / max(result.requests, 1)
+        return dataclasses.replace(result, cpu_us_per_request=cpu_us)
     finally:
         proc.terminate()
         try:
@@ -124,10 +138,11 @@ def main() -> int:
             ))
             with sqlite3.connect(db) as conn:
                 stored[synchronous] = conn.execute("SELECT count(*) FROM notifications").fetchone()[0]
-    print(f"{'server':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'x bare':>7}")
+    print(f"{'server':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'x bare':>7} {'cpu us/req':>11}")
     for r in (bare, *results):
         ratio = r.requests_per_s / bare.requests_per_s
-        print(f"{r.name:34} {r.requests_per_s:9.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.non_2xx:8d} {ratio:7.2f}")
+        print(f"{r.name:34} {r.requests_per_s:9.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f} {r.non_2xx:8d} {ratio:7.2f}"
+              f" {r.cpu_us_per_request:11.0f}")
     durable = results[0]
     ratio = durable.requests_per_s / bare.requests_per_s
     print(f"\ndurable (full) / bare throughput: {ratio:.2f} (target >= 0.5);"
