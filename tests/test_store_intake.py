@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,19 @@ def body_of(fingerprint: str, status: str = "firing") -> bytes:
     return json.dumps(alert_body(fingerprint, status)).encode()
 
 
-async def test_the_hand_over_is_what_the_store_reads_back(tmp_path: Path) -> None:
-    clock = FakeClock()
-    store = SQLiteStore(tmp_path / "s.db")
+@asynccontextmanager
+async def opened(path: Path) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(path)
     await store.open()
     try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_the_hand_over_is_what_the_store_reads_back(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with opened(tmp_path / "s.db") as store:
         handed = []
         for body in (body_of("aa01"), body_of("aa01"), body_of("aa01", "resolved")):
             receipt = await store.record_notification(parse(body), body, clock.now())
@@ -44,15 +54,11 @@ async def test_the_hand_over_is_what_the_store_reads_back(tmp_path: Path) -> Non
             ("firing", "firing", 2),
             ("resolved", "firing", 3),
         ]
-    finally:
-        await store.close()
 
 
 async def test_an_alert_no_rule_wants_is_stored_as_dispatched_unless_it_resolved(tmp_path: Path) -> None:
     clock = FakeClock()
-    store = SQLiteStore(tmp_path / "s.db")
-    await store.open()
-    try:
+    async with opened(tmp_path / "s.db") as store:
         receipts = []
         for body in (body_of("bb01"), body_of("bb01"), body_of("bb01", "resolved"), body_of("bb01", "resolved")):
             receipts.append(await store.record_notification(parse(body), body, clock.now(), wanted=[False]))
@@ -69,8 +75,6 @@ async def test_an_alert_no_rule_wants_is_stored_as_dispatched_unless_it_resolved
                 ("resolved", "resolved", 0),
             ]
             assert conn.execute("SELECT receive_count, status FROM occurrences").fetchall() == [(4, "resolved")]
-    finally:
-        await store.close()
 
 
 async def test_a_store_from_the_previous_schema_is_upgraded_in_place(tmp_path: Path) -> None:
@@ -85,9 +89,7 @@ async def test_a_store_from_the_previous_schema_is_upgraded_in_place(tmp_path: P
             " first_received_at, last_received_at, receive_count)"
             " VALUES ('cc01', '2026-11-27T19:43:48.250000+00:00', 'A', '{}', '{}', '', 'firing', 'x', 'x', 5)"
         )
-    store = SQLiteStore(path)
-    await store.open()
-    try:
+    async with opened(path) as store:
         body = json.loads(body_of("cc01", "resolved"))
         body["alerts"][0]["startsAt"] = "2026-11-27T19:43:48.25Z"
         raw = json.dumps(body).encode()
@@ -97,34 +99,28 @@ async def test_a_store_from_the_previous_schema_is_upgraded_in_place(tmp_path: P
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
             assert conn.execute("SELECT count(*) FROM occurrences").fetchone() == (1,)
-    finally:
-        await store.close()
 
 
 async def test_writes_from_requests_still_being_read_join_one_commit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = SQLiteStore(tmp_path / "s.db")
-    await store.open()
     commits = []
-    commit = store._commit
-
-    async def counted(works: list[Any]) -> list[Any]:
-        commits.append(len(works))
-        return await commit(works)
-
-    monkeypatch.setattr(store, "_commit", counted)
     clock = FakeClock()
+    async with opened(tmp_path / "s.db") as store:
+        commit = store._commit
 
-    async def request(n: int) -> None:
-        for _ in range(n % 4):  # its body still arriving: a few loop turns before it writes
-            await asyncio.sleep(0)
-        body = body_of(f"ee{n:02d}")
-        await store.record_notification(parse(body), body, clock.now())
+        async def counted(works: list[Any]) -> list[Any]:
+            commits.append(len(works))
+            return await commit(works)
 
-    try:
+        monkeypatch.setattr(store, "_commit", counted)
+
+        async def request(n: int) -> None:
+            for _ in range(n % 4):  # its body still arriving: a few loop turns before it writes
+                await asyncio.sleep(0)
+            body = body_of(f"ee{n:02d}")
+            await store.record_notification(parse(body), body, clock.now())
+
         await asyncio.gather(*(request(n) for n in range(30)))
         assert commits == [30]
         assert await store.count_notifications() == 30
-    finally:
-        await store.close()
