@@ -1,10 +1,12 @@
 """The store: the only module that speaks SQL.
 
 SQLite in WAL mode, one file, zero set-up. Writes are group-committed: callers queue their work,
-and one flush at a time runs everything queued so far in one transaction (the statements on the
-event loop, microseconds each; the COMMIT, which waits for the fsync, on the single writer thread).
-Each caller still waits for its own durable COMMIT, but concurrent posts share one fsync and one
-thread hand-off, and there is exactly one writer, so `database is locked` cannot happen. Before a
+and one flush at a time runs everything queued so far in one transaction, on the event loop. Each
+caller still waits for its own durable COMMIT, but concurrent posts share one fsync, and there is
+exactly one writer, so `database is locked` cannot happen. The COMMIT, which waits for the fsync,
+runs on the loop too while commits take under a few milliseconds (cheaper than handing each one
+to a thread); after a slower one, commits go to the writer thread until one is quick again, so a
+stalling disk holds up only writes, not the whole service. Before a
 batch starts, the flush yields to the loop while that brings more writes, so requests the loop is
 still reading join it rather than wait out a whole commit for the next one. If any job of a batch
 fails, the batch is rolled back and its jobs re-run one transaction each, so a bad job never takes
@@ -23,6 +25,7 @@ import concurrent.futures
 import dataclasses
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,6 +41,9 @@ T = TypeVar("T")
 _MAX_BATCH = 256
 _GATHER_TURNS = 8
 _BUSY_TIMEOUT_MS = 5000
+# A COMMIT that took longer than this (a slow or stalling disk) sends the next ones to the writer
+# thread, off the loop; one that took less on the thread brings them back.
+_LOOP_COMMIT_LIMIT_S = 0.005
 
 # Versioned schema migrations, applied in order at start; PRAGMA user_version records how far.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -379,6 +385,8 @@ class SQLiteStore:
         self._read_conn: sqlite3.Connection | None = None
         self._pending: list[_Job] = []
         self._flushing: asyncio.Task[None] | None = None
+        self._commit_in_thread = False
+        self._monotonic: Callable[[], float] = time.monotonic  # replaced in tests to fake a slow disk
 
     @property
     def path(self) -> Path:
@@ -387,6 +395,11 @@ class SQLiteStore:
     @property
     def is_open(self) -> bool:
         return self._write_conn is not None
+
+    @property
+    def commits_in_thread(self) -> bool:
+        """Whether the next COMMIT goes to the writer thread (the last one was slow)."""
+        return self._commit_in_thread
 
     async def open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -453,8 +466,8 @@ class SQLiteStore:
 
     async def _gather(self) -> None:
         """Let the requests the loop is already reading join this commit: yield to the loop while
-        each turn adds writes (a few turns at most). Under load a commit, its fsync and its thread
-        hand-off then serve many more requests; when idle the first turn adds nothing."""
+        each turn adds writes (a few turns at most). Under load a commit and its fsync then serve
+        many more requests; when idle the first turn adds nothing."""
         for _ in range(_GATHER_TURNS):
             queued = len(self._pending)
             await asyncio.sleep(0)
@@ -470,16 +483,21 @@ class SQLiteStore:
     async def _commit(self, works: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
         """Run `works` in one transaction; rolled back and re-raised if any fails.
 
-        The statements run here on the loop (microseconds each, on pages the cache holds); only the
-        COMMIT, which waits for the fsync, goes to the writer thread. One thread hand-off per batch
-        instead of one per statement keeps the two threads from trading the GIL back and forth.
+        The statements run here on the loop (microseconds each, on pages the cache holds), and so
+        does the COMMIT while commits are quick: handing it to a thread costs the wake-up, the GIL
+        trading and the loop's wake-up again, more than a fast fsync. See `_LOOP_COMMIT_LIMIT_S`.
         """
         assert self._writer is not None and self._write_conn is not None
         conn = self._write_conn
         try:
             conn.execute("BEGIN IMMEDIATE")
             results = [work(conn) for work in works]
-            await asyncio.get_running_loop().run_in_executor(self._writer, conn.execute, "COMMIT")
+            started = self._monotonic()
+            if self._commit_in_thread:
+                await asyncio.get_running_loop().run_in_executor(self._writer, conn.execute, "COMMIT")
+            else:
+                conn.execute("COMMIT")
+            self._commit_in_thread = self._monotonic() - started > _LOOP_COMMIT_LIMIT_S
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -124,3 +125,25 @@ async def test_writes_from_requests_still_being_read_join_one_commit(
         await asyncio.gather(*(request(n) for n in range(30)))
         assert commits == [30]
         assert await store.count_notifications() == 30
+
+
+async def test_a_slow_commit_sends_the_next_ones_to_the_writer_thread_until_one_is_quick(tmp_path: Path) -> None:
+    clock = FakeClock()
+    committed_on: list[str] = []
+    async with opened(tmp_path / "s.db") as store:
+        assert store._write_conn is not None
+        store._write_conn.set_trace_callback(
+            lambda sql: committed_on.append(threading.current_thread().name) if sql == "COMMIT" else None
+        )
+        # (start, end) of each commit as the store measures it: slow, then quick, then quick
+        readings = iter([0.0, 1.0, 2.0, 2.001, 3.0, 3.001])
+        store._monotonic = lambda: next(readings)
+        in_thread_after = []
+        for n in range(3):
+            body = body_of(f"ff{n:02d}")
+            await store.record_notification(parse(body), body, clock.now())
+            in_thread_after.append(store.commits_in_thread)
+        store._write_conn.set_trace_callback(None)
+        assert in_thread_after == [True, False, False]
+        assert [name.startswith("store-writer") for name in committed_on] == [False, True, False]
+        assert await store.count_notifications() == 3
