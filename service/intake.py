@@ -134,7 +134,7 @@ async def handle(intake: Intake, request: web.Request) -> web.Response:
         return _error(503, "the store cannot commit right now; retry", headers={"Retry-After": "5"})
     intake.metrics.store_commit_seconds.observe(time.perf_counter() - started)
     for alert in notification.alerts:
-        intake.metrics.alerts_received.labels(alert.status).inc()
+        intake.metrics.count_alert_received(alert.status)
     intake.on_committed(receipt)
     # Formatted directly, not through json.dumps: this is the one answer on the hot path.
     return web.Response(
