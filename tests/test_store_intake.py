@@ -16,7 +16,7 @@ import pytest
 from flow_helpers import alert_body
 
 from service.clock import FakeClock
-from service.store import MIGRATIONS, SQLiteStore
+from service.store import MIGRATIONS, SQLiteStore, timestamp
 from service.webhook import parse
 
 
@@ -147,3 +147,28 @@ async def test_a_slow_commit_sends_the_next_ones_to_the_writer_thread_until_one_
         assert in_thread_after == [True, False, False]
         assert [name.startswith("store-writer") for name in committed_on] == [False, True, False]
         assert await store.count_notifications() == 3
+
+
+async def test_a_re_send_updates_the_occurrence_and_keeps_when_it_was_first_received(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with opened(tmp_path / "s.db") as store:
+        first_at = clock.now()
+        body = body_of("bb01")
+        await store.record_notification(parse(body), body, first_at)
+        clock.advance(60)
+        changed = alert_body("bb01")
+        changed["alerts"][0]["annotations"]["summary"] = "still down after a minute"
+        body = json.dumps(changed).encode()
+        receipt = await store.record_notification(parse(body), body, clock.now())
+        assert (receipt.events[0].previous_status, receipt.events[0].occurrence.receive_count) == ("firing", 2)
+        with sqlite3.connect(tmp_path / "s.db") as conn:
+            rows = conn.execute(
+                "SELECT id, annotations, first_received_at, last_received_at, receive_count, status, previous_status"
+                " FROM occurrences"
+            ).fetchall()
+    assert len(rows) == 1
+    occurrence_id, annotations, first_received, last_received, count, status, previous = rows[0]
+    assert occurrence_id == receipt.events[0].occurrence.id
+    assert json.loads(annotations)["summary"] == "still down after a minute"
+    assert (first_received, last_received) == (timestamp(first_at), timestamp(clock.now()))
+    assert (count, status, previous) == (2, "firing", "firing")
