@@ -6,11 +6,11 @@ caller still waits for its own durable COMMIT, but concurrent posts share one fs
 exactly one writer, so `database is locked` cannot happen. The COMMIT, which waits for the fsync,
 runs on the loop too while commits take under a few milliseconds (cheaper than handing each one
 to a thread); after a slower one, commits go to the writer thread until one is quick again, so a
-stalling disk holds up only writes, not the whole service. Before a
-batch starts, the flush yields to the loop while that brings more writes, so requests the loop is
-still reading join it rather than wait out a whole commit for the next one. If any job of a batch
-fails, the batch is rolled back and its jobs re-run one transaction each, so a bad job never takes
-its neighbours down.
+disk that stalls holds up the loop for one commit, and after that only the writes. Before a batch
+starts, the flush yields to the loop while that brings more writes, so requests the loop is still
+reading join it rather than wait out a whole commit for the next one. If any job of a batch fails,
+the batch is rolled back and its jobs re-run one transaction each, so a bad job never takes its
+neighbours down.
 
 Callers use the domain methods (`record_notification`, `create_execution`, `target_history`, ...),
 which take and return plain values and dataclasses: no SQL and no sqlite3 object crosses that line
@@ -374,11 +374,15 @@ def _row_to_occurrence(row: sqlite3.Row) -> Occurrence:
 
 
 class SQLiteStore:
-    def __init__(self, path: Path, synchronous: Synchronous = "full") -> None:
+    def __init__(
+        self, path: Path, synchronous: Synchronous = "full", *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
+        """`monotonic` times each COMMIT (see `_LOOP_COMMIT_LIMIT_S`); a test passes one to fake a slow disk."""
         self._path = path
         self._synchronous = synchronous
-        # One thread owns the write connection; reads have their own connection and thread (WAL lets
-        # them overlap writes).
+        # The write connection is used by one side at a time: the loop for statements and quick
+        # commits, the writer thread for opening, closing and slow commits. Reads have their own
+        # connection and thread (WAL lets them overlap writes).
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._write_conn: sqlite3.Connection | None = None
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
@@ -386,7 +390,7 @@ class SQLiteStore:
         self._pending: list[_Job] = []
         self._flushing: asyncio.Task[None] | None = None
         self._commit_in_thread = False
-        self._monotonic: Callable[[], float] = time.monotonic  # replaced in tests to fake a slow disk
+        self._monotonic = monotonic
 
     @property
     def path(self) -> Path:

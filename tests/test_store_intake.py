@@ -130,14 +130,15 @@ async def test_writes_from_requests_still_being_read_join_one_commit(
 async def test_a_slow_commit_sends_the_next_ones_to_the_writer_thread_until_one_is_quick(tmp_path: Path) -> None:
     clock = FakeClock()
     committed_on: list[str] = []
-    async with opened(tmp_path / "s.db") as store:
+    # (start, end) of each commit as the store measures it: slow, then quick, then quick
+    readings = iter([0.0, 1.0, 2.0, 2.001, 3.0, 3.001])
+    store = SQLiteStore(tmp_path / "s.db", monotonic=lambda: next(readings))
+    await store.open()
+    try:
         assert store._write_conn is not None
         store._write_conn.set_trace_callback(
             lambda sql: committed_on.append(threading.current_thread().name) if sql == "COMMIT" else None
         )
-        # (start, end) of each commit as the store measures it: slow, then quick, then quick
-        readings = iter([0.0, 1.0, 2.0, 2.001, 3.0, 3.001])
-        store._monotonic = lambda: next(readings)
         in_thread_after = []
         for n in range(3):
             body = body_of(f"ff{n:02d}")
@@ -147,6 +148,8 @@ async def test_a_slow_commit_sends_the_next_ones_to_the_writer_thread_until_one_
         assert in_thread_after == [True, False, False]
         assert [name.startswith("store-writer") for name in committed_on] == [False, True, False]
         assert await store.count_notifications() == 3
+    finally:
+        await store.close()
 
 
 async def test_a_re_send_updates_the_occurrence_and_keeps_when_it_was_first_received(tmp_path: Path) -> None:
