@@ -190,7 +190,7 @@ async def _sighup_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _receive_webhook(request: web.Request) -> web.Response:
     intake = request.app[INTAKE]
     response = await handle(intake, request)
-    intake.metrics.count_webhook_request(response.status)
+    intake.metrics.webhook.count_request(response.status)
     return response
 
 

@@ -2,19 +2,73 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from bisect import bisect_left
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from service import __version__
+
+
+class WebhookMetrics(Collector):
+    """The webhook's per-request numbers, kept as plain counts and exported at scrape time.
+
+    prometheus_client's metrics take a lock and do a few calls on every update, several times per
+    request on the receiver's hot path. These are only updated on the event loop (one thread), and
+    /metrics reads them there too, so plain numbers do; the exposition is a Counter's and a
+    Histogram's.
+    """
+
+    def __init__(self, commit_buckets: Sequence[float]) -> None:
+        self._requests: dict[int, int] = {}
+        self._alerts: dict[str, int] = {}
+        self._commit_bounds = (*sorted(commit_buckets), float("inf"))
+        self._commit_counts = [0] * len(self._commit_bounds)
+        self._commit_sum = 0.0
+
+    def count_request(self, code: int) -> None:
+        self._requests[code] = self._requests.get(code, 0) + 1
+
+    def count_alert(self, status: str) -> None:
+        self._alerts[status] = self._alerts.get(status, 0) + 1
+
+    def observe_commit(self, seconds: float) -> None:
+        self._commit_counts[bisect_left(self._commit_bounds, seconds)] += 1  # bucket `le`: value <= bound
+        self._commit_sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "remediator_webhook_requests", "Webhook requests answered, by HTTP status code.", labels=["code"]
+        )
+        for code, count in sorted(self._requests.items()):
+            requests.add_metric([str(code)], count)
+        yield requests
+        alerts = CounterMetricFamily(
+            "remediator_alerts_received", "Alerts accepted and stored, by alert status.", labels=["status"]
+        )
+        for status, count in sorted(self._alerts.items()):
+            alerts.add_metric([status], count)
+        yield alerts
+        cumulative, buckets = 0, []
+        for bound, count in zip(self._commit_bounds, self._commit_counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+        yield HistogramMetricFamily(
+            "remediator_store_commit_seconds",
+            "Time from submitting a notification to its durable commit.",
+            buckets=buckets,
+            sum_value=self._commit_sum,
+        )
 
 
 @dataclass(frozen=True)
 class Metrics:
     registry: CollectorRegistry
-    webhook_requests: Counter
-    alerts_received: Counter
-    store_commit_seconds: Histogram
+    webhook: WebhookMetrics
     config_last_reload_successful: Gauge
     config_last_reload_success_timestamp: Gauge
     admission_decisions: Counter
@@ -22,22 +76,6 @@ class Metrics:
     execution_duration_seconds: Histogram
     escalation_deliveries: Counter
     escalation_delivery_failures: Counter
-    # Children the webhook's hot path increments on every request, by label value: labels() takes a
-    # lock and builds a key on each call, about three times the cost of the increment.
-    _children: dict[tuple[Counter, str], Counter] = field(default_factory=dict, repr=False, compare=False)
-
-    def _child(self, metric: Counter, value: str) -> Counter:
-        key = (metric, value)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(value)
-        return child
-
-    def count_webhook_request(self, code: int) -> None:
-        self._child(self.webhook_requests, str(code)).inc()
-
-    def count_alert_received(self, status: str) -> None:
-        self._child(self.alerts_received, status).inc()
 
 
 def create_metrics() -> Metrics:
@@ -45,23 +83,11 @@ def create_metrics() -> Metrics:
     disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry(auto_describe=True)
     Info("remediator_build", "Version of the remediator.", registry=registry).info({"version": __version__})
+    webhook = WebhookMetrics(commit_buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5))
+    registry.register(webhook)
     return Metrics(
         registry=registry,
-        webhook_requests=Counter(
-            "remediator_webhook_requests",
-            "Webhook requests answered, by HTTP status code.",
-            ["code"],
-            registry=registry,
-        ),
-        alerts_received=Counter(
-            "remediator_alerts_received", "Alerts accepted and stored, by alert status.", ["status"], registry=registry
-        ),
-        store_commit_seconds=Histogram(
-            "remediator_store_commit_seconds",
-            "Time from submitting a notification to its durable commit.",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-            registry=registry,
-        ),
+        webhook=webhook,
         config_last_reload_successful=Gauge(
             "remediator_config_last_reload_successful",
             "Whether the last configuration reload attempt was successful.",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import json
 import sqlite3
 import time
@@ -314,6 +315,14 @@ def timestamp(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="microseconds")
 
 
+@functools.lru_cache(maxsize=4096)
+def _alert_time(value: datetime) -> tuple[datetime, str]:
+    """An alert's time in UTC, and as stored. Cached: Alertmanager re-sends an alert's startsAt with
+    every notification of its group, and formatting one costs more than its cache lookup."""
+    utc = value.astimezone(UTC)
+    return utc, timestamp(utc)
+
+
 def _parse_time(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
@@ -548,11 +557,13 @@ class SQLiteStore:
             wanted = [True] * len(notification.alerts)
         occurrences: list[tuple[WebhookAlert, datetime, datetime | None, tuple[Any, ...], bool]] = []
         for alert, rule_wants in zip(notification.alerts, wanted, strict=True):
-            starts_at = alert.startsAt.astimezone(UTC)
-            ends_at = None if alert.endsAt is None else alert.endsAt.astimezone(UTC)
+            starts_at, starts_at_text = _alert_time(alert.startsAt)
+            ends_at = alert.ends_at
+            if ends_at is not None:
+                ends_at = ends_at.astimezone(UTC)
             row = (
                 alert.fingerprint,
-                timestamp(starts_at),
+                starts_at_text,
                 alert.labels.get("alertname", ""),
                 # pydantic's encoder: a fifth of json.dumps's time; keys stay in the order received
                 # (sorted, from Alertmanager: Go marshals maps sorted)

@@ -7,12 +7,16 @@ accepted and kept: the raw body is stored as received, and the models allow extr
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 # Alertmanager's Go zero time: an alert whose endsAt is this is still firing.
 ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
+# Times whose UTC form a datetime can hold, so converting one to UTC never overflows (an offset is
+# under a day). Checked by pydantic-core, not a Python validator: on the hot path a Python callback
+# from the validator costs more than parsing the rest of the alert.
+AlertTime = Annotated[AwareDatetime, Field(ge=ZERO_TIME, lt=datetime(9999, 12, 31, tzinfo=UTC))]
 
 AlertStatus = Literal["firing", "resolved"]
 
@@ -23,17 +27,15 @@ class WebhookAlert(BaseModel):
     status: AlertStatus
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
-    startsAt: AwareDatetime
-    endsAt: AwareDatetime | None = None
+    startsAt: AlertTime
+    endsAt: AlertTime | None = None
     generatorURL: str = ""
     fingerprint: str = Field(min_length=1, max_length=128)
 
-    @field_validator("endsAt")
-    @classmethod
-    def _zero_means_firing(cls, value: datetime | None) -> datetime | None:
-        if value is None or value.astimezone(UTC) == ZERO_TIME:
-            return None
-        return value
+    @property
+    def ends_at(self) -> datetime | None:
+        """endsAt, or None while the alert is still firing (absent, or the zero time)."""
+        return None if self.endsAt is None or self.endsAt == ZERO_TIME else self.endsAt
 
 
 class WebhookNotification(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from datetime import datetime, timedelta, timezone
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -123,3 +124,20 @@ def test_arbitrary_json_never_5xx(harness: _Harness, value: Any) -> None:
 @given(value=_near_valid())
 def test_near_valid_payloads_never_5xx(harness: _Harness, value: Any) -> None:
     _check(harness, json.dumps(value).encode())
+
+
+# RFC 3339 times anywhere a datetime can hold, with offsets: at the ends of the range an offset
+# moves the UTC instant outside it, which must be a 400, never an overflow (a 500).
+_offsets = st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
+_rfc3339_times = st.one_of(
+    st.datetimes(timezones=_offsets),
+    st.sampled_from([datetime.min, datetime.max]).flatmap(lambda d: _offsets.map(lambda tz: d.replace(tzinfo=tz))),
+).map(lambda d: d.isoformat())
+
+
+@_SETTINGS
+@given(field=st.sampled_from(["startsAt", "endsAt"]), value=_rfc3339_times)
+def test_any_alert_time_never_5xx(harness: _Harness, field: str, value: str) -> None:
+    body = json.loads(json.dumps(FIRING))
+    body["alerts"][0][field] = value
+    _check(harness, json.dumps(body).encode())
