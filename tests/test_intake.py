@@ -106,6 +106,20 @@ async def test_unknown_fields_from_newer_alertmanager_are_accepted_and_kept(make
     assert stored["alerts"][0]["someFutureField"] == {"x": 1}
 
 
+async def test_the_zero_end_time_in_any_spelling_means_still_firing(make_client: ClientFactory) -> None:
+    client = await make_client()
+    for n, zero in enumerate(("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000+00:00", "0001-01-01T00:00:00-00:00")):
+        body = json.loads(FIRING)
+        body["alerts"][0].update(fingerprint=f"zero{n}", endsAt=zero)
+        assert (await client.post("/hooks/alertmanager", data=json.dumps(body), headers=JSON)).status == 200
+    body = json.loads(FIRING)
+    body["alerts"][0].update(fingerprint="ended", status="resolved", endsAt="2026-11-27T20:00:00+01:00")
+    assert (await client.post("/hooks/alertmanager", data=json.dumps(body), headers=JSON)).status == 200
+    with sqlite3.connect(client.app[RUNTIME].store.path) as conn:
+        ends = dict(conn.execute("SELECT fingerprint, ends_at FROM occurrences").fetchall())
+    assert ends == {"zero0": None, "zero1": None, "zero2": None, "ended": "2026-11-27T19:00:00.000000+00:00"}
+
+
 def _mutated(change: Callable[[dict[str, Any]], None]) -> bytes:
     body = json.loads(FIRING)
     change(body)
@@ -135,6 +149,25 @@ BAD_BODIES = [
         "alerts[0].startsAt",
         "datetime",
         id="bad-startsAt",
+    ),
+    pytest.param(
+        _mutated(lambda b: b["alerts"][0].update(startsAt="2026-11-27T19:53:15")),
+        "alerts[0].startsAt",
+        "timezone",
+        id="startsAt-without-zone",
+    ),
+    # In UTC these lie outside what a datetime holds: converting them used to overflow (a 500).
+    pytest.param(
+        _mutated(lambda b: b["alerts"][0].update(startsAt="0001-01-01T00:00:00+01:00")),
+        "alerts[0].startsAt",
+        "greater than or equal to 0001-01-01T00:00:00Z",
+        id="startsAt-before-year-1-in-utc",
+    ),
+    pytest.param(
+        _mutated(lambda b: b["alerts"][0].update(endsAt="9999-12-31T23:59:59-01:00")),
+        "alerts[0].endsAt",
+        "less than 9999-12-31T00:00:00Z",
+        id="endsAt-past-year-9999-in-utc",
     ),
     pytest.param(
         _mutated(lambda b: b["alerts"][0].update(status="pending")), "alerts[0].status", "'firing'", id="bad-status"
