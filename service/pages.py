@@ -360,10 +360,10 @@ def index_query(query: Mapping[str, str]) -> IndexQuery:
     for key in ("since", "until"):
         try:
             when = parse_time(form[key])
-        except ValueError:
+            if when is not None:
+                filters[key] = timestamp(when)
+        except (ValueError, OverflowError):  # overflow: an offset takes it out of range in UTC
             raise web.HTTPBadRequest(text=f"{key}: not a date and time (e.g. 2026-11-27T19:30, UTC)") from None
-        if when is not None:
-            filters[key] = timestamp(when)
     return IndexQuery(limit, offset, filters, form)
 
 

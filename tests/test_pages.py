@@ -167,6 +167,9 @@ async def test_index_filters_by_state_rule_alertname_target_and_time(service: Cl
     assert "rule=beta" in unescape(re.search(r'href="([^"]+)" rel="next"', page)[1])  # type: ignore[index]
     assert 'name="rule" value="beta"' in page
     assert (await client.get("/?since=yesterday")).status == 400
+    # a time whose UTC form a datetime cannot hold is a bad filter too, not an overflow (a 500)
+    assert (await client.get("/", params={"since": "0001-01-01T00:00+01:00"})).status == 400
+    assert (await client.get("/", params={"until": "9999-12-31T23:59-01:00"})).status == 400
 
 
 async def test_index_shows_per_rule_figures(service: ClientFactory) -> None:
