@@ -317,7 +317,7 @@ def timestamp(value: datetime) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _alert_time(value: datetime) -> tuple[datetime, str]:
-    """An alert's time in UTC, and as stored. Cached: Alertmanager re-sends an alert's startsAt with
+    """An alert's time in UTC, and as stored. Cached: Alertmanager re-sends an alert's times with
     every notification of its group, and formatting one costs more than its cache lookup."""
     utc = value.astimezone(UTC)
     return utc, timestamp(utc)
@@ -558,9 +558,8 @@ class SQLiteStore:
         occurrences: list[tuple[WebhookAlert, datetime, datetime | None, tuple[Any, ...], bool]] = []
         for alert, rule_wants in zip(notification.alerts, wanted, strict=True):
             starts_at, starts_at_text = _alert_time(alert.startsAt)
-            ends_at = alert.ends_at
-            if ends_at is not None:
-                ends_at = ends_at.astimezone(UTC)
+            ended = alert.ends_at
+            ends_at, ends_at_text = (None, None) if ended is None else _alert_time(ended)
             row = (
                 alert.fingerprint,
                 starts_at_text,
@@ -571,7 +570,7 @@ class SQLiteStore:
                 to_json(alert.annotations).decode(),
                 alert.generatorURL,
                 alert.status,
-                None if ends_at is None else timestamp(ends_at),
+                ends_at_text,
                 received,
                 received,
             )
