@@ -126,6 +126,11 @@ def _mutated(change: Callable[[dict[str, Any]], None]) -> bytes:
     return json.dumps(body).encode()
 
 
+def _bad_alert_field(name: str, value: Any, message: str, case: str) -> Any:
+    """The captured payload with its alert's `name` set to `value`: a 400 naming alerts[0].<name>."""
+    return pytest.param(_mutated(lambda b: b["alerts"][0].update({name: value})), f"alerts[0].{name}", message, id=case)
+
+
 BAD_BODIES = [
     pytest.param(b"{not json", "(body)", "invalid JSON", id="bad-json"),
     pytest.param(b"", "(body)", "invalid JSON", id="empty"),
@@ -135,43 +140,26 @@ BAD_BODIES = [
     pytest.param(_mutated(lambda b: b.update(version=4)), "version", 'only version "4"', id="version-as-number"),
     pytest.param(_mutated(lambda b: b.pop("groupKey")), "groupKey", "Field required", id="missing-groupKey"),
     pytest.param(_mutated(lambda b: b.update(alerts=[])), "alerts", "at least 1", id="no-alerts"),
-    pytest.param(
-        _mutated(lambda b: b["alerts"][0].update(labels=["a"])), "alerts[0].labels", "object", id="labels-list"
-    ),
+    _bad_alert_field("labels", ["a"], "object", "labels-list"),
     pytest.param(
         _mutated(lambda b: b["alerts"][0]["labels"].update(severity=3)),
         "alerts[0].labels.severity",
         "string",
         id="label-value-number",
     ),
-    pytest.param(
-        _mutated(lambda b: b["alerts"][0].update(startsAt="yesterday")),
-        "alerts[0].startsAt",
-        "datetime",
-        id="bad-startsAt",
-    ),
-    pytest.param(
-        _mutated(lambda b: b["alerts"][0].update(startsAt="2026-11-27T19:53:15")),
-        "alerts[0].startsAt",
-        "timezone",
-        id="startsAt-without-zone",
-    ),
+    _bad_alert_field("startsAt", "yesterday", "datetime", "bad-startsAt"),
+    _bad_alert_field("startsAt", "2026-11-27T19:53:15", "timezone", "startsAt-without-zone"),
     # In UTC these lie outside what a datetime holds: converting them used to overflow (a 500).
-    pytest.param(
-        _mutated(lambda b: b["alerts"][0].update(startsAt="0001-01-01T00:00:00+01:00")),
-        "alerts[0].startsAt",
+    _bad_alert_field(
+        "startsAt",
+        "0001-01-01T00:00:00+01:00",
         "greater than or equal to 0001-01-01T00:00:00Z",
-        id="startsAt-before-year-1-in-utc",
+        "startsAt-before-year-1-in-utc",
     ),
-    pytest.param(
-        _mutated(lambda b: b["alerts"][0].update(endsAt="9999-12-31T23:59:59-01:00")),
-        "alerts[0].endsAt",
-        "less than 9999-12-31T00:00:00Z",
-        id="endsAt-past-year-9999-in-utc",
+    _bad_alert_field(
+        "endsAt", "9999-12-31T23:59:59-01:00", "less than 9999-12-31T00:00:00Z", "endsAt-past-year-9999-in-utc"
     ),
-    pytest.param(
-        _mutated(lambda b: b["alerts"][0].update(status="pending")), "alerts[0].status", "'firing'", id="bad-status"
-    ),
+    _bad_alert_field("status", "pending", "'firing'", "bad-status"),
     pytest.param(
         _mutated(lambda b: b["alerts"][0].pop("fingerprint")),
         "alerts[0].fingerprint",
