@@ -13,7 +13,7 @@ started, and a cooldown of C allows the next run exactly C after the last one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -35,6 +35,9 @@ class Verdict:
     reason: str  # a short machine-friendly key: cooldown, budget_spent, busy, storm, ...
     detail: str  # one readable sentence for the report
     existing_execution: str | None = None
+    # Which run of the rule for this occurrence a run, queue or shadow decision makes (the store's
+    # unique key: a decision that raced another one to the same number becomes a repeat).
+    occurrence_run: int = 1
 
 
 async def decide(
@@ -55,6 +58,16 @@ async def decide(
         rerun = limits.rerun_after is not None and prior.state in TERMINAL_STATES
         if not rerun or (now - prior.created_at).total_seconds() < (limits.rerun_after or 0):
             return Verdict("repeat", "duplicate", f"occurrence already handled by execution {prior.id}", prior.id)
+    verdict = await _limits(store, match, now, storm, dry_run, silenced_by)
+    return verdict if prior is None else replace(verdict, occurrence_run=prior.occurrence_run + 1)
+
+
+async def _limits(
+    store: SQLiteStore, match: RuleMatch, now: datetime, storm: StormGuard, dry_run: bool, silenced_by: str | None
+) -> Verdict:
+    """Pauses, shadow mode, the storm guard and the rule's limits, in that order."""
+    rule = match.rule.rule
+    limits = rule.limits
     if silenced_by is not None:
         return Verdict("refuse", "paused", f"automation paused by {silenced_by}")
     for pause in await store.active_pauses(now):

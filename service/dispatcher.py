@@ -20,7 +20,7 @@ from service import admission
 from service.clock import Clock
 from service.executor import Executor, RunRequest
 from service.rules import Alert, NotificationContext, RuleMatch, RuleSet
-from service.store import ACTIVE_STATES, AlertEvent, ExecutionRecord, NewExecution, SQLiteStore
+from service.store import ACTIVE_STATES, AlertEvent, DuplicateExecution, ExecutionRecord, NewExecution, SQLiteStore
 
 log = logging.getLogger("remediator.dispatcher")
 
@@ -28,6 +28,12 @@ _BATCH = 200
 _MARK_CHUNK = 20
 _IDLE_POLL_S = 5.0  # an event whose hand-over was lost waits at most this long
 _INBOX_LIMIT = 10_000  # past this, drop the hand-over and read the store's queue instead
+# An event whose dispatch failed stays in the store's queue and is tried again after 1, 2, 4 ... s
+# (at most 5 min apart); after _ESCALATE_AFTER failures a person is told, once, and retries go on.
+_RETRY_FIRST_S = 1.0
+_RETRY_MAX_S = 300.0
+_ESCALATE_AFTER = 5
+_MIN_WAIT_S = 0.05
 
 
 def new_execution_id(clock: Clock) -> str:
@@ -39,6 +45,15 @@ def new_execution_id(clock: Clock) -> str:
 class DispatchSettings:
     storm: admission.StormGuard
     dry_run: bool
+
+
+@dataclass
+class _Retry:
+    """An event whose dispatch failed: how often, when to try again, whether a person was told."""
+
+    attempts: int
+    due: datetime
+    escalated: bool = False
 
 
 class Dispatcher:
@@ -69,6 +84,7 @@ class Dispatcher:
         # The ids the last read of the store's queue returned: the same events may also be handed
         # over, since a hand-over follows its commit, and must not be dispatched twice.
         self._scanned: set[int] = set()
+        self._retries: dict[int, _Retry] = {}  # by event id; the events stay undispatched in the store
 
     async def recover(self) -> None:
         """Runs left active by a crash: resume those whose playbook declares its steps idempotent
@@ -142,9 +158,21 @@ class Dispatcher:
                 log.exception("dispatch pass failed; retrying")
                 self._rescan = True
             try:
-                await asyncio.wait_for(self._wake.wait(), _IDLE_POLL_S)
+                await asyncio.wait_for(self._wake.wait(), self._idle_wait())
             except TimeoutError:
                 self.idle()
+
+    def _idle_wait(self) -> float:
+        """Seconds to wait for a hand-over before reading the queue: sooner when a retry is due."""
+        if not self._retries:
+            return _IDLE_POLL_S
+        due = min(retry.due for retry in self._retries.values())
+        return max(_MIN_WAIT_S, min(_IDLE_POLL_S, (due - self._clock.now()).total_seconds()))
+
+    @property
+    def retrying(self) -> int:
+        """Events whose dispatch failed and that wait for their next try."""
+        return len(self._retries)
 
     def idle(self) -> None:
         """Nothing was handed over for a while: read the store's queue on the next pass, for an
@@ -158,26 +186,36 @@ class Dispatcher:
         if self._rescan:
             self._rescan = False
             self._scanned = set()
-            while events := await self._store.undispatched_alert_events(_BATCH):
+            after = 0  # events that failed stay in the queue: read on past them, not again
+            while events := await self._store.undispatched_alert_events(_BATCH, after):
+                after = events[-1].id
                 self._scanned.update(event.id for event in events)
-                await self._dispatch_all(events)
-                total += len(events)
+                total += await self._dispatch_all(events)
         while self._inbox:
             events = sorted(
                 (event for event in self._inbox if event.id not in self._scanned), key=lambda event: event.id
             )
             self._inbox = []
-            await self._dispatch_all(events)
-            total += len(events)
+            total += await self._dispatch_all(events)
         return total
 
-    async def _dispatch_all(self, events: Sequence[AlertEvent]) -> None:
+    async def _dispatch_all(self, events: Sequence[AlertEvent]) -> int:
+        """Dispatch the events not waiting out a retry; mark those that went through; returns how many."""
         done: list[int] = []
+        dispatched = 0
         for event in events:
+            retry = self._retries.get(event.id)
+            if retry is not None and retry.due > self._clock.now():
+                continue
+            dispatched += 1
             try:
-                await self._dispatch(event)
-            except Exception:
-                log.exception("dispatch failed", extra={"fingerprint": event.occurrence.fingerprint})
+                await self._dispatch(event, retrying=retry is not None)
+            except Exception as exc:
+                # Not marked: the event stays in the store's queue (also across a restart) until a
+                # dispatch of it goes through.
+                await self._failed(event, exc)
+                continue
+            self._retries.pop(event.id, None)
             done.append(event.id)
             # Marked in small chunks: a crash replays at most a chunk, and a replay is harmless
             # (dedup turns a replayed alert into a repeat of the run it already made).
@@ -186,8 +224,63 @@ class Dispatcher:
                 done = []
         if done:
             await self._store.mark_dispatched(done, self._clock.now())
+        return dispatched
 
-    async def _dispatch(self, event: AlertEvent) -> None:
+    async def _failed(self, event: AlertEvent, exc: Exception) -> None:
+        previous = self._retries.get(event.id)
+        attempts = 1 if previous is None else previous.attempts + 1
+        delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2 ** (attempts - 1))
+        retry = _Retry(
+            attempts, self._clock.now() + timedelta(seconds=delay), previous is not None and previous.escalated
+        )
+        self._retries[event.id] = retry
+        log.error(
+            "dispatch failed; the alert stays queued and is tried again",
+            exc_info=exc,
+            extra={"fingerprint": event.occurrence.fingerprint, "attempts": attempts, "retry_in_s": delay},
+        )
+        if attempts >= _ESCALATE_AFTER and not retry.escalated:
+            try:
+                await self._escalate_stuck(event, attempts, exc)
+            except Exception:  # the store is likely what fails: the log and the next tries remain
+                log.exception(
+                    "could not escalate a failing dispatch", extra={"fingerprint": event.occurrence.fingerprint}
+                )
+            else:
+                retry.escalated = True
+
+    async def _escalate_stuck(self, event: AlertEvent, attempts: int, exc: Exception) -> None:
+        """Tell a person that an acknowledged alert cannot be acted on: a refused execution (so it
+        shows in the pages and reports) for the first rule it matches, escalated critical."""
+        occurrence = event.occurrence
+        match = next(iter(self._matches(event)), None)
+        rule = match.rule.rule.name if match is not None else "(dispatch)"
+        detail = f"dispatch failed {attempts} times ({type(exc).__name__}: {exc}); still retrying"
+        execution_id = new_execution_id(self._clock)
+        await self._store.create_execution(
+            NewExecution(
+                id=execution_id,
+                rule=rule,
+                rule_version=match.rule_version if match is not None else "",
+                playbook=match.playbook if match is not None else "",
+                playbook_version=match.playbook_version if match is not None else "",
+                target=match.target if match is not None else "",
+                occurrence_id=occurrence.id,
+                fingerprint=occurrence.fingerprint,
+                alertname=occurrence.alertname,
+                mode="enforce",
+                params={},
+                state="refused",
+                reason=detail,
+                refusal="dispatch_failed",
+                occurrence_run=None,
+            ),
+            self._clock.now(),
+        )
+        self._on_decision(rule, "refuse", "dispatch_failed")
+        await self._escalate(execution_id, f"refused: {detail}", "critical")
+
+    def _matches(self, event: AlertEvent) -> list[RuleMatch]:
         occurrence = event.occurrence
         alert = Alert(
             labels=occurrence.labels,
@@ -197,12 +290,15 @@ class Dispatcher:
             starts_at=occurrence.starts_at,
             generator_url=occurrence.generator_url,
         )
-        if event.status == "resolved" and event.previous_status == "firing":
-            await self._resolved(occurrence.id)
-        ruleset = self._rules()
         context = NotificationContext(external_url=event.external_url, common_labels=event.common_labels)
-        for match in ruleset.match(alert, context):
-            await self._decide(match, event)
+        return self._rules().match(alert, context)
+
+    async def _dispatch(self, event: AlertEvent, retrying: bool = False) -> None:
+        """`retrying`: an earlier try failed part-way, so a rule that already decided is not a re-send."""
+        if event.status == "resolved" and event.previous_status == "firing":
+            await self._resolved(event.occurrence.id)
+        for match in self._matches(event):
+            await self._decide(match, event, retrying)
 
     async def _resolved(self, occurrence_id: int) -> None:
         """The alert resolved: cancel its queued runs, and running ones whose playbook says so."""
@@ -226,7 +322,7 @@ class Dispatcher:
             return await self._store.count_refusals(None, None, "storm", since, 2) <= 1
         return True
 
-    async def _decide(self, match: RuleMatch, event: AlertEvent) -> None:
+    async def _decide(self, match: RuleMatch, event: AlertEvent, retrying: bool = False) -> None:
         occurrence = event.occurrence
         rule = match.rule.rule
         now = self._clock.now()
@@ -252,35 +348,19 @@ class Dispatcher:
         }
         if verdict.decision == "repeat":
             assert verdict.existing_execution is not None
-            await self._store.add_event(
-                verdict.existing_execution,
-                now,
-                "repeat",
-                f"alert delivered again ({occurrence.receive_count} deliveries)",
-            )
+            if not retrying:
+                await self._repeat(verdict.existing_execution, occurrence.receive_count, now)
             log.info("repeat", extra=fields)
             return
         state = {"run": "queued", "queue": "queued", "refuse": "refused", "shadow": "skipped"}[verdict.decision]
         execution_id = new_execution_id(self._clock)
-        await self._store.create_execution(
-            NewExecution(
-                id=execution_id,
-                rule=rule.name,
-                rule_version=match.rule_version,
-                playbook=match.playbook,
-                playbook_version=match.playbook_version,
-                target=match.target,
-                occurrence_id=occurrence.id,
-                fingerprint=occurrence.fingerprint,
-                alertname=occurrence.alertname,
-                mode="dry_run" if self._settings.dry_run else rule.mode,
-                params=dict(match.params),
-                state=state,
-                reason=verdict.detail,
-                refusal=verdict.reason if verdict.decision == "refuse" else None,
-            ),
-            now,
-        )
+        try:
+            await self._create(execution_id, match, event, verdict, state, now)
+        except DuplicateExecution as exc:
+            # another decision for this occurrence committed first (the store's unique key)
+            await self._repeat(exc.existing_id, occurrence.receive_count, now)
+            log.info("repeat", extra={**fields, "decision": "repeat", "execution_id": exc.existing_id})
+            return
         log.info("admission", extra={**fields, "execution_id": execution_id})
         if verdict.decision == "refuse":
             # a storm is escalated whatever the rule says: it is about all rules, not this one
@@ -311,4 +391,39 @@ class Dispatcher:
             ),
             # in queued mode every run of the target takes its turn, the first one included
             queued=rule.limits.concurrency == "queued",
+        )
+
+    async def _repeat(self, execution_id: str, deliveries: int, now: datetime) -> None:
+        await self._store.add_repeat(execution_id, now, f"alert delivered again ({deliveries} deliveries)")
+
+    async def _create(
+        self,
+        execution_id: str,
+        match: RuleMatch,
+        event: AlertEvent,
+        verdict: admission.Verdict,
+        state: str,
+        now: datetime,
+    ) -> None:
+        occurrence = event.occurrence
+        rule = match.rule.rule
+        await self._store.create_execution(
+            NewExecution(
+                id=execution_id,
+                rule=rule.name,
+                rule_version=match.rule_version,
+                playbook=match.playbook,
+                playbook_version=match.playbook_version,
+                target=match.target,
+                occurrence_id=occurrence.id,
+                fingerprint=occurrence.fingerprint,
+                alertname=occurrence.alertname,
+                mode="dry_run" if self._settings.dry_run else rule.mode,
+                params=dict(match.params),
+                state=state,
+                reason=verdict.detail,
+                refusal=verdict.reason if verdict.decision == "refuse" else None,
+                occurrence_run=verdict.occurrence_run,
+            ),
+            now,
         )

@@ -23,8 +23,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import fcntl
 import functools
 import json
+import os
+import socket
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -246,11 +249,33 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # less to update for every alert received.
         "DROP INDEX alert_events_occurrence",
     ),
+    (
+        # The database refuses a second run for the same (rule, alert occurrence), whatever raced to
+        # make it: occurrence_run numbers a rule's runs of one occurrence (1, then 2 for a rerun_after
+        # ...); refusals have none (NULLs are distinct in a UNIQUE index). Existing rows are numbered
+        # in creation order.
+        "ALTER TABLE executions ADD COLUMN occurrence_run INTEGER",
+        """UPDATE executions SET occurrence_run = (
+            SELECT n FROM (
+                SELECT id, row_number() OVER (PARTITION BY rule, occurrence_id ORDER BY created_at, id) AS n
+                FROM executions WHERE state != 'refused' AND occurrence_id IS NOT NULL
+            ) numbered WHERE numbered.id = executions.id
+        )""",
+        "CREATE UNIQUE INDEX executions_one_run_per_occurrence ON executions(rule, occurrence_id, occurrence_run)",
+    ),
 )
 
 
 class StoreError(Exception):
     """The store could not do what was asked (disk full, I/O error, closed): callers answer 503."""
+
+
+class DuplicateExecution(StoreError):
+    """The rule already has this run of the alert occurrence: another decision made it first."""
+
+    def __init__(self, existing_id: str) -> None:
+        super().__init__(f"the occurrence already has this run: execution {existing_id}")
+        self.existing_id = existing_id
 
 
 @dataclass(frozen=True)
@@ -330,15 +355,77 @@ def _parse_time(value: str | None) -> datetime | None:
 Synchronous = Literal["full", "normal"]
 
 
-def _connect(path: Path, synchronous: Synchronous = "full") -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=_BUSY_TIMEOUT_MS / 1000)
+def _connect(
+    path: Path, synchronous: Synchronous = "full", busy_timeout_ms: int = _BUSY_TIMEOUT_MS
+) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     conn.execute("PRAGMA journal_mode=WAL")
     # full: every commit is fsynced, so an acknowledged notification survives power loss too.
     # normal: survives a crash of the service, but the last commits may roll back on power loss.
     conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
     return conn
+
+
+def _begin_waiting(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, waiting up to the busy timeout for another connection's write lock (on the
+    writer thread: the write connection never waits on the loop)."""
+    conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    finally:
+        conn.execute("PRAGMA busy_timeout=0")
+
+
+def _is_busy(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+class _Ownership:
+    """One process owns a store: an exclusive lock on `<store>.lock`, held from open to close (the
+    kernel drops it when the process dies, so a crash never leaves a stale owner). Who holds it is
+    written inside, for the message a second process gets. A separate file, since SQLite's own
+    locks on the database file are byte-range locks this must not disturb."""
+
+    def __init__(self, store_path: Path) -> None:
+        self._store_path = store_path
+        self._path = store_path.with_name(store_path.name + ".lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(
+                f"store {self._store_path} is owned by {holder}: one remediator process owns a store;"
+                " stop that one, or give this one another store.path"
+            ) from None
+        since = datetime.now(UTC).isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"remediator pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # releases the lock; the file stays (removing it would race a new owner)
+
+
+def _file_identity(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino
+
+
+def _require_writable(path: Path) -> None:
+    """The store's file and its folder (WAL's -wal and -shm files live there) take writes. Checked
+    with access(2), which also says no to root on a read-only mount or an immutable file."""
+    for place in (path, path.parent):
+        if not os.access(place, os.W_OK):
+            raise StoreError(f"store {path} is not writable ({place} refuses writes): the service needs to write it")
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -400,6 +487,9 @@ class SQLiteStore:
         self._flushing: asyncio.Task[None] | None = None
         self._commit_in_thread = False
         self._monotonic = monotonic
+        self._ownership: _Ownership | None = None
+        self._identity: tuple[int, int] = (0, 0)
+        self._last_commit_error: str | None = None
 
     @property
     def path(self) -> Path:
@@ -414,18 +504,56 @@ class SQLiteStore:
         """Whether the next COMMIT goes to the writer thread (the last one was slow)."""
         return self._commit_in_thread
 
-    async def open(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+    async def open(self, *, own: bool = True) -> None:
+        """Open the store. The service owns it (`own`): the ownership lock, migrations, writes. A
+        reader (`remediator report` beside a running service) only reads what is there."""
+        self._reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader")
+        if not own:
+            return
+        ownership = _Ownership(self._path)
         writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         loop = asyncio.get_running_loop()
         try:
-            conn = await loop.run_in_executor(writer, _connect, self._path, self._synchronous)
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            ownership.acquire()
+            # busy timeout 0: statements run on the loop, where waiting for a lock would freeze
+            # every request; a BEGIN that finds the lock taken waits on the writer thread instead
+            conn = await loop.run_in_executor(writer, _connect, self._path, self._synchronous, 0)
             await loop.run_in_executor(writer, _migrate, conn)
-        except sqlite3.Error as exc:
+            self._identity = _file_identity(self._path)
+            _require_writable(self._path)
+        except (sqlite3.Error, OSError, StoreError) as exc:
+            ownership.release()
             writer.shutdown(wait=True)
+            self._reader.shutdown(wait=True)
+            self._reader = None
+            if isinstance(exc, StoreError):
+                raise
             raise StoreError(f"cannot open store {self._path}: {exc}") from exc
-        self._writer, self._write_conn = writer, conn
-        self._reader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader")
+        self._writer, self._write_conn, self._ownership = writer, conn, ownership
+
+    def problem(self) -> str | None:
+        """Why the store cannot take writes now (None when it can): /-/ready reports it."""
+        if self._write_conn is None:
+            return "the store is not open"
+        try:
+            self._check_file()
+            _require_writable(self._path)
+        except StoreError as exc:
+            return str(exc)
+        return self._last_commit_error
+
+    def _check_file(self) -> None:
+        """The path still names the file this store opened: writes to a deleted or replaced file
+        would be acknowledged and then lost."""
+        try:
+            same = _file_identity(self._path) == self._identity
+        except OSError:
+            same = False
+        if not same:
+            raise StoreError(
+                f"store file {self._path} was deleted or replaced while open: restart the service to use the new file"
+            )
 
     async def close(self) -> None:
         """Finish every queued write, then close both connections."""
@@ -442,6 +570,9 @@ class SQLiteStore:
                 read_conn, self._read_conn = self._read_conn, None
                 reader.submit(read_conn.close).result()
             reader.shutdown(wait=True)
+        if self._ownership is not None:
+            ownership, self._ownership = self._ownership, None
+            ownership.release()
 
     async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
         """Run `job` inside a committed transaction; returns once the commit is durable."""
@@ -502,8 +633,15 @@ class SQLiteStore:
         """
         assert self._writer is not None and self._write_conn is not None
         conn = self._write_conn
+        self._check_file()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+                # another connection (a person's sqlite3 shell) holds the write lock: wait off the loop
+                await asyncio.get_running_loop().run_in_executor(self._writer, _begin_waiting, conn)
             results = [work(conn) for work in works]
             started = self._monotonic()
             if self._commit_in_thread:
@@ -511,10 +649,15 @@ class SQLiteStore:
             else:
                 conn.execute("COMMIT")
             self._commit_in_thread = self._monotonic() - started > _LOOP_COMMIT_LIMIT_S
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError) and not isinstance(
+                exc, sqlite3.IntegrityError
+            ):
+                self._last_commit_error = f"the last commit failed: {exc}"
             raise
+        self._last_commit_error = None
         return results
 
     async def read(self, job: Callable[[sqlite3.Connection], T]) -> T:
@@ -623,7 +766,9 @@ class SQLiteStore:
     async def count_alert_events(self) -> int:
         return await self.read(lambda conn: int(conn.execute("SELECT count(*) FROM alert_events").fetchone()[0]))
 
-    async def undispatched_alert_events(self, limit: int) -> list[AlertEvent]:
+    async def undispatched_alert_events(self, limit: int, after: int = 0) -> list[AlertEvent]:
+        """The oldest `limit` events not yet dispatched whose id is above `after`."""
+
         def select(conn: sqlite3.Connection) -> list[AlertEvent]:
             rows = conn.execute(
                 "SELECT e.id, e.notification_id, e.status AS event_status, e.previous_status,"
@@ -632,8 +777,8 @@ class SQLiteStore:
                 " n.body"
                 " FROM alert_events e JOIN occurrences o ON o.id = e.occurrence_id"
                 " JOIN notifications n ON n.id = e.notification_id"
-                " WHERE e.dispatched_at IS NULL ORDER BY e.id LIMIT ?",
-                (limit,),
+                " WHERE e.dispatched_at IS NULL AND e.id > ? ORDER BY e.id LIMIT ?",
+                (after, limit),
             ).fetchall()
             events = []
             for row in rows:
@@ -668,33 +813,25 @@ class SQLiteStore:
     async def create_execution(self, execution: NewExecution, at: datetime) -> None:
         when = timestamp(at)
 
-        def insert(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT INTO executions (id, created_at, updated_at, rule, rule_version, playbook, playbook_version,"
-                " target, occurrence_id, fingerprint, alertname, mode, params, state, reason, refusal)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    execution.id,
-                    when,
-                    when,
-                    execution.rule,
-                    execution.rule_version,
-                    execution.playbook,
-                    execution.playbook_version,
-                    execution.target,
-                    execution.occurrence_id,
-                    execution.fingerprint,
-                    execution.alertname,
-                    execution.mode,
-                    json.dumps(execution.params),
-                    execution.state,
-                    execution.reason,
-                    execution.refusal,
-                ),
-            )
-            _insert_event(conn, execution.id, when, "state", f"{execution.state}: {execution.reason}".rstrip(": "))
+        occurrence_run = None if execution.state == "refused" else execution.occurrence_run
 
-        await self.write(insert)
+        def insert(conn: sqlite3.Connection) -> str | None:
+            try:
+                _insert_execution(conn, execution, when, occurrence_run)
+            except sqlite3.IntegrityError as exc:
+                if "executions.occurrence_run" not in str(exc):
+                    raise
+                row = conn.execute(
+                    "SELECT id FROM executions WHERE rule = ? AND occurrence_id = ? AND occurrence_run = ?",
+                    (execution.rule, execution.occurrence_id, occurrence_run),
+                ).fetchone()
+                return str(row[0])
+            _insert_event(conn, execution.id, when, "state", f"{execution.state}: {execution.reason}".rstrip(": "))
+            return None
+
+        existing = await self.write(insert)
+        if existing is not None:
+            raise DuplicateExecution(existing)
 
     async def set_state(self, execution_id: str, state: str, at: datetime, reason: str = "") -> None:
         """Persist a state transition (and its reason) before the work it announces starts."""
@@ -718,6 +855,23 @@ class SQLiteStore:
     ) -> None:
         when = timestamp(at)
         await self.write(lambda conn: _insert_event(conn, execution_id, when, kind, message, data))
+
+    async def add_repeat(self, execution_id: str, at: datetime, message: str) -> None:
+        """A re-delivery of the alert an execution handles. The first REPEAT_EVENTS_KEPT - 1 stay on
+        the timeline; after them only the latest one does (its message counts every delivery), so a
+        timeline stays readable, and its size bounded, however often Alertmanager re-sends."""
+        when = timestamp(at)
+
+        def insert(conn: sqlite3.Connection) -> None:
+            kept = conn.execute(
+                "SELECT id FROM execution_events WHERE execution_id = ? AND kind = 'repeat' ORDER BY id DESC LIMIT ?",
+                (execution_id, REPEAT_EVENTS_KEPT),
+            ).fetchall()
+            if len(kept) == REPEAT_EVENTS_KEPT:  # replaced, not updated: the timeline stays in time order
+                conn.execute("DELETE FROM execution_events WHERE id = ?", (kept[0][0],))
+            _insert_event(conn, execution_id, when, "repeat", message)
+
+        await self.write(insert)
 
     async def record_step(self, execution_id: str, step: StepRecord) -> None:
         def insert(conn: sqlite3.Connection) -> None:
@@ -808,11 +962,11 @@ class SQLiteStore:
 
         def select(conn: sqlite3.Connection) -> PriorRun | None:
             row = conn.execute(
-                "SELECT id, state, created_at FROM executions WHERE occurrence_id = ? AND rule = ?"
-                " AND state != 'refused' ORDER BY created_at DESC LIMIT 1",
+                "SELECT id, state, created_at, occurrence_run FROM executions WHERE occurrence_id = ? AND rule = ?"
+                " AND occurrence_run IS NOT NULL ORDER BY occurrence_run DESC LIMIT 1",
                 (occurrence_id, rule),
             ).fetchone()
-            return None if row is None else PriorRun(row[0], row[1], datetime.fromisoformat(row[2]))
+            return None if row is None else PriorRun(row[0], row[1], datetime.fromisoformat(row[2]), row[3])
 
         return await self.read(select)
 
@@ -1307,6 +1461,7 @@ class SQLiteStore:
 # The same expression as the executions_rule_state_fix index, so the median is read off the index.
 _FIX_SECONDS = "(julianday(finished_at) - julianday(created_at)) * 86400.0"
 
+REPEAT_EVENTS_KEPT = 10
 TERMINAL_STATES = frozenset({"succeeded", "failed", "escalated", "refused", "cancelled", "interrupted"})
 ACTIVE_STATES = ("queued", "running", "verifying", "awaiting_approval")
 _ACTIVE_SQL = ", ".join(f"'{state}'" for state in ACTIVE_STATES)
@@ -1328,6 +1483,9 @@ class NewExecution:
     state: str
     reason: str = ""
     refusal: str | None = None  # the refusal's key when state is refused
+    # Which run of this rule for this occurrence (1, then 2 after a rerun_after ...): the store
+    # refuses a second execution with the same number. Refusals have none.
+    occurrence_run: int | None = 1
 
 
 @dataclass(frozen=True)
@@ -1359,6 +1517,7 @@ class PriorRun:
     id: str
     state: str
     created_at: datetime
+    occurrence_run: int
 
 
 @dataclass(frozen=True)
@@ -1380,6 +1539,33 @@ class ExecutionRecord:
 
 def _execution_row(row: sqlite3.Row) -> dict[str, Any]:
     return {**dict(row), "params": json.loads(row["params"])}
+
+
+def _insert_execution(conn: sqlite3.Connection, execution: NewExecution, when: str, occurrence_run: int | None) -> None:
+    conn.execute(
+        "INSERT INTO executions (id, created_at, updated_at, rule, rule_version, playbook, playbook_version,"
+        " target, occurrence_id, fingerprint, alertname, mode, params, state, reason, refusal, occurrence_run)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            execution.id,
+            when,
+            when,
+            execution.rule,
+            execution.rule_version,
+            execution.playbook,
+            execution.playbook_version,
+            execution.target,
+            execution.occurrence_id,
+            execution.fingerprint,
+            execution.alertname,
+            execution.mode,
+            json.dumps(execution.params),
+            execution.state,
+            execution.reason,
+            execution.refusal,
+            occurrence_run,
+        ),
+    )
 
 
 def _insert_event(

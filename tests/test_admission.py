@@ -66,6 +66,7 @@ class Harness:
         self.serial += 1
         execution_id = f"ex-{self.serial}"
         match = self.match(instance)
+        prior = await self.store.execution_for_occurrence("r", occurrence_id)
         await self.store.create_execution(
             NewExecution(
                 execution_id,
@@ -80,6 +81,7 @@ class Harness:
                 "enforce",
                 {},
                 "queued",
+                occurrence_run=1 if prior is None else prior.occurrence_run + 1,
             ),
             self.clock.now(),
         )

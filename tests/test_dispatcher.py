@@ -15,7 +15,7 @@ from service.admission import StormGuard
 from service.clock import FakeClock
 from service.dispatcher import Dispatcher, DispatchSettings
 from service.rules import load_ruleset
-from service.store import NotificationReceipt, SQLiteStore
+from service.store import NotificationReceipt, SQLiteStore, StoreError
 from service.webhook import parse
 
 # Shadow mode: each dispatched alert records one decision and runs nothing, so counting decisions
@@ -37,9 +37,10 @@ class Harness:
         self.clock = FakeClock()
         self.store = SQLiteStore(root / "dispatch.db")
         self.decisions: list[str] = []
+        self.escalations: list[tuple[str, str, str]] = []
 
-        async def escalate(*_args: object) -> None:
-            return None
+        async def escalate(execution_id: str, reason: str, severity: str) -> None:
+            self.escalations.append((execution_id, reason, severity))
 
         async def resolved(_occurrence_id: int) -> None:
             return None
@@ -103,3 +104,78 @@ async def test_a_lost_hand_over_is_found_by_the_idle_read(harness: Harness) -> N
     harness.dispatcher.idle()
     assert await harness.dispatcher.dispatch_pending() == 1
     assert harness.decisions == ["shadow"] * 2
+
+
+async def test_a_failed_dispatch_leaves_the_alert_queued_and_retries_it_with_backoff(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store refusing to record a decision (another process held the write lock past the busy
+    timeout) must not drop the acknowledged alert: it stays queued, is retried 1, 2, 4 ... s later,
+    also by a dispatcher started after a restart, and the alerts behind it go on."""
+    assert await harness.dispatcher.dispatch_pending() == 0
+    real_create = harness.store.create_execution
+    failing = {"on": True}
+
+    async def create_execution(execution: Any, at: Any) -> None:
+        if failing["on"] and execution.refusal != "dispatch_failed":
+            raise StoreError("commit failed: database is locked")
+        await real_create(execution, at)
+
+    monkeypatch.setattr(harness.store, "create_execution", create_execution)
+    stuck = await harness.receive()
+    harness.dispatcher.submit(stuck.events)
+    assert await harness.dispatcher.dispatch_pending() == 1
+    assert harness.decisions == ["shadow"]  # decided, but not recorded
+    assert [e.id for e in await harness.store.undispatched_alert_events(100)] == [stuck.events[0].id]
+    assert harness.dispatcher.retrying == 1
+
+    # not due yet: a pass does not retry it, and an alert behind it is dispatched meanwhile
+    failing["on"] = False
+    harness.dispatcher.submit((await harness.receive()).events)
+    harness.dispatcher.idle()
+    assert await harness.dispatcher.dispatch_pending() == 1
+    assert [e.id for e in await harness.store.undispatched_alert_events(100)] == [stuck.events[0].id]
+
+    harness.clock.advance(1.0)
+    harness.dispatcher.idle()
+    assert await harness.dispatcher.dispatch_pending() == 1
+    assert await harness.store.undispatched_alert_events(100) == []
+    assert harness.dispatcher.retrying == 0
+    assert harness.escalations == []
+
+
+async def test_a_dispatch_that_keeps_failing_is_escalated_once_and_survives_a_restart(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await harness.dispatcher.dispatch_pending() == 0
+    real_create = harness.store.create_execution
+
+    async def create_execution(execution: Any, at: Any) -> None:
+        if execution.refusal != "dispatch_failed":  # only the escalation's own record goes through
+            raise StoreError("commit failed: disk I/O error")
+        await real_create(execution, at)
+
+    monkeypatch.setattr(harness.store, "create_execution", create_execution)
+    stuck = await harness.receive()
+    waits = []
+    for _ in range(dispatcher_module._ESCALATE_AFTER + 2):
+        harness.dispatcher.idle()
+        assert await harness.dispatcher.dispatch_pending() == 1
+        waits.append(harness.dispatcher._idle_wait())
+        harness.clock.advance(dispatcher_module._RETRY_MAX_S)  # whatever the backoff, the next try is due
+    assert waits[:4] == [1.0, 2.0, 4.0, dispatcher_module._IDLE_POLL_S]  # backoff; the idle read caps the wait
+    [(execution_id, reason, severity)] = harness.escalations  # once, not once per try
+    assert severity == "critical" and "dispatch failed 5 times" in reason and "disk I/O error" in reason
+    record = await harness.store.get_execution(execution_id)
+    assert record is not None and record.execution["refusal"] == "dispatch_failed"
+    assert record.execution["rule"] == "watch" and record.execution["fingerprint"] == "dd0001"
+
+    # a restart: the alert is still queued, and a new dispatcher dispatches it once the store works
+    monkeypatch.setattr(harness.store, "create_execution", real_create)
+    restarted = Harness(harness.store.path.parent)
+    restarted.store = harness.store
+    restarted.dispatcher._store = harness.store
+    assert [e.id for e in await harness.store.undispatched_alert_events(100)] == [stuck.events[0].id]
+    assert await restarted.dispatcher.dispatch_pending() == 1
+    assert restarted.decisions == ["shadow"]
+    assert await harness.store.undispatched_alert_events(100) == []

@@ -13,6 +13,7 @@ from flow_helpers import alert_body, poll, write_config
 
 from service.app import create_app
 from service.settings import Secrets, Settings
+from service.store import REPEAT_EVENTS_KEPT
 
 RULES = """
 rules:
@@ -107,23 +108,24 @@ async def test_a_fix_that_does_not_hold_fails_after_within_with_every_poll(servi
 
 
 async def test_twenty_identical_notifications_make_one_execution(service: ClientFactory) -> None:
+    """One run; the timeline keeps the first repeats and then only the latest, which counts them all."""
     client = await service()
     for _ in range(20):
         assert (await client.post("/hooks/alertmanager", json=alert_body(marker="m3"))).status == 200
     [run] = await poll(lambda: executions(client))
     report = await poll(lambda: finished(client, run["id"], {"succeeded"}))
-    repeats = await poll(
-        lambda: _repeats(client, run["id"], 19),
-    )
-    assert repeats == 19
+    repeats = await poll(lambda: _repeats(client, run["id"], "(20 deliveries)"))
+    assert len(repeats) == REPEAT_EVENTS_KEPT
+    assert [e["message"] for e in repeats[:3]] == [f"alert delivered again ({n} deliveries)" for n in (2, 3, 4)]
     assert len(await executions(client)) == 1
     assert report["execution"]["state"] == "succeeded"
 
 
-async def _repeats(client: TestClient[Any, Any], execution_id: str, expected: int) -> int | None:
+async def _repeats(client: TestClient[Any, Any], execution_id: str, last: str) -> list[dict[str, Any]] | None:
+    """The repeat events once the last one ends with `last`."""
     report = await (await client.get(f"/api/v1/executions/{execution_id}")).json()
-    count = sum(1 for e in report["timeline"] if e["kind"] == "repeat")
-    return count if count >= expected else None
+    repeats = [e for e in report["timeline"] if e["kind"] == "repeat"]
+    return repeats if repeats and repeats[-1]["message"].endswith(last) else None
 
 
 async def test_a_resolved_notification_cancels_a_queued_execution(service: ClientFactory) -> None:
