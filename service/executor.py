@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -111,6 +111,36 @@ class Approvals:
         self._pending.pop(execution_id, None)
 
 
+@dataclass
+class _SharedLock:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # holding it or waiting for it
+
+
+class TargetLocks:
+    """One lock per (rule, target) for queued runs, kept only while someone holds or waits for it,
+    so the map does not grow with every target ever seen."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], _SharedLock] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, rule: str, target: str) -> AsyncIterator[None]:
+        key = (rule, target)
+        shared = self._locks.setdefault(key, _SharedLock())
+        shared.users += 1
+        try:
+            async with shared.lock:
+                yield
+        finally:  # also when cancelled while waiting
+            shared.users -= 1
+            if shared.users == 0:
+                del self._locks[key]
+
+
 class Executor:
     def __init__(
         self,
@@ -130,7 +160,7 @@ class Executor:
         self._engine = engine
         self._escalate = escalate
         self._slots = asyncio.Semaphore(max_concurrent)
-        self._target_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._target_locks = TargetLocks()
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._requests: dict[str, RunRequest] = {}
         self._stopping = False
@@ -173,7 +203,6 @@ class Executor:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, request: RunRequest, queued: bool) -> None:
-        lock = self._target_locks.setdefault((request.rule, request.target), asyncio.Lock())
         logger = bind(
             log,
             {
@@ -187,7 +216,9 @@ class Executor:
         outcome = "failed"
         try:
             # queued mode waits for the target's active run; the global cap bounds everything
-            gate: contextlib.AbstractAsyncContextManager[Any] = lock if queued else contextlib.nullcontext()
+            gate: contextlib.AbstractAsyncContextManager[Any] = (
+                self._target_locks.hold(request.rule, request.target) if queued else contextlib.nullcontext()
+            )
             async with gate, self._slots:
                 outcome = await self._run_admitted(request, logger)
         except asyncio.CancelledError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 from service.store import ExecutionRecord
 
@@ -17,6 +18,13 @@ from service.store import ExecutionRecord
 OUTPUT_TAIL_LINES = 30
 OUTPUT_TAIL_CHARS = 4000
 _BACKTICKS = re.compile(r"`+")
+# What could start a link, an image, emphasis, code, an HTML tag or an entity, or end a table cell;
+# CommonMark lets a backslash escape any ASCII punctuation. `(` `#` `+` `-` only matter after `]` or
+# at the start of a line, and escaped text never starts one.
+_MARKUP = re.compile(r"([\\`*_\[\]<>&|~])")
+# Kept as they are when a URL is quoted for a link; the rest (space, `<`, `>`, `\`, quotes, non-ASCII)
+# is percent-encoded, so the link cannot end early or carry markup.
+_URL_SAFE = "/:?#[]@!$&'()*+,;=%~-._"
 
 
 def report_json(record: ExecutionRecord) -> dict[str, Any]:
@@ -35,7 +43,7 @@ def render_markdown(record: ExecutionRecord, report_url: str) -> str:
     """A readable Markdown report of one execution."""
     execution = record.execution
     lines = [
-        f"# {execution['alertname']} on {execution['target']}: {execution['state']}",
+        f"# {_text(execution['alertname'])} on {_text(execution['target'])}: {execution['state']}",
         "",
         f"**Outcome:** {_outcome(execution)}  ",
         f"**Report:** {report_url}",
@@ -50,7 +58,7 @@ def render_markdown(record: ExecutionRecord, report_url: str) -> str:
         "## Outcome",
         "",
         f"- State: `{execution['state']}`",
-        f"- Reason: {_inline(execution['reason']) or '(none recorded)'}",
+        f"- Reason: {_text(execution['reason']) or '(none recorded)'}",
         f"- Started: {execution['started_at'] or 'never'}; finished: {execution['finished_at'] or 'not yet'}",
         "",
     ]
@@ -58,7 +66,7 @@ def render_markdown(record: ExecutionRecord, report_url: str) -> str:
 
 
 def _outcome(execution: Mapping[str, Any]) -> str:
-    reason = _inline(execution["reason"])
+    reason = _text(execution["reason"])
     return f"`{execution['state']}`" + (f": {reason}" if reason else "")
 
 
@@ -67,20 +75,20 @@ def _what_fired(record: ExecutionRecord) -> list[str]:
     lines = ["## What fired", ""]
     if occurrence is not None:
         started = f"started {occurrence['starts_at']}, received {occurrence['receive_count']} time(s)"
-        lines.append(f"- Alert `{occurrence['alertname']}` ({occurrence['status']}), {started}")
+        lines.append(f"- Alert {_code(occurrence['alertname'])} ({occurrence['status']}), {started}")
         summary = occurrence["annotations"].get("summary") or occurrence["annotations"].get("description")
         if summary:
-            lines.append(f"- Summary: {_inline(summary)}")
+            lines.append(f"- Summary: {_text(summary)}")
         if occurrence["generator_url"]:
-            lines.append(f"- Source: {occurrence['generator_url']}")
+            lines.append(f"- Source: {_link(occurrence['generator_url'])}")
     else:
-        lines.append(f"- Alert `{execution['alertname']}` (its stored occurrence is gone)")
+        lines.append(f"- Alert {_code(execution['alertname'])} (its stored occurrence is gone)")
     lines += [
-        f"- Fingerprint: `{execution['fingerprint']}`",
-        f"- Rule: `{execution['rule']}` (version `{execution['rule_version']}`)",
-        f"- Playbook: `{execution['playbook']}` (version `{execution['playbook_version']}`)",
-        f"- Mode: `{execution['mode']}`",
-        f"- Target: `{execution['target']}`",
+        f"- Fingerprint: {_code(execution['fingerprint'])}",
+        f"- Rule: {_code(execution['rule'])} (version {_code(execution['rule_version'])})",
+        f"- Playbook: {_code(execution['playbook'])} (version {_code(execution['playbook_version'])})",
+        f"- Mode: {_code(execution['mode'])}",
+        f"- Target: {_code(execution['target'])}",
         "",
     ]
     if occurrence is not None:
@@ -98,13 +106,13 @@ def _steps(steps: list[dict[str, Any]]) -> list[str]:
         attempt = f", attempt {step['attempt']}" if step["attempt"] > 1 else ""
         exit_code = f", exit code {step['exit_code']}" if step["exit_code"] is not None else ""
         lines += [
-            f"### {number}. {step['phase']}/{step['name']} (`{step['type']}`): {step['status']}",
+            f"### {number}. {step['phase']}/{_text(step['name'])} ({_code(step['type'])}): {step['status']}",
             "",
             f"{step['duration_s']:.3f}s{attempt}{exit_code}, started {step['started_at']}",
             "",
         ]
         if step["summary"]:
-            lines += [_inline(step["summary"]), ""]
+            lines += [_text(step["summary"]), ""]
         if step["output"]:
             lines += [*_fenced(_tail(step["output"])), ""]
     return lines
@@ -146,12 +154,31 @@ def _rows(header: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> list[str]
 
 
 def _cell(value: str) -> str:
-    # A pipe or a newline would end the cell or the row early.
-    return _inline(value).replace("|", "\\|")
+    # A pipe or a newline would end the cell or the row early; _text escapes the one, joins the other.
+    return _text(value)
 
 
-def _inline(value: str) -> str:
-    return " ".join(value.split())
+def _text(value: str) -> str:
+    """Untrusted text as inline Markdown that renders as itself: one line, markup escaped."""
+    return _MARKUP.sub(r"\\\1", " ".join(value.split()))
+
+
+def _code(value: str) -> str:
+    """Untrusted text as a code span on one line; its fence is longer than any backtick run inside."""
+    text = " ".join(value.split())
+    if not text:
+        return "(none)"
+    fence = "`" * (max((len(run) for run in _BACKTICKS.findall(text)), default=0) + 1)
+    padding = " " if text.startswith("`") or text.endswith("`") else ""  # one space each side is stripped
+    return f"{fence}{padding}{text}{padding}{fence}"
+
+
+def _link(url: str) -> str:
+    """An http(s) URL as an autolink, percent-encoded so it cannot end early; anything else as text."""
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() in ("http", "https") and parts.netloc:
+        return f"<{quote(url.strip(), safe=_URL_SAFE)}>"
+    return f"{_code(url)} (not linked: not an http(s) URL)"
 
 
 def _tail(output: str) -> str:
@@ -176,16 +203,16 @@ def _people(record: ExecutionRecord) -> list[str]:
     lines = ["## Escalations and approvals", ""]
     for escalation in record.escalations:
         delivered = sum(1 for m in escalation["messages"] if m["delivered_at"])
-        who = f", acknowledged by {escalation['acked_by']}" if escalation["acked_by"] else ""
+        who = f", acknowledged by {_text(escalation['acked_by'])}" if escalation["acked_by"] else ""
         lines.append(
             f"- {escalation['opened_at']} escalation ({escalation['severity']}, {escalation['state']}{who}): "
-            f"{_inline(escalation['reason'])} — {delivered} of {len(escalation['messages'])} messages delivered"
+            f"{_text(escalation['reason'])} — {delivered} of {len(escalation['messages'])} messages delivered"
         )
     for approval in record.approvals:
         decided = (
-            f"{approval['decision']} by {approval['approver']} at {approval['decided_at']}"
+            f"{approval['decision']} by {_text(approval['approver'])} at {approval['decided_at']}"
             if approval["decided_at"]
             else f"pending until {approval['deadline']}"
         )
-        lines.append(f"- approval for step `{approval['step']}` ({_inline(approval['prompt'])}): {decided}")
+        lines.append(f"- approval for step {_code(approval['step'])} ({_text(approval['prompt'])}): {decided}")
     return [*lines, ""]

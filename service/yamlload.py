@@ -101,7 +101,7 @@ def load_yaml(source: str | bytes, file: str) -> YamlDocument:
 
     Raises :class:`ConfigErrors` for syntax errors (with the line YAML reports) and duplicate keys.
     """
-    loader = yaml.SafeLoader(source)
+    loader = _Loader(source)
     try:
         try:
             node = loader.get_single_node()
@@ -112,18 +112,19 @@ def load_yaml(source: str | bytes, file: str) -> YamlDocument:
             raise ConfigErrors([ConfigError(file, line, "", f"invalid YAML: {problem}")]) from None
         if node is None:
             return YamlDocument(file, None, {(): 1})
-        lines: dict[YamlPath, int] = {(): node.start_mark.line + 1}
-        errors: list[ConfigError] = []
-        _walk(loader, node, (), lines, errors, file, set())
-        if errors:
-            raise ConfigErrors(errors)
+        walker = _LineWalker(loader, file, {(): node.start_mark.line + 1})
+        walker.walk(node, ())
+        if walker.errors:
+            raise ConfigErrors(walker.errors)
         try:
             data = loader.construct_document(node)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else None
             raise ConfigErrors([ConfigError(file, line, "", f"invalid YAML: {exc.problem}")]) from None
-        return YamlDocument(file, data, lines)
+        return YamlDocument(file, data, walker.lines)
+    except RecursionError:  # the parser, the walk and the constructor all recurse once a nesting level
+        raise ConfigErrors([ConfigError(file, None, "", "invalid YAML: nested too deeply")]) from None
     finally:
         loader.dispose()
 
@@ -138,26 +139,67 @@ def load_yaml_file(path: Path, display_name: str | None = None) -> YamlDocument:
     return load_yaml(source, name)
 
 
-def _walk(
-    loader: yaml.SafeLoader,
-    node: yaml.Node,
-    path: YamlPath,
-    lines: dict[YamlPath, int],
-    errors: list[ConfigError],
-    file: str,
-    active: set[int],
-) -> None:
-    # An alias can point back at an enclosing node; stop rather than recurse forever.
-    if id(node) in active:
-        return
-    active.add(id(node))
-    if isinstance(node, yaml.MappingNode):
+# Aliases may reuse a block (the shipped playbooks share one ``env:`` map between steps), but each use
+# is a copy for everything after the loader: validation, templates, JSON. A few hundred bytes of nested
+# aliases ("billion laughs") would expand into billions of values, so reuse may add at most this many.
+MAX_ALIAS_EXPANSION = 10_000
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, remembering where each alias was written (the node it yields is the anchor's,
+    which carries the anchor's position)."""
+
+    def __init__(self, source: str | bytes) -> None:
+        super().__init__(source)
+        # (id of the collection, item index or id of the key node) -> 1-based line of the alias there
+        self.alias_lines: dict[tuple[int, int], int] = {}
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        # check_event leaves the event it looked at in current_event (peek_event is untyped in the stubs)
+        alias_line = self.current_event.start_mark.line + 1 if self.check_event(yaml.AliasEvent) else None
+        node = super().compose_node(parent, index)
+        if alias_line is not None and parent is not None and index is not None:
+            self.alias_lines[(id(parent), index if isinstance(index, int) else id(index))] = alias_line
+        return node
+
+
+class _LineWalker:
+    """Records the line of every key and item and finds duplicate keys, walking each node once.
+
+    A node met again (through an alias) is not walked again: its keys and items keep the lines of
+    its first use, and an error inside it is reported there. What it adds to the expanded document
+    is counted against MAX_ALIAS_EXPANSION.
+    """
+
+    def __init__(self, loader: _Loader, file: str, lines: dict[YamlPath, int]) -> None:
+        self._loader = loader
+        self._file = file
+        self.lines = lines
+        self.errors: list[ConfigError] = []
+        self._walked: set[int] = set()
+        self._sizes: dict[int, int] = {}
+        self._alias_expansion = 0
+
+    def walk(self, node: yaml.Node, path: YamlPath) -> None:
+        if not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            return
+        if id(node) in self._walked:  # an alias (or an alias back into an enclosing node)
+            self._reused(node, path)
+            return
+        self._walked.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                child = (*path, index)
+                line = self._loader.alias_lines.get((id(node), index), item.start_mark.line + 1)
+                self.lines.setdefault(child, line)
+                self.walk(item, child)
+            return
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                _walk(loader, value_node, path, lines, errors, file, active)
+                self.walk(value_node, path)
                 continue
-            key = loader.construct_object(key_node, deep=True)
+            key = self._loader.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             try:
                 first = seen.get(key)
@@ -166,17 +208,37 @@ def _walk(
             child = (*path, key if isinstance(key, int | str) else str(key))
             if first is not None:
                 message = f'duplicate key "{key}" (first at line {first})'
-                errors.append(ConfigError(file, line, format_path(child), message))
+                self.errors.append(ConfigError(self._file, line, format_path(child), message))
                 continue
             seen[key] = line
-            lines.setdefault(child, line)
-            _walk(loader, value_node, child, lines, errors, file, active)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            child = (*path, index)
-            lines.setdefault(child, item.start_mark.line + 1)
-            _walk(loader, item, child, lines, errors, file, active)
-    active.discard(id(node))
+            self.lines.setdefault(child, line)
+            self.walk(value_node, child)
+
+    def _reused(self, node: yaml.Node, path: YamlPath) -> None:
+        if self._alias_expansion > MAX_ALIAS_EXPANSION:
+            return  # already reported
+        self._alias_expansion += self._size(node, set())
+        if self._alias_expansion > MAX_ALIAS_EXPANSION:
+            line = self.lines.get(path)
+            message = f"YAML aliases expand the document by more than {MAX_ALIAS_EXPANSION} values"
+            self.errors.append(ConfigError(self._file, line, format_path(path), message))
+
+    def _size(self, node: yaml.Node, active: set[int]) -> int:
+        """How many values ``node`` stands for once every alias in it is expanded (computed once a node)."""
+        if id(node) in self._sizes:
+            return self._sizes[id(node)]
+        if id(node) in active:  # an alias back into an enclosing node: a cycle, which the model refuses
+            return 1
+        active.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(self._size(item, active) for item in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size = 1 + sum(self._size(k, active) + self._size(v, active) for k, v in node.value)
+        else:
+            size = 1
+        active.discard(id(node))
+        self._sizes[id(node)] = size
+        return size
 
 
 def validation_errors(exc: ValidationError, doc: YamlDocument, prefix: Sequence[PathPart] = ()) -> list[ConfigError]:

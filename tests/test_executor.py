@@ -3,6 +3,7 @@ results in later templates, rolling, approval, the playbook timeout and on_failu
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 from flow_helpers import poll
 
 from service.clock import SystemClock
-from service.executor import Endpoints, Executor, RunRequest
+from service.executor import Endpoints, Executor, RunRequest, TargetLocks
 from service.playbooks import LoadedPlaybook, playbook_from_source
 from service.store import NewExecution, SQLiteStore
 from service.templating import TemplateEngine
@@ -41,7 +42,15 @@ class Rig:
         )
         self.serial = 0
 
-    async def run(self, playbook_yaml: str, params: dict[str, Any] | None = None, wait: bool = True) -> dict[str, Any]:
+    async def run(
+        self,
+        playbook_yaml: str,
+        params: dict[str, Any] | None = None,
+        wait: bool = True,
+        target: str = "t",
+        labels: dict[str, str] | None = None,
+        queued: bool = False,
+    ) -> dict[str, Any]:
         self.serial += 1
         loaded: LoadedPlaybook = playbook_from_source(playbook_yaml.encode(), "test.yaml", self.engine)
         execution_id = f"ex-{self.serial}"
@@ -52,7 +61,7 @@ class Rig:
                 "v",
                 loaded.name,
                 loaded.version,
-                "t",
+                target,
                 None,
                 "fp",
                 "A",
@@ -64,8 +73,19 @@ class Rig:
         )
         task = self.executor.start(
             RunRequest(
-                execution_id, "rule", loaded, params or {}, "t", 0, "fp", {"instance": "node-1"}, {}, "", "critical"
-            )
+                execution_id,
+                "rule",
+                loaded,
+                params or {},
+                target,
+                0,
+                "fp",
+                labels or {"instance": "node-1"},
+                {},
+                "",
+                "critical",
+            ),
+            queued,
         )
         if wait:
             await task
@@ -257,3 +277,62 @@ steps:
     assert record.execution["state"] == "escalated"
     assert record.execution["reason"] == "internal error: StoreError: commit failed: disk I/O error"
     assert rig.escalations[-1][1] == record.execution["reason"]
+
+
+async def test_target_locks_serialize_a_target_and_forget_it_once_nobody_holds_or_waits() -> None:
+    locks = TargetLocks()
+    entered: list[str] = []
+    release = asyncio.Event()
+
+    async def hold(name: str, target: str) -> None:
+        async with locks.hold("rule", target):
+            entered.append(name)
+            if name == "first":
+                await release.wait()
+
+    first = asyncio.create_task(hold("first", "node-1"))
+    second = asyncio.create_task(hold("second", "node-1"))
+    abandoned = asyncio.create_task(hold("abandoned", "node-1"))
+    other = asyncio.create_task(hold("other", "node-2"))
+    await other
+
+    async def first_in() -> bool:
+        return entered == ["first", "other"] or entered == ["other", "first"]
+
+    await poll(first_in)
+    assert len(locks) == 1  # node-1 is held and waited for; node-2's lock went with its last user
+    abandoned.cancel()  # cancelled while waiting: it must not keep the lock alive
+    release.set()
+    await asyncio.gather(first, second, return_exceptions=True)
+    assert abandoned.cancelled()
+    assert entered[-1] == "second" and "abandoned" not in entered
+    assert len(locks) == 0
+
+
+async def test_queued_runs_leave_no_lock_behind_for_targets_they_are_done_with(rig: Rig) -> None:
+    playbook = f"""
+name: quick
+steps:
+  - {{name: ok, type: exec, argv: ["{PY}", "-c", "pass"]}}
+"""
+    runs = [await rig.run(playbook, wait=False, target=f"node-{i}", queued=True) for i in range(20)]
+    await asyncio.gather(*(run["task"] for run in runs))
+    assert [(await rig.record(run["id"])).execution["state"] for run in runs] == ["succeeded"] * 20
+    assert len(rig.executor._target_locks) == 0
+
+
+async def test_a_nul_from_an_alert_templated_into_argv_fails_the_step_naming_the_element(rig: Rig) -> None:
+    run = await rig.run(
+        f"""
+name: templated
+steps:
+  - name: echo_job
+    type: exec
+    argv: ["{PY}", "-c", "pass", "{{{{ labels.job }}}}"]
+""",
+        labels={"job": "nats\x00; rm -rf /"},
+    )
+    record = await rig.record(run["id"])
+    assert record.execution["state"] == "escalated"
+    step = record.steps[0]
+    assert (step["status"], step["summary"]) == ("error", f"{PY} not started: argv[3] contains a NUL byte")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from flow_helpers import alert_body, poll, write_config
 
 from service.app import create_app
 from service.redaction import MASK, Redactor
-from service.settings import Secrets, Settings
+from service.settings import Secrets, Settings, load_secrets
 
 
 def test_secret_values_and_default_patterns_are_masked() -> None:
@@ -26,9 +29,7 @@ def test_secret_values_and_default_patterns_are_masked() -> None:
     assert "password=" + MASK in masked
     assert "http://user:" + MASK + "@host/x" in masked
     assert masked.endswith("ab stays")  # too short to be a secret: left alone
-    assert redactor.data({"k": ["op-secret-token", 3, {"op-secret-token": "x"}]}) == {
-        "k": [MASK, 3, {MASK: "x"}]
-    }
+    assert redactor.data({"k": ["op-secret-token", 3, {"op-secret-token": "x"}]}) == {"k": [MASK, 3, {MASK: "x"}]}
 
 
 async def test_step_output_is_stored_redacted(tmp_path: Path) -> None:
@@ -47,9 +48,7 @@ rules:
 """
     config = write_config(tmp_path, rules, {"leaky": playbook})
     config["redact_patterns"] = [r"ZZ-\d+"]
-    client = TestClient(
-        TestServer(create_app(Settings.model_validate(config), Secrets(None, None, "op-secret-token")))
-    )
+    client = TestClient(TestServer(create_app(Settings.model_validate(config), Secrets(None, None, "op-secret-token"))))
     await client.start_server()
     try:
         assert (await client.post("/hooks/alertmanager", json=alert_body())).status == 200
@@ -65,5 +64,65 @@ rules:
         output = report["steps"][0]["output"]  # type: ignore[index]
         assert "op-secret-token" not in output and "swordfish" not in output and "ZZ-1234" not in output
         assert output.count(MASK) == 3
+    finally:
+        await client.close()
+
+
+async def test_steps_inherit_only_an_allowlist_and_the_services_secrets_are_masked_even_when_inherited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "operator.token").write_text("op-token-from-a-file\n")
+    monkeypatch.setenv("REMEDIATOR_WEBHOOK_BEARER_TOKEN", "hook-token-from-env")
+    monkeypatch.setenv("CLOUD_ACCESS_KEY", "cloud-key-1234")  # the service's own environment, not a setting
+    monkeypatch.setenv("COPIED_OPERATOR_TOKEN", "op-token-from-a-file")  # a secret value under another name
+    monkeypatch.setenv("HOME", str(tmp_path))
+    dump = "import json, os; print(json.dumps(dict(os.environ), sort_keys=True))"
+    read_token = f"print(open({str(tmp_path / 'operator.token')!r}).read())"
+    playbook = f"""
+name: envdump
+steps:
+  - {{name: default, type: exec, argv: ["{sys.executable}", "-c", "{dump}"]}}
+  - {{name: everything, type: exec, inherit_env: true, argv: ["{sys.executable}", "-c", "{dump}"]}}
+  - {{name: listed, type: exec, inherit_env: [CLOUD_*], argv: ["{sys.executable}", "-c", "{dump}"]}}
+  - {{name: token_file, type: exec, argv: ["{sys.executable}", "-c", "{read_token}"]}}
+"""
+    rules = """
+rules:
+  - name: envdump
+    match: ['alertname="NatsJetStreamUnhealthy"']
+    playbook: envdump
+"""
+    config = write_config(tmp_path, rules, {"envdump": playbook})
+    config["operator"] = {"token_file": "operator.token"}
+    settings = Settings.model_validate(config)
+    secrets = load_secrets(settings)
+    assert secrets.operator_token == "op-token-from-a-file"
+    client = TestClient(TestServer(create_app(settings, secrets)))
+    await client.start_server()
+    try:
+        body = alert_body()
+        hook = await client.post(
+            "/hooks/alertmanager", json=body, headers={"Authorization": "Bearer hook-token-from-env"}
+        )
+        assert hook.status == 200
+
+        async def done() -> dict[str, Any] | None:
+            rows = (await (await client.get("/api/v1/executions")).json())["executions"]
+            if not rows or rows[0]["state"] not in ("succeeded", "failed", "escalated"):
+                return None
+            report: dict[str, Any] = await (await client.get(f"/api/v1/executions/{rows[0]['id']}")).json()
+            return report
+
+        report = await poll(done)
+        outputs = {s["name"]: s["output"] for s in report["steps"]}
+        default, everything, listed = (json.loads(outputs[n]) for n in ("default", "everything", "listed"))
+        assert default["HOME"] == str(tmp_path)
+        assert "CLOUD_ACCESS_KEY" not in default and "COPIED_OPERATOR_TOKEN" not in default
+        assert listed["CLOUD_ACCESS_KEY"] == "cloud-key-1234" and "COPIED_OPERATOR_TOKEN" not in listed
+        assert everything["CLOUD_ACCESS_KEY"] == "cloud-key-1234"  # asked for: the operator's choice
+        assert everything["COPIED_OPERATOR_TOKEN"] == MASK  # a secret of the service's: masked even so
+        assert not any(k.startswith("REMEDIATOR_") and k != "REMEDIATOR_EXECUTION_ID" for k in everything)
+        assert outputs["token_file"] == MASK + "\n\n"
+        assert "op-token-from-a-file" not in json.dumps(report) and "hook-token-from-env" not in json.dumps(report)
     finally:
         await client.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from service.report import OUTPUT_TAIL_LINES, render_markdown, report_json
 from service.store import ExecutionRecord
 
@@ -91,3 +93,61 @@ def test_json_is_the_api_shape() -> None:
         "escalations": [],
         "approvals": [],
     }
+
+
+FORGED = "disk full\n## Verification\n[click](http://evil) <script>alert(1)</script> ![x](http://evil/i.png)"
+
+
+def forged_record(generator_url: str) -> ExecutionRecord:
+    rec = record([{**step("done"), "summary": "exit 0 <img src=x onerror=alert(1)>"}], [])
+    rec.execution["target"] = "n1`](http://evil) <b>x</b>"
+    rec.execution["alertname"] = "Nats\n# Owned"
+    occurrence = {
+        "alertname": "Nats\n# Owned",
+        "status": "firing",
+        "starts_at": AT,
+        "receive_count": 1,
+        "labels": {"job": "[job](http://evil)", "instance": "a|b\n## Verification"},
+        "annotations": {"summary": FORGED},
+        "generator_url": generator_url,
+    }
+    return ExecutionRecord(execution=rec.execution, steps=rec.steps, events=[], occurrence=occurrence)
+
+
+def rendered_html(markdown: str) -> str:
+    markdown_it = pytest.importorskip("markdown_it")  # CommonMark, as ticket systems render it (with tables)
+    html: str = markdown_it.MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown)
+    return html
+
+
+def test_alert_text_cannot_forge_sections_links_or_html() -> None:
+    text = render_markdown(forged_record("http://prometheus:9090/graph?g0.expr=up&x=<b>\n## Verification"), "r")
+    assert "- Summary: disk full ## Verification \\[click\\](http://evil) \\<script\\>alert(1)\\</script\\>" in text
+    assert "- Target: ``n1`](http://evil) <b>x</b>``" in text  # one backtick inside: a fence of two
+    assert "- Source: <http://prometheus:9090/graph?g0.expr=up&x=%3Cb%3E%0A##%20Verification>" in text
+    html = rendered_html(text)
+    # the report's own sections, each once; nothing from the alert became a heading, link, image or tag
+    assert [line for line in html.splitlines() if line.startswith("<h")] == [
+        "<h1>Nats # Owned on n1`](http://evil) &lt;b&gt;x&lt;/b&gt;: escalated</h1>",
+        "<h2>What fired</h2>",
+        "<h3>Labels</h3>",
+        "<h3>Annotations</h3>",
+        "<h3>Params</h3>",
+        "<h2>Steps</h2>",
+        "<h3>1. steps/start (<code>exec</code>): ok</h3>",
+        "<h2>Verification</h2>",
+        "<h2>Timeline</h2>",
+        "<h2>Outcome</h2>",
+    ]
+    assert "<script" not in html and "<img" not in html and "<b>" not in html
+    assert 'href="http://evil' not in html and "<a " in html  # the only link is the generatorURL
+    assert html.count("<a ") == 1
+    assert '<a href="http://prometheus:9090/graph?g0.expr=up&amp;x=%3Cb%3E%0A##%20Verification">' in html
+    assert "<td>a|b ## Verification</td>" in html  # the pipe stayed inside its cell
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)", "data:text/html,<script>x</script>", "//evil/x", "http:evil"])
+def test_only_http_urls_become_links(url: str) -> None:
+    text = render_markdown(forged_record(url), "r")
+    assert "(not linked: not an http(s) URL)" in text
+    assert "<a " not in rendered_html(text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -14,7 +15,8 @@ from typing import Any
 import pytest
 
 from service.steps import StepContext
-from service.steps.exec import SAFE_PATH, TERM_GRACE_S, Spec, env_suffix, run
+from service.steps.exec import TERM_GRACE_S, Spec, run
+from service.steps.exec_env import ALERT_VALUE_LIMIT, EXEC_BUDGET, MAX_ARG_STRLEN, MAX_NOTES, SAFE_PATH, env_suffix
 
 PY = sys.executable
 
@@ -88,7 +90,9 @@ async def test_output_keeps_a_bounded_tail() -> None:
 async def test_alert_labels_annotations_and_execution_id_in_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REMEDIATOR_WEBHOOK_TOKEN", "secret")
     monkeypatch.setenv("ALERT_LABEL_STALE", "from the service's own environment")
-    monkeypatch.setenv("INHERITED_VAR", "kept")
+    monkeypatch.setenv("HOME", "/home/remediator")
+    monkeypatch.setenv("LC_TIME", "C.UTF-8")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not for steps")
     monkeypatch.setenv("PATH", "/tmp/evil:" + os.environ["PATH"])
     labels = {"alertname": "NatsDown", "my-label.x": "v1", "instance": "127.0.0.1:4222"}
     annotations = {"summary": "NATS is down", "runbook_url": "https://x/y?a=b"}
@@ -103,9 +107,37 @@ async def test_alert_labels_annotations_and_execution_id_in_env(monkeypatch: pyt
     assert env["REMEDIATOR_EXECUTION_ID"] == "ex-1"
     assert env["EXTRA"] == "e"
     assert env["PATH"] == SAFE_PATH
-    assert env["INHERITED_VAR"] == "kept"
+    assert (env["HOME"], env["LC_TIME"]) == ("/home/remediator", "C.UTF-8")  # the default allowlist
+    assert "AWS_SECRET_ACCESS_KEY" not in env  # not allowlisted: not inherited by default
     assert "REMEDIATOR_WEBHOOK_TOKEN" not in env
     assert "ALERT_LABEL_STALE" not in env
+
+
+async def test_inherit_env_true_passes_all_but_private_and_a_list_adds_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REMEDIATOR_OPERATOR_TOKEN", "op-secret")
+    monkeypatch.setenv("BEAMLINE_STATE_DIR", "/var/lib/beamline")
+    monkeypatch.setenv("BEAMLINE_NATS_PORT", "4222")
+    monkeypatch.setenv("OTHER_VAR", "other")
+    monkeypatch.setenv("HOME", "/home/remediator")
+    dump = "import json, os; print(json.dumps(dict(os.environ)))"
+    everything = json.loads((await run(py(dump, inherit_env=True), ctx())).output)
+    assert (everything["OTHER_VAR"], everything["BEAMLINE_NATS_PORT"]) == ("other", "4222")
+    assert "REMEDIATOR_OPERATOR_TOKEN" not in everything
+    listed = json.loads((await run(py(dump, inherit_env=["BEAMLINE_*", "OTHER_VAR"]), ctx())).output)
+    assert (listed["BEAMLINE_STATE_DIR"], listed["OTHER_VAR"], listed["HOME"]) == (
+        "/var/lib/beamline",
+        "other",
+        "/home/remediator",
+    )
+    assert "REMEDIATOR_OPERATOR_TOKEN" not in listed
+    only = json.loads((await run(py(dump, inherit_env=["BEAMLINE_NATS_PORT"]), ctx())).output)
+    assert "BEAMLINE_NATS_PORT" in only and "BEAMLINE_STATE_DIR" not in only and "OTHER_VAR" not in only
+
+
+@pytest.mark.parametrize("entry", ["REMEDIATOR_OPERATOR_TOKEN", "REMEDIATOR_*", "ALERT_LABEL_X", "A-B", "*", "A*B", ""])
+def test_inherit_env_entries_are_checked(entry: str) -> None:
+    with pytest.raises(ValueError, match="inherit_env"):
+        Spec(type="exec", argv=["true"], inherit_env=[entry])
 
 
 async def test_no_inherited_env() -> None:
@@ -114,6 +146,85 @@ async def test_no_inherited_env() -> None:
     env = json.loads(out.output)
     env.pop("LC_CTYPE", None)  # Python may set it for itself on start-up
     assert env == {"A": "1", "ALERT_LABEL_JOB": "nats", "PATH": SAFE_PATH, "REMEDIATOR_EXECUTION_ID": "ex-1"}
+
+
+# Prints a digest of each alert variable it was given and the size of its whole argv + environment.
+ALERT_ENV_DUMP = """
+import hashlib, json, os, sys
+alert = {k.decode(): hashlib.sha256(v).hexdigest() for k, v in os.environb.items() if k.startswith(b"ALERT_")}
+block = sum(len(a) + 1 + 8 for a in sys.argv) + sum(len(k) + len(v) + 2 + 8 for k, v in os.environb.items())
+print(json.dumps({"alert": alert, "block": block}))
+"""
+
+
+def alert_env(output: str) -> dict[str, Any]:
+    dumped: dict[str, Any] = json.loads(output.splitlines()[-1])
+    return dumped
+
+
+def digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+async def test_alert_values_the_kernel_would_refuse_are_left_out_or_cut_with_a_note() -> None:
+    labels = {"alertname": "A", "nul": "before\x00after", "huge": "x" * (MAX_ARG_STRLEN + 10), "lone": "\ud800"}
+    annotations = {"description": "é" * ALERT_VALUE_LIMIT}  # 2 bytes a character: cut between characters
+    out = await run(py(ALERT_ENV_DUMP), ctx(labels=labels, annotations=annotations))
+    assert out.ok, out.summary
+    assert "(4 alert variables left out or cut, see output)" in out.summary
+    seen = alert_env(out.output)["alert"]
+    assert seen["ALERT_LABEL_ALERTNAME"] == digest("A")
+    assert "ALERT_LABEL_NUL" not in seen and "ALERT_LABEL_LONE" not in seen
+    assert seen["ALERT_LABEL_HUGE"] == digest("x" * ALERT_VALUE_LIMIT)
+    assert seen["ALERT_ANNOTATION_DESCRIPTION"] == digest("é" * (ALERT_VALUE_LIMIT // 2))
+    notes = [
+        f"ALERT_ANNOTATION_DESCRIPTION cut to its first {ALERT_VALUE_LIMIT} of {2 * ALERT_VALUE_LIMIT} bytes",
+        f"ALERT_LABEL_HUGE cut to its first {ALERT_VALUE_LIMIT} of {MAX_ARG_STRLEN + 10} bytes",
+        "ALERT_LABEL_LONE not set: its value cannot be encoded (it holds a lone surrogate)",
+        "ALERT_LABEL_NUL not set: its value contains a NUL byte",
+    ]
+    assert sorted(out.data["env_notes"]) == notes
+    assert sorted(out.output.splitlines()[:4]) == [f"[remediator] {note}" for note in notes]
+
+
+async def test_thousands_of_large_labels_stay_within_the_budget_and_the_step_runs() -> None:
+    labels = {f"l{i:05d}": "v" * 4096 for i in range(3000)}  # 12 MB: six times the kernel's ARG_MAX
+    out = await run(py(ALERT_ENV_DUMP), ctx(labels=labels))
+    assert out.ok, out.summary
+    dumped = alert_env(out.output)
+    assert dumped["block"] <= EXEC_BUDGET
+    passed = len(dumped["alert"])
+    assert 200 < passed < 3000
+    assert sorted(dumped["alert"]) == [f"ALERT_LABEL_L{i:05d}" for i in range(passed)]  # in name order
+    assert out.data["env_notes_total"] == 3000 - passed
+    assert len(out.data["env_notes"]) == MAX_NOTES
+    assert (
+        out.data["env_notes"][0]
+        == f"ALERT_LABEL_L{passed:05d} not set: argv and environment would exceed {EXEC_BUDGET} bytes"
+    )
+    assert f"[remediator] ... and {3000 - passed - MAX_NOTES} more alert variables left out or cut" in out.output
+
+
+@pytest.mark.parametrize(
+    ("spec", "summary"),
+    [
+        (Spec(type="exec", argv=["echo", "ok", "nul\x00byte"]), "echo not started: argv[2] contains a NUL byte"),
+        (Spec(type="exec", argv=["echo"], env={"X": "a\x00"}), "echo not started: env X contains a NUL byte"),
+        (Spec(type="exec", argv=["echo"], cwd="/tmp\x00"), "echo not started: cwd contains a NUL byte"),
+        (
+            Spec(type="exec", argv=["echo"], env={"X": "y" * MAX_ARG_STRLEN}),
+            f"echo not started: env X is {MAX_ARG_STRLEN + 2} bytes, over the kernel's {MAX_ARG_STRLEN - 1}-byte "
+            "limit for one string",
+        ),
+        (
+            Spec(type="exec", argv=["echo", "\udcff\ud800"]),
+            "echo not started: argv[1] cannot be encoded (it holds a lone surrogate)",
+        ),
+    ],
+)
+async def test_values_the_playbook_names_fail_the_step_naming_them(spec: Spec, summary: str) -> None:
+    out = await run(spec, ctx())
+    assert (out.ok, out.status, out.exit_code, out.summary) == (False, "error", None, summary)
 
 
 def test_env_suffix_sanitizes() -> None:
@@ -146,7 +257,6 @@ async def test_program_looked_up_on_safe_path_and_cwd_used(tmp_path: Path) -> No
         Spec(type="exec", argv=["/nonexistent/program"]),
         Spec(type="exec", argv=["no-such-program-anywhere"]),
         Spec(type="exec", argv=["pwd"], cwd="/nonexistent/dir"),
-        Spec(type="exec", argv=["echo", "nul\x00byte"]),
     ],
 )
 async def test_cannot_start_is_an_error(spec: Spec) -> None:

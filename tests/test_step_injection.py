@@ -81,19 +81,29 @@ async def test_a_hostile_value_as_the_program_runs_nothing(tmp_path: Path) -> No
     assert not sentinel.exists()
 
 
-@pytest.mark.parametrize("where", ["argv", "env", "label"])
-async def test_nul_byte_is_refused_before_anything_runs(tmp_path: Path, where: str) -> None:
+@pytest.mark.parametrize(("where", "named"), [("argv", "argv[3]"), ("env", "env X")])
+async def test_nul_byte_in_a_value_the_playbook_names_is_refused_before_anything_runs(
+    tmp_path: Path, where: str, named: str
+) -> None:
     sentinel = tmp_path / "ran"
     argv = [sys.executable, "-c", f"open({str(sentinel)!r}, 'w').close()"]
     env: dict[str, str] = {}
-    labels: dict[str, str] = {}
     bad = "before\x00after"
     if where == "argv":
         argv.append(bad)
-    elif where == "env":
-        env["X"] = bad
     else:
-        labels["job"] = bad
-    out = await run(Spec(type="exec", argv=argv, env=env), StepContext(execution_id="x", labels=labels))
+        env["X"] = bad
+    out = await run(Spec(type="exec", argv=argv, env=env), StepContext(execution_id="x"))
     assert (out.ok, out.status) == (False, "error")
+    assert out.summary == f"{sys.executable} not started: {named} contains a NUL byte"
     assert not sentinel.exists()
+
+
+async def test_nul_byte_in_an_alert_label_leaves_that_variable_out_and_the_step_runs(tmp_path: Path) -> None:
+    record = tmp_path / "seen.json"
+    labels = {"job": "before\x00after", "instance": "node-1"}
+    spec = Spec(type="exec", argv=[sys.executable, "-c", RECORDER, str(record)])
+    out = await run(spec, StepContext(execution_id="x", labels=labels))
+    assert out.ok, out.summary
+    assert json.loads(record.read_text())["env"] == {"ALERT_LABEL_INSTANCE": "node-1"}
+    assert out.output == "[remediator] ALERT_LABEL_JOB not set: its value contains a NUL byte\n"

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service.yamlload import (
+    MAX_ALIAS_EXPANSION,
     ConfigError,
     ConfigErrors,
     Duration,
@@ -105,6 +108,53 @@ def test_empty_document_and_unreadable_file(tmp_path: Path) -> None:
 def test_aliases_and_merge_keys_load() -> None:
     doc = load_yaml("base: &b {x: 1}\nother:\n  <<: *b\n  y: 2\n", "m.yaml")
     assert doc.data["other"] == {"x": 1, "y": 2}
+
+
+def test_a_reused_block_keeps_the_lines_of_its_first_use_and_reports_a_duplicate_once() -> None:
+    source = "steps:\n  - env: &e\n      A: 1\n      A: 2\n  - env: *e\n"
+    with pytest.raises(ConfigErrors) as caught:
+        load_yaml(source, "p.yaml")
+    assert [str(e) for e in caught.value.errors] == ['p.yaml:4: steps[0].env.A: duplicate key "A" (first at line 3)']
+    doc = load_yaml("steps:\n  - env: &e\n      A: 1\n  - env: *e\n", "p.yaml")
+    assert doc.data["steps"][1]["env"] == {"A": 1}
+    assert (doc.line_of(("steps", 0, "env", "A")), doc.line_of(("steps", 1, "env", "A"))) == (3, 4)
+
+
+def billion_laughs(depth: int) -> str:
+    """Nine aliases of the level below on each level: 9**depth values from a few hundred bytes."""
+    lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for level in range(1, depth + 1):
+        lines.append(f"l{level}: &l{level} [" + ",".join([f"*{'a' if level == 1 else f'l{level - 1}'}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_an_alias_bomb_is_refused_at_once_naming_the_alias_that_went_over() -> None:
+    source = billion_laughs(6)  # 531,441 strings once expanded; 27 s and 2.2 GB before aliases were bounded
+    assert len(source) < 400
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ConfigErrors) as caught:
+            load_yaml(source, "bomb.yaml")
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [str(e) for e in caught.value.errors] == [
+        f"bomb.yaml:5: l4[0]: YAML aliases expand the document by more than {MAX_ALIAS_EXPANSION} values"
+    ]
+    assert elapsed < 0.2
+    assert peak < 2 * 1024 * 1024
+
+
+def test_aliases_within_the_bound_expand() -> None:
+    doc = load_yaml(billion_laughs(3), "ok.yaml")  # 9**4 strings: within the bound
+    assert len(doc.data["l3"]) == 9 and doc.data["l3"][8][8][8][8] == "lol"
+
+
+def test_nesting_too_deep_is_an_error_not_a_crash() -> None:
+    with pytest.raises(ConfigErrors, match=r"^deep\.yaml: invalid YAML: nested too deeply$"):
+        load_yaml("[" * 5000 + "]" * 5000, "deep.yaml")
 
 
 def test_config_error_str() -> None:

@@ -4,27 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import time
-from collections.abc import Mapping
 from typing import Any, BinaryIO, Literal, NamedTuple
 
 from pydantic import Field, field_validator
 
 from service.steps import StepContext, StepOutcome, StepSpecBase
 from service.steps.capture import TailBuffer
-
-# Environment variable names we accept in ``env``; anything else is a typo or an attempt to smuggle
-# an ``=`` into the environment block.
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+from service.steps.exec_env import (
+    MAX_NOTES,
+    Unpassable,
+    build_env,
+    check_declared,
+    check_env_name,
+    check_inherit_entry,
+    inherited_env,
+)
 
 
 class Spec(StepSpecBase):
     """Run ``argv`` as a new process group; succeed when the exit code is in ``expect_exit``.
 
     ``argv[0]`` is looked up on a fixed safe ``PATH`` (or is a path, relative to ``cwd``). Alert labels
-    and annotations reach the program as ``ALERT_LABEL_<NAME>`` / ``ALERT_ANNOTATION_<NAME>`` and the
+    and annotations reach the program as ``ALERT_LABEL_<NAME>`` / ``ALERT_ANNOTATION_<NAME>`` (left out
+    or cut, with a note, when the kernel would refuse them; see :mod:`service.steps.exec_env`) and the
     execution id as ``REMEDIATOR_EXECUTION_ID``.
     """
 
@@ -33,7 +37,11 @@ class Spec(StepSpecBase):
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
     cwd: str | None = None
     expect_exit: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    inherit_env: bool = Field(default=True, description="start from the service's environment (minus its own secrets)")
+    inherit_env: bool | list[str] = Field(
+        default_factory=list,
+        description="the service's variables passed on: a list adds names or NAME_* prefixes to HOME, USER, "
+        "LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ and TMPDIR; true passes all, false none (REMEDIATOR_* never)",
+    )
 
     @field_validator("argv")
     @classmethod
@@ -46,45 +54,22 @@ class Spec(StepSpecBase):
     @classmethod
     def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
         for name in env:
-            if not _ENV_NAME.match(name):
-                raise ValueError(f"invalid environment variable name {name!r}")
-            if name == "PATH":
-                # PATH is fixed so a rendered value can never redirect argv[0]; name the program by path.
-                raise ValueError("PATH cannot be set; give argv[0] as an absolute path instead")
+            check_env_name(name)
         return env
 
+    @field_validator("inherit_env")
+    @classmethod
+    def _inherit_entries(cls, inherit: bool | list[str]) -> bool | list[str]:
+        if not isinstance(inherit, bool):
+            for entry in inherit:
+                check_inherit_entry(entry)
+        return inherit
 
-# Fixed so that neither the service's environment nor a rendered value decides which program runs.
-SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Inherited variables a child must not see: the service's own settings and secrets, and stale alert
-# variables that would pass for this alert's.
-_PRIVATE_PREFIXES = ("REMEDIATOR_", "ALERT_LABEL_", "ALERT_ANNOTATION_")
+
 TERM_GRACE_S = 2.0  # after SIGTERM to the group on timeout, before SIGKILL
 DRAIN_GRACE_S = 1.0  # after exit, how long a daemon the program started may hold the output pipe open
 _REAP_TIMEOUT_S = 5.0  # a SIGKILLed process is gone at once unless stuck in the kernel
 _GROUP_POLL_S = 0.05
-
-
-def env_suffix(name: str) -> str:
-    """A label or annotation name as an environment variable suffix: ``[A-Z0-9_]`` only."""
-    return re.sub(r"[^A-Z0-9_]", "_", name.upper())
-
-
-def build_env(spec: Spec, ctx: StepContext, inherited: Mapping[str, str]) -> dict[str, str]:
-    """The child's environment; later sources win: inherited, alert variables, ``spec.env``, fixed ones.
-
-    Names that collide after :func:`env_suffix` (``foo`` and ``FOO``) resolve in sorted order.
-    """
-    env: dict[str, str] = {}
-    if spec.inherit_env:
-        env.update((k, v) for k, v in inherited.items() if not k.startswith(_PRIVATE_PREFIXES))
-    for prefix, values in (("ALERT_LABEL_", ctx.labels), ("ALERT_ANNOTATION_", ctx.annotations)):
-        for name in sorted(values):
-            env[prefix + env_suffix(name)] = values[name]
-    env.update(spec.env)
-    env["PATH"] = SAFE_PATH
-    env["REMEDIATOR_EXECUTION_ID"] = ctx.execution_id
-    return env
 
 
 class _Collector(asyncio.Protocol):
@@ -167,7 +152,18 @@ async def _supervise(
 async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
     started = time.monotonic()
     program = spec.argv[0]
-    env = build_env(spec, ctx, os.environ)
+    try:
+        check_declared(spec.argv, spec.env, spec.cwd)
+    except Unpassable as exc:
+        return StepOutcome(
+            ok=False, status="error", summary=f"{program} not started: {exc}", duration_s=time.monotonic() - started
+        )
+    child = build_env(
+        spec.argv, spec.env, inherited_env(spec.inherit_env, os.environ), ctx.labels, ctx.annotations, ctx.execution_id
+    )
+    # Alert variables left out or cut are said first in the output, counted in the summary.
+    notes = child.describe_notes()
+    noted = f" ({len(child.notes)} alert variables left out or cut, see output)" if child.notes else ""
     buffer = TailBuffer(ctx.output_limit)
     read_fd, write_fd = os.pipe()
     with os.fdopen(read_fd, "rb", buffering=0) as reader:
@@ -178,14 +174,15 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
                 stdout=write_fd,
                 stderr=write_fd,
                 cwd=spec.cwd,
-                env=env,
+                env=child.env,
                 start_new_session=True,  # its own process group, so a timeout can kill all it started
             )
-        except (OSError, ValueError) as exc:  # not found, not executable, bad cwd, NUL in a value
+        except OSError as exc:  # not found, not executable, bad cwd
             return StepOutcome(
                 ok=False,
                 status="error",
-                summary=f"could not start {program}: {exc}",
+                summary=f"could not start {program}: {exc}{noted}",
+                output=notes,
                 duration_s=time.monotonic() - started,
             )
         finally:
@@ -196,6 +193,9 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
             _signal_group(proc.pid, signal.SIGKILL)
             raise
     data: dict[str, Any] = {"exit_code": rc, "pid": proc.pid, "output_bytes": buffer.total}
+    if child.notes:
+        data["env_notes"] = list(child.notes[:MAX_NOTES])
+        data["env_notes_total"] = len(child.notes)
     # A daemon started without redirecting its output keeps our pipe open; say so, as its later
     # writes now fail (redirect a daemon's output to a file).
     held_open = " (a background process still held its output open)" if output_open else ""
@@ -207,8 +207,8 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
         return StepOutcome(
             ok=False,
             status="timeout",
-            summary=f"{program} still running after {spec.timeout:g}s: process group killed ({killed_with})",
-            output=buffer.text(),
+            summary=f"{program} still running after {spec.timeout:g}s: process group killed ({killed_with}){noted}",
+            output=notes + buffer.text(),
             exit_code=rc,
             data=data,
             duration_s=duration,
@@ -219,8 +219,8 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
     return StepOutcome(
         ok=ok,
         status="ok" if ok else "failed",
-        summary=f"{program} {how}{expected}{held_open}",
-        output=buffer.text(),
+        summary=f"{program} {how}{expected}{held_open}{noted}",
+        output=notes + buffer.text(),
         exit_code=rc,
         data=data,
         duration_s=duration,
