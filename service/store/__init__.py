@@ -1,0 +1,63 @@
+"""The store: the only package that speaks SQL.
+
+Callers use the domain methods (`record_notification`, `create_execution`, `target_history`, ...),
+which take and return plain values and dataclasses (records.py): no SQL and no sqlite3 object
+crosses that line (`write`/`read` are for this package, tests and benchmarks).
+
+- engine.py: connections, the ownership lock, group commit (one writer, one fsync for many posts)
+- schema.py: versioned migrations
+- intake.py, executions.py, admission.py, escalations.py, reads.py, retention.py: the SQL of one
+  concern each, as mixins of the engine; sqlite.py composes them into `SQLiteStore`
+- records.py: the values in and out; errors.py: what it raises
+"""
+
+from service.store.engine import Synchronous
+from service.store.errors import DuplicateExecution, StoreError
+from service.store.executions import REPEAT_EVENTS_KEPT
+from service.store.records import (
+    ACTIVE_STATES,
+    TERMINAL_STATES,
+    AlertEvent,
+    ApprovalRequest,
+    Delivery,
+    ExecutionRecord,
+    NewEscalation,
+    NewExecution,
+    NotificationReceipt,
+    Occurrence,
+    OpenEscalation,
+    OutboxMessage,
+    PriorRun,
+    PruneResult,
+    StepRecord,
+    TargetHistory,
+)
+from service.store.rows import timestamp
+from service.store.schema import MIGRATIONS
+from service.store.sqlite import SQLiteStore
+
+__all__ = [
+    "ACTIVE_STATES",
+    "MIGRATIONS",
+    "REPEAT_EVENTS_KEPT",
+    "TERMINAL_STATES",
+    "AlertEvent",
+    "ApprovalRequest",
+    "Delivery",
+    "DuplicateExecution",
+    "ExecutionRecord",
+    "NewEscalation",
+    "NewExecution",
+    "NotificationReceipt",
+    "Occurrence",
+    "OpenEscalation",
+    "OutboxMessage",
+    "PriorRun",
+    "PruneResult",
+    "SQLiteStore",
+    "StepRecord",
+    "StoreError",
+    "Synchronous",
+    "TargetHistory",
+    "timestamp",
+]

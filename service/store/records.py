@@ -1,0 +1,181 @@
+"""The values the store takes and returns: frozen dataclasses, no SQL, no sqlite3 object."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+TERMINAL_STATES = frozenset({"succeeded", "failed", "escalated", "refused", "cancelled", "interrupted"})
+
+
+ACTIVE_STATES = ("queued", "running", "verifying", "awaiting_approval")
+
+
+@dataclass(frozen=True)
+class Occurrence:
+    id: int
+    fingerprint: str
+    starts_at: datetime
+    alertname: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    generator_url: str
+    status: str
+    ends_at: datetime | None
+    receive_count: int
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """One alert as one notification delivered it, with its occurrence as that delivery left it."""
+
+    id: int
+    notification_id: int
+    status: str
+    previous_status: str | None
+    occurrence: Occurrence
+    common_labels: dict[str, str]
+    external_url: str
+
+
+@dataclass(frozen=True)
+class NotificationReceipt:
+    """What one committed notification became: its row, how many alerts it held, and the events
+    the dispatcher has to see (those stored as already dispatched are not among them)."""
+
+    notification_id: int
+    alert_count: int
+    events: tuple[AlertEvent, ...]
+
+
+@dataclass(frozen=True)
+class NewExecution:
+    id: str
+    rule: str
+    rule_version: str
+    playbook: str
+    playbook_version: str
+    target: str
+    occurrence_id: int | None
+    fingerprint: str
+    alertname: str
+    mode: str  # enforce | shadow | dry_run
+    params: Mapping[str, Any]
+    state: str
+    reason: str = ""
+    refusal: str | None = None  # the refusal's key when state is refused
+    # Which run of this rule for this occurrence (1, then 2 after a rerun_after ...): the store
+    # refuses a second execution with the same number. Refusals have none.
+    occurrence_run: int | None = 1
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    phase: str  # steps | verify | on_failure
+    name: str
+    type: str
+    attempt: int
+    started_at: datetime
+    duration_s: float
+    ok: bool
+    status: str
+    summary: str
+    output: str
+    exit_code: int | None
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    executions: int
+    alert_events: int
+    occurrences: int
+    notifications: int
+
+
+@dataclass(frozen=True)
+class PriorRun:
+    id: str
+    state: str
+    created_at: datetime
+    occurrence_run: int
+
+
+@dataclass(frozen=True)
+class TargetHistory:
+    runs_in_window: int
+    last_run_at: datetime | None
+    active: int
+
+
+@dataclass(frozen=True)
+class ExecutionRecord:
+    execution: dict[str, Any]
+    steps: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    occurrence: dict[str, Any] | None
+    escalations: list[dict[str, Any]] = field(default_factory=list)
+    approvals: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class NewEscalation:
+    id: str
+    execution_id: str
+    kind: str  # failed | approval
+    reason: str
+    severity: str
+    opened_at: datetime
+    facts: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    dedup_key: str  # unique: a second copy of the same level's message to a channel is never queued
+    channel: str
+    kind: str  # notify | close
+    level: int
+    payload: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class OpenEscalation:
+    id: str
+    execution_id: str
+    kind: str
+    reason: str
+    severity: str
+    opened_at: datetime
+    level: int
+    facts: dict[str, Any]
+    occurrence_id: int | None
+    occurrence_status: str | None
+    occurrence_seen_at: datetime | None  # when the alert's last notification arrived
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    escalation_id: str
+    execution_id: str
+    dedup_key: str
+    channel: str
+    kind: str
+    level: int
+    payload: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    id: int
+    execution_id: str
+    step: str
+    prompt: str
+    requested_at: datetime
+    deadline: datetime
+    decided_at: datetime | None
+    decision: str | None  # approved | denied | expired
+    approver: str | None
