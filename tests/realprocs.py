@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from service.demo import ChildProcess
+from demo.processes import ChildProcess
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 30.0

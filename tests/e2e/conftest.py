@@ -1,5 +1,5 @@
 """The whole stack for end-to-end scenarios: real nats-server, router, Prometheus, Alertmanager and
-remediator (service/demo.py's `Stack`), one per test, stopped by PID when the test ends, pass or fail.
+remediator (demo/stack.py's `Stack`), one per test, stopped by PID when the test ends, pass or fail.
 
 A missing binary FAILS the test (never skips) with the packages to install. The log of every
 process of a failing test's stacks is attached to its report; the timings a scenario measured are
@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from service_proc import ServiceProcess
 
-from service.demo import MissingBinaries, Remediator, Stack, StackError, StackOptions, log_tail
+from demo.processes import StackError, log_tail
+from demo.stack import MissingBinaries, Remediator, Stack, StackOptions
 
 _TIMINGS_KEY = pytest.StashKey[list[tuple[str, list[str]]]]()
 

@@ -6,7 +6,8 @@ from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
-from service.demo import Stack, StackError, get_json, http_json, parse_time, poll
+from demo.processes import StackError, get_json, http_json, parse_time, poll
+from demo.stack import Stack
 
 
 def now() -> datetime:

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from demo.processes import poll
+from demo.stack import Stack
 from e2e.stack import (
     escalation_events,
     router_series,
@@ -17,7 +19,6 @@ from e2e.stack import (
     wait_firing,
     wait_remediation_alert,
 )
-from service.demo import Stack, poll
 
 
 @pytest.mark.timeout(120)

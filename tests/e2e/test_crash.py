@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from demo.processes import http_json, poll
+from demo.stack import Stack, StackOptions
 from e2e.stack import (
     alertmanager_metric,
     escalation_events,
@@ -22,7 +24,6 @@ from e2e.stack import (
     wait_firing,
     wait_remediation_alert,
 )
-from service.demo import Stack, StackOptions, http_json, poll
 
 
 @pytest.mark.timeout(150)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from service import demo
+from demo import processes, stack, tour
 
 SCENARIOS = (
     "NATS server killed",
@@ -31,13 +31,13 @@ class DemoProcess:
     """`python -m service.cli demo` with its output collected line by line, never waited on unbounded."""
 
     def __init__(self, *args: str) -> None:
-        demo.find_binaries()  # fails the test (not skips) when a binary is missing, naming the packages
+        stack.find_binaries()  # fails the test (not skips) when a binary is missing, naming the packages
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "demo", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            cwd=demo.REPO,
+            cwd=stack.REPO,
             text=True,
         )
         self.lines: list[str] = []
@@ -106,7 +106,7 @@ def run_demo() -> Iterator[Callable[..., DemoProcess]]:
 
 
 def gone(pid: int) -> bool:
-    return not demo._pid_alive(pid)
+    return not processes.pid_alive(pid)
 
 
 def assert_cleaned_up(process: DemoProcess) -> None:
@@ -157,12 +157,12 @@ def test_demo_ctrl_c_stops_everything_it_started(run_demo: Callable[..., DemoPro
 
 
 def test_missing_binaries_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_which = demo.shutil.which
+    real_which = stack.shutil.which
     monkeypatch.setattr(
-        demo.shutil, "which", lambda name, path=None: None if name == "prometheus" else real_which(name, path=path)
+        stack.shutil, "which", lambda name, path=None: None if name == "prometheus" else real_which(name, path=path)
     )
     out = io.StringIO()
-    assert demo.run_demo(None, keep=False, out=out) == 2
+    assert tour.run_demo(None, keep=False, out=out) == 2
     message = out.getvalue()
     assert "prometheus (Debian package prometheus)" in message
     assert "apt-get install nats-server prometheus prometheus-alertmanager" in message

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from demo.stack import Stack
 from e2e.stack import escalation_events, step, stream_messages, wait_firing, wait_remediation_alert
-from service.demo import Stack
 
 
 @pytest.mark.timeout(120)

@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from demo.processes import http_json
+from demo.stack import Stack
+from demo.timings import fix_timings
 from e2e.stack import now, step, wait_alert_resolved, wait_firing
-from service.demo import Stack, fix_timings, http_json
 
 OVERHEAD_BUDGET_S = 0.050
 NATS_ALERTS = ("NatsServerDown", "NatsConnectionLost")

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
+from demo.processes import poll
+from demo.stack import Stack, StackOptions
 from e2e.stack import alertmanager_metric, wait_firing
-from service.demo import Stack, StackOptions, poll
 
 
 @pytest.mark.timeout(120)

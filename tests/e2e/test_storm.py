@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from demo.processes import poll
+from demo.stack import Stack, StackOptions
 from e2e.stack import escalation_events, remediation_alerts
-from service.demo import Stack, StackOptions, poll
 
 ALERTS = 30
 LIMIT = 5
