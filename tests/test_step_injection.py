@@ -106,4 +106,6 @@ async def test_nul_byte_in_an_alert_label_leaves_that_variable_out_and_the_step_
     out = await run(spec, StepContext(execution_id="x", labels=labels))
     assert out.ok, out.summary
     assert json.loads(record.read_text())["env"] == {"ALERT_LABEL_INSTANCE": "node-1"}
-    assert out.output == "[remediator] ALERT_LABEL_JOB not set: its value contains a NUL byte\n"
+    assert out.summary.endswith(
+        " (1 alert variable left out or cut: ALERT_LABEL_JOB not set: its value contains a NUL byte)"
+    )

@@ -14,6 +14,7 @@ from service.steps import StepContext, StepOutcome, StepSpecBase
 from service.steps.capture import TailBuffer
 from service.steps.exec_env import (
     MAX_NOTES,
+    ChildEnv,
     Unpassable,
     build_env,
     check_declared,
@@ -161,9 +162,7 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
     child = build_env(
         spec.argv, spec.env, inherited_env(spec.inherit_env, os.environ), ctx.labels, ctx.annotations, ctx.execution_id
     )
-    # Alert variables left out or cut are said first in the output, counted in the summary.
-    notes = child.describe_notes()
-    noted = f" ({len(child.notes)} alert variables left out or cut, see output)" if child.notes else ""
+    noted = child.summary_note()
     buffer = TailBuffer(ctx.output_limit)
     read_fd, write_fd = os.pipe()
     with os.fdopen(read_fd, "rb", buffering=0) as reader:
@@ -182,7 +181,7 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
                 ok=False,
                 status="error",
                 summary=f"could not start {program}: {exc}{noted}",
-                output=notes,
+                data=_env_notes(child),
                 duration_s=time.monotonic() - started,
             )
         finally:
@@ -192,10 +191,7 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
         except asyncio.CancelledError:  # the execution was cancelled: nothing it started may outlive it
             _signal_group(proc.pid, signal.SIGKILL)
             raise
-    data: dict[str, Any] = {"exit_code": rc, "pid": proc.pid, "output_bytes": buffer.total}
-    if child.notes:
-        data["env_notes"] = list(child.notes[:MAX_NOTES])
-        data["env_notes_total"] = len(child.notes)
+    data: dict[str, Any] = {"exit_code": rc, "pid": proc.pid, "output_bytes": buffer.total, **_env_notes(child)}
     # A daemon started without redirecting its output keeps our pipe open; say so, as its later
     # writes now fail (redirect a daemon's output to a file).
     held_open = " (a background process still held its output open)" if output_open else ""
@@ -208,7 +204,7 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
             ok=False,
             status="timeout",
             summary=f"{program} still running after {spec.timeout:g}s: process group killed ({killed_with}){noted}",
-            output=notes + buffer.text(),
+            output=buffer.text(),
             exit_code=rc,
             data=data,
             duration_s=duration,
@@ -220,11 +216,17 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
         ok=ok,
         status="ok" if ok else "failed",
         summary=f"{program} {how}{expected}{held_open}{noted}",
-        output=notes + buffer.text(),
+        output=buffer.text(),
         exit_code=rc,
         data=data,
         duration_s=duration,
     )
+
+
+def _env_notes(child: ChildEnv) -> dict[str, Any]:
+    if not child.notes:
+        return {}
+    return {"env_notes": list(child.notes[:MAX_NOTES]), "env_notes_total": len(child.notes)}
 
 
 def _signal_name(rc: int | None) -> str:

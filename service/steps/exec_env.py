@@ -3,7 +3,8 @@
 Alert labels and annotations become ``ALERT_LABEL_<NAME>`` / ``ALERT_ANNOTATION_<NAME>``, but whoever
 sends an alert chooses their values: one with a NUL byte, one over the kernel's per-string limit or
 thousands of large ones would make ``execve`` fail and so disable every exec step of that alert.
-Such values are left out or cut, each with a note saying which variable and why; the values the
+Such values are left out or cut, each with a note (in the step's summary and data) saying which
+variable and why; the values the
 playbook itself names (``argv``, ``env``, ``cwd``) are passed whole or the step fails naming them.
 """
 
@@ -30,7 +31,8 @@ MAX_ARG_STRLEN = 128 * 1024
 ALERT_VALUE_LIMIT = 32 * 1024  # bytes of one label or annotation value; a longer one is cut to this
 EXEC_BUDGET = 1024 * 1024  # argv + environment, strings and pointers; alert variables past it are left out
 _POINTER = 8
-MAX_NOTES = 20  # notes listed one by one; the rest are counted
+MAX_NOTES = 100  # notes kept in the step's data; the rest are counted
+SUMMARY_NOTES = 3  # notes spelled out in the step's summary
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _INHERIT_ENTRY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
@@ -117,14 +119,20 @@ def check_declared(argv: Sequence[str], env: Mapping[str, str], cwd: str | None)
 @dataclass(frozen=True)
 class ChildEnv:
     env: dict[str, str]
-    notes: tuple[str, ...]  # one line per alert variable left out or cut: which and why
+    notes: tuple[str, ...]  # one per alert variable left out or cut: which and why
 
-    def describe_notes(self) -> str:
-        """The notes as lines for the step's output, at most MAX_NOTES of them listed."""
-        listed = list(self.notes[:MAX_NOTES])
-        if len(self.notes) > MAX_NOTES:
-            listed.append(f"... and {len(self.notes) - MAX_NOTES} more alert variables left out or cut")
-        return "".join(f"[remediator] {line}\n" for line in listed)
+    def summary_note(self) -> str:
+        """The notes for the step's summary, the first SUMMARY_NOTES of them spelled out ("" if none).
+
+        Not in the output: that stays what the program printed, for later steps' templates to read.
+        """
+        if not self.notes:
+            return ""
+        listed = "; ".join(self.notes[:SUMMARY_NOTES])
+        more = len(self.notes) - SUMMARY_NOTES
+        rest = f"; and {more} more, in data.env_notes" if more > 0 else ""
+        count = "1 alert variable" if len(self.notes) == 1 else f"{len(self.notes)} alert variables"
+        return f" ({count} left out or cut: {listed}{rest})"
 
 
 def _size(value: str) -> int:
