@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from service.rules import RuleMatch
-from service.store import TERMINAL_STATES, SQLiteStore
+from service.store import TERMINAL_STATES, AdmissionStore
 
 Decision = Literal["run", "queue", "repeat", "refuse", "shadow"]
 
@@ -41,7 +41,7 @@ class Verdict:
 
 
 async def decide(
-    store: SQLiteStore,
+    store: AdmissionStore,
     match: RuleMatch,
     occurrence_id: int,
     now: datetime,
@@ -63,7 +63,7 @@ async def decide(
 
 
 async def _limits(
-    store: SQLiteStore, match: RuleMatch, now: datetime, storm: StormGuard, dry_run: bool, silenced_by: str | None
+    store: AdmissionStore, match: RuleMatch, now: datetime, storm: StormGuard, dry_run: bool, silenced_by: str | None
 ) -> Verdict:
     """Pauses, shadow mode, the storm guard and the rule's limits, in that order."""
     rule = match.rule.rule

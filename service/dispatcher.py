@@ -20,7 +20,7 @@ from service import admission
 from service.clock import Clock
 from service.executor import Executor, RunRequest
 from service.rules import Alert, NotificationContext, RuleMatch, RuleSet
-from service.store import ACTIVE_STATES, AlertEvent, DuplicateExecution, ExecutionRecord, NewExecution, SQLiteStore
+from service.store import ACTIVE_STATES, AlertEvent, DispatchStore, DuplicateExecution, ExecutionRecord, NewExecution
 
 log = logging.getLogger("remediator.dispatcher")
 
@@ -59,7 +59,7 @@ class _Retry:
 class Dispatcher:
     def __init__(
         self,
-        store: SQLiteStore,
+        store: DispatchStore,
         rules: Callable[[], RuleSet],
         executor: Executor,
         clock: Clock,

@@ -31,11 +31,11 @@ from service.metrics import Metrics
 from service.settings import Secrets, Settings
 from service.store import (
     Delivery,
+    EscalationStore,
     ExecutionRecord,
     NewEscalation,
     OpenEscalation,
     OutboxMessage,
-    SQLiteStore,
     timestamp,
 )
 
@@ -75,7 +75,7 @@ class Policy:
 
 
 class Escalator:
-    def __init__(self, store: SQLiteStore, clock: Clock, policy: Policy, metrics: Metrics) -> None:
+    def __init__(self, store: EscalationStore, clock: Clock, policy: Policy, metrics: Metrics) -> None:
         self._store = store
         self._clock = clock
         self._policy = policy

@@ -34,7 +34,7 @@ from service.steps import StepContext, StepOutcome, StepSpecBase
 from service.steps.promql import Spec as PromqlSpec
 from service.steps.promql import expr_from_generator_url
 from service.steps.registry import STEP_TYPES
-from service.store import SQLiteStore, StepRecord
+from service.store import ExecutionStore, StepRecord
 from service.templating import TemplateEngine, TemplateError
 
 log = logging.getLogger("remediator.executor")
@@ -144,7 +144,7 @@ class TargetLocks:
 class Executor:
     def __init__(
         self,
-        store: SQLiteStore,
+        store: ExecutionStore,
         clock: Clock,
         endpoints: Endpoints,
         engine: TemplateEngine,

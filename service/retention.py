@@ -7,12 +7,12 @@ import logging
 from datetime import timedelta
 
 from service.clock import Clock
-from service.store import PruneResult, SQLiteStore
+from service.store import PruneResult, RetentionStore
 
 log = logging.getLogger("remediator.retention")
 
 
-async def prune(store: SQLiteStore, clock: Clock, retention_days: float) -> PruneResult:
+async def prune(store: RetentionStore, clock: Clock, retention_days: float) -> PruneResult:
     cutoff = clock.now() - timedelta(days=retention_days)
     result = await store.prune(cutoff)
     log.info("store pruned", extra={"before": cutoff.isoformat(), **result.__dict__})

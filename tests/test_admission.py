@@ -6,15 +6,16 @@ import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from flow_helpers import alert_body, write_config
+from memory_store import MemoryStore
 
 from service.admission import StormGuard, Verdict, decide
 from service.clock import FakeClock
 from service.rules import Alert, RuleMatch, RuleSet, load_ruleset
-from service.store import NewExecution, SQLiteStore
+from service.store import DispatchStore, IntakeStore, NewExecution, SQLiteStore
 from service.webhook import parse
 
 PLAYBOOK = """
@@ -39,12 +40,22 @@ rules:
 """
 
 
+class AdmissionTestStore(IntakeStore, DispatchStore, Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+def new_store(kind: str, path: Path) -> AdmissionTestStore:
+    return SQLiteStore(path) if kind == "sqlite" else MemoryStore(path)
+
+
 class Harness:
-    def __init__(self, root: Path, ruleset: RuleSet) -> None:
+    def __init__(self, root: Path, ruleset: RuleSet, store_kind: str) -> None:
         self.root = root
         self.ruleset = ruleset
         self.clock = FakeClock()
-        self.store = SQLiteStore(root / "admission.db")
+        self.store_kind = store_kind
+        self.store = new_store(store_kind, root / "admission.db")
         self.storm = StormGuard(max_admissions=1000, window_seconds=60)
         self.serial = 0
 
@@ -90,14 +101,15 @@ class Harness:
         return execution_id
 
 
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Any]:
+@pytest.fixture(params=["sqlite", "memory"])
+async def harness(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """Each test on SQLite and on the in-memory store written against the Protocols."""
     made: list[Harness] = []
 
     async def make(limits: str, mode: str = "enforce") -> Harness:
         config = write_config(tmp_path, rules_with(limits, mode), {"noop": PLAYBOOK})
         ruleset = load_ruleset(config["rules"], config["playbooks"], tmp_path)
-        h = Harness(tmp_path, ruleset)
+        h = Harness(tmp_path, ruleset, request.param)
         await h.store.open()
         made.append(h)
         return h
@@ -199,7 +211,8 @@ async def test_limits_hold_across_a_restart(harness: Any, tmp_path: Path) -> Non
     await h.run(await h.occurrence("aaaa000000000001"))
     nxt = await h.occurrence("aaaa000000000002")
     await h.store.close()
-    h.store = SQLiteStore(tmp_path / "admission.db")  # a new process would open the same file
+    if h.store_kind == "sqlite":
+        h.store = SQLiteStore(tmp_path / "admission.db")  # a new process would open the same file
     await h.store.open()
     h.clock.advance(60)
     assert (await h.decide(nxt)).reason == "cooldown"

@@ -5,17 +5,18 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import pytest
 from flow_helpers import QUICK_PLAYBOOK, alert_body, write_config
+from memory_store import MemoryStore
 
 from service import dispatcher as dispatcher_module
 from service.admission import StormGuard
 from service.clock import FakeClock
 from service.dispatcher import Dispatcher, DispatchSettings
 from service.rules import load_ruleset
-from service.store import NotificationReceipt, SQLiteStore, StoreError
+from service.store import DispatchStore, IntakeStore, NotificationReceipt, SQLiteStore, StoreError
 from service.webhook import parse
 
 # Shadow mode: each dispatched alert records one decision and runs nothing, so counting decisions
@@ -30,12 +31,22 @@ rules:
 """
 
 
+class DispatcherTestStore(IntakeStore, DispatchStore, Protocol):
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+
+    @property
+    def path(self) -> Path: ...
+
+
 class Harness:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, store_kind: str = "sqlite") -> None:
         config = write_config(root, SHADOW_RULES, {"quick": QUICK_PLAYBOOK})
         ruleset = load_ruleset(config["rules"], config["playbooks"], root)
         self.clock = FakeClock()
-        self.store = SQLiteStore(root / "dispatch.db")
+        self.store: DispatcherTestStore = (
+            SQLiteStore(root / "dispatch.db") if store_kind == "sqlite" else MemoryStore(root / "dispatch.db")
+        )
         self.decisions: list[str] = []
         self.escalations: list[tuple[str, str, str]] = []
 
@@ -63,9 +74,10 @@ class Harness:
         return await self.store.record_notification(parse(body), body, self.clock.now())
 
 
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    h = Harness(tmp_path)
+@pytest.fixture(params=["sqlite", "memory"])
+async def harness(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
+    """Each test on SQLite and on the in-memory store written against the Protocols."""
+    h = Harness(tmp_path, request.param)
     await h.store.open()
     yield h
     await h.store.close()

@@ -1,0 +1,220 @@
+"""An in-memory store written against the Protocols in service/store/protocols.py (IntakeStore and
+DispatchStore, which includes AdmissionStore): the admission and dispatcher tests run on it as well
+as on SQLite, which shows those Protocols are all the flow needs of a store."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from service.store import (
+    ACTIVE_STATES,
+    AlertEvent,
+    DuplicateExecution,
+    ExecutionRecord,
+    NewExecution,
+    NotificationReceipt,
+    Occurrence,
+    PriorRun,
+    StoreError,
+    TargetHistory,
+)
+from service.webhook import WebhookNotification
+
+
+@dataclass
+class _Execution:
+    new: NewExecution
+    created_at: datetime
+    state: str
+    occurrence_run: int | None
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Event:
+    event: AlertEvent
+    dispatched: bool
+
+
+class MemoryStore:
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._open = False
+        self._occurrences: dict[tuple[str, datetime], Occurrence] = {}
+        self._occurrence_ids = itertools.count(1)
+        self._event_ids = itertools.count(1)
+        self._notification_ids = itertools.count(1)
+        self._events: dict[int, _Event] = {}
+        self._executions: dict[str, _Execution] = {}
+
+    # --- StoreLifecycle (the part the tests use) --------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    async def open(self, *, own: bool = True) -> None:
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+
+    def _require_open(self) -> None:
+        if not self._open:
+            raise StoreError("store is closed")
+
+    # --- IntakeStore ------------------------------------------------------------------------------
+
+    async def record_notification(
+        self,
+        notification: WebhookNotification,
+        body: bytes,
+        received_at: datetime,
+        wanted: Sequence[bool] | None = None,
+    ) -> NotificationReceipt:
+        self._require_open()
+        notification_id = next(self._notification_ids)
+        events = []
+        for alert, rule_wants in zip(notification.alerts, wanted or [True] * len(notification.alerts), strict=True):
+            key = (alert.fingerprint, alert.startsAt)
+            known = self._occurrences.get(key)
+            previous_status = None if known is None else known.status
+            occurrence = Occurrence(
+                id=next(self._occurrence_ids) if known is None else known.id,
+                fingerprint=alert.fingerprint,
+                starts_at=alert.startsAt,
+                alertname=alert.labels.get("alertname", ""),
+                labels=alert.labels,
+                annotations=alert.annotations,
+                generator_url=alert.generatorURL,
+                status=alert.status,
+                ends_at=alert.ends_at,
+                receive_count=1 if known is None else known.receive_count + 1,
+            )
+            self._occurrences[key] = occurrence
+            pending = rule_wants or (alert.status == "resolved" and previous_status == "firing")
+            event = AlertEvent(
+                id=next(self._event_ids),
+                notification_id=notification_id,
+                status=alert.status,
+                previous_status=previous_status,
+                occurrence=occurrence,
+                common_labels=notification.commonLabels,
+                external_url=notification.externalURL,
+            )
+            self._events[event.id] = _Event(event, dispatched=not pending)
+            if pending:
+                events.append(event)
+        return NotificationReceipt(notification_id, len(notification.alerts), tuple(events))
+
+    # --- DispatchStore ----------------------------------------------------------------------------
+
+    async def undispatched_alert_events(self, limit: int, after: int = 0) -> list[AlertEvent]:
+        self._require_open()
+        pending = [e.event for i, e in sorted(self._events.items()) if i > after and not e.dispatched]
+        return pending[:limit]
+
+    async def mark_dispatched(self, event_ids: Sequence[int], at: datetime) -> None:
+        self._require_open()
+        for event_id in event_ids:
+            self._events[event_id].dispatched = True
+
+    async def create_execution(self, execution: NewExecution, at: datetime) -> None:
+        self._require_open()
+        run = None if execution.state == "refused" else execution.occurrence_run
+        if run is not None and execution.occurrence_id is not None:
+            for existing in self._executions.values():
+                same = (existing.new.rule, existing.new.occurrence_id, existing.occurrence_run)
+                if same == (execution.rule, execution.occurrence_id, run):
+                    raise DuplicateExecution(existing.new.id)
+        record = _Execution(execution, at, execution.state, run)
+        record.events.append({"at": at, "kind": "state", "message": f"{execution.state}: {execution.reason}"})
+        self._executions[execution.id] = record
+
+    async def set_state(self, execution_id: str, state: str, at: datetime, reason: str = "") -> None:
+        self._require_open()
+        record = self._executions[execution_id]
+        record.state = state
+        record.events.append({"at": at, "kind": "state", "message": f"{state}: {reason}" if reason else state})
+
+    async def add_event(
+        self, execution_id: str, at: datetime, kind: str, message: str, data: Mapping[str, Any] | None = None
+    ) -> None:
+        self._require_open()
+        self._executions[execution_id].events.append({"at": at, "kind": kind, "message": message})
+
+    async def add_repeat(self, execution_id: str, at: datetime, message: str) -> None:
+        await self.add_event(execution_id, at, "repeat", message)
+
+    async def active_for_occurrence(self, occurrence_id: int) -> list[tuple[str, str, str]]:
+        return [
+            (e.new.id, e.state, e.new.playbook)
+            for e in self._executions.values()
+            if e.new.occurrence_id == occurrence_id and e.state in ACTIVE_STATES
+        ]
+
+    async def active_for_target(self, rule: str, target: str) -> list[str]:
+        return [e.new.id for e in self._of(rule, target) if e.state in ACTIVE_STATES]
+
+    async def count_refusals(
+        self, rule: str | None, target: str | None, refusal: str, since: datetime, cap: int
+    ) -> int:
+        matching = [
+            e
+            for e in self._executions.values()
+            if e.new.refusal == refusal
+            and e.created_at > since
+            and rule in (None, e.new.rule)
+            and target in (None, e.new.target)
+        ]
+        return min(cap, len(matching))
+
+    async def executions_in_state(self, states: Sequence[str]) -> list[str]:
+        return [e.new.id for e in sorted(self._executions.values(), key=lambda e: e.created_at) if e.state in states]
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None:
+        record = self._executions.get(execution_id)
+        if record is None:
+            return None
+        new = record.new
+        execution = {**vars(new), "state": record.state, "created_at": record.created_at, "started_at": None}
+        occurrence = next((vars(o) for o in self._occurrences.values() if o.id == new.occurrence_id), None)
+        return ExecutionRecord(execution=execution, steps=[], events=list(record.events), occurrence=occurrence)
+
+    # --- AdmissionStore ---------------------------------------------------------------------------
+
+    async def execution_for_occurrence(self, rule: str, occurrence_id: int) -> PriorRun | None:
+        runs = [
+            e
+            for e in self._executions.values()
+            if e.new.rule == rule and e.new.occurrence_id == occurrence_id and e.occurrence_run is not None
+        ]
+        if not runs:
+            return None
+        last = max(runs, key=lambda e: e.occurrence_run or 0)
+        return PriorRun(last.new.id, last.state, last.created_at, last.occurrence_run or 0)
+
+    async def active_pauses(self, at: datetime) -> list[dict[str, Any]]:
+        return []  # people pause through MaintenanceStore, which this store does not serve
+
+    async def admissions_since(self, since: datetime) -> int:
+        return sum(1 for e in self._executions.values() if self._admitted(e) and e.created_at > since)
+
+    async def target_history(self, rule: str, target: str, since: datetime) -> TargetHistory:
+        admitted = [e for e in self._of(rule, target) if self._admitted(e)]
+        runs = sum(1 for e in admitted if e.created_at > since)
+        last = max((e.created_at for e in admitted), default=None)
+        active = sum(1 for e in self._of(rule, target) if e.state in ACTIVE_STATES)
+        return TargetHistory(runs, last, active)
+
+    def _of(self, rule: str, target: str) -> list[_Execution]:
+        return [e for e in self._executions.values() if e.new.rule == rule and e.new.target == target]
+
+    @staticmethod
+    def _admitted(execution: _Execution) -> bool:
+        return execution.state != "refused" and execution.new.mode == "enforce"
