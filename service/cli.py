@@ -12,9 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
-from service import __version__, logs
+from service import __version__, httpserver, logs
 from service.app import create_app
 from service.checks import (
     CoverageReport,
@@ -24,12 +22,12 @@ from service.checks import (
     format_explanation,
     load_alerting_rules,
 )
-from service.demo import add_demo_command
 from service.report import render_markdown, report_json
 from service.rules import RuleSet
 from service.ruletest import run_rule_tests
-from service.settings import SettingsError, load_secrets, load_settings
+from service.settings import SettingsError, load_secrets, load_settings, open_access
 from service.store import ExecutionRecord, SQLiteStore, StoreError
+from service.yamlload import ConfigErrors
 
 log = logging.getLogger("remediator")
 
@@ -47,23 +45,25 @@ def _serve(args: argparse.Namespace) -> int:
         _errors([f"remediator: refusing to serve: {len(errors)} error(s) in rules/playbooks", *errors])
         return 1
     logs.configure(settings.log_level)
-    app = create_app(settings, secrets)
+    for warning in open_access(secrets):
+        log.warning(warning)
     log.info(
         "serving",
         extra={"listen": f"{settings.listen_host}:{settings.listen_port}", "version": __version__},
     )
-    # run_app turns SIGTERM/SIGINT into a graceful exit: stop accepting, let in-flight requests finish
-    # (up to the grace period), then run every cleanup context (which closes the store).
+    # SIGTERM/SIGINT end it gracefully: stop accepting, let in-flight requests finish (up to the grace
+    # period), then run every cleanup context (which closes the store).
     try:
-        web.run_app(
-            app,
-            host=settings.listen_host,
-            port=settings.listen_port,
+        httpserver.run(
+            create_app(settings, secrets),
+            settings.listen_host,
+            settings.listen_port,
+            settings.server,
             shutdown_timeout=settings.limits.shutdown_grace_seconds,
-            print=None,
-            access_log=None,
         )
-    except (StoreError, OSError) as exc:
+    except (StoreError, ConfigErrors, SettingsError, OSError) as exc:
+        # Start-up failures the operator must fix (a store another process owns or that cannot be
+        # written, a port in use): one line that says so, not a traceback.
         print(f"remediator: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -159,7 +159,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 async def _read_record(path: Path, execution_id: str) -> ExecutionRecord | None:
     store = SQLiteStore(path)
-    await store.open()
+    await store.open(own=False)  # the service may be running and owning it
     try:
         return await store.get_execution(execution_id)
     finally:
@@ -234,12 +234,39 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("id", metavar="ID")
     report.set_defaults(run=_report)
 
-    add_demo_command(commands)  # `remediator demo`: service/demo.py
+    # The demo lives in the checkout's demo/ package, not in this one; its arguments are its own (main()).
+    commands.add_parser(
+        "demo", help="the whole loop on this machine with the real binaries (from a checkout)", add_help=False
+    )
     return parser
 
 
+def _demo(demo_args: Sequence[str]) -> int:
+    """`remediator demo`: the tour in the checkout's demo/ package (python -m demo), imported only now."""
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / "demo" / "tour.py").is_file():
+        _errors(
+            [
+                "remediator demo: the demo needs a checkout of the repository (its demo/, rules/ and alertmanager/);"
+                " this remediator is installed without one. Clone it and run `python -m demo` there."
+            ]
+        )
+        return 2
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    from demo.tour import main as demo_main
+
+    result: int = demo_main(demo_args)
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "demo":
+        return _demo(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     result: int = args.run(args)
     return result
 

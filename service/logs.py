@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 # Attributes every LogRecord has; anything else on a record came from `extra=` and is logged as a field.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()) | {"message", "asctime"}
@@ -51,3 +51,58 @@ class BoundLogger(logging.LoggerAdapter[logging.Logger]):
 
 def bind(logger: logging.Logger, fields: Mapping[str, object]) -> BoundLogger:
     return BoundLogger(logger, dict(fields))
+
+
+class _Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+class _Scheduler(Protocol):
+    """What ThrottledLog needs of the event loop (a fake in tests)."""
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> _Timer: ...
+
+
+class ThrottledLog:
+    """A message that can repeat thousands of times a second (accept errors, refused connections):
+    the first occurrence is logged at once, later ones are counted and logged as one line per
+    ``interval`` with ``count``, so a flood costs a few lines, not one per occurrence."""
+
+    def __init__(self, logger: logging.Logger, level: int, message: str, interval: float, loop: _Scheduler) -> None:
+        self._logger = logger
+        self._level = level
+        self._message = message
+        self._interval = interval
+        self._loop = loop
+        self._count = 0
+        self._fields: Mapping[str, object] = {}
+        self._timer: _Timer | None = None
+
+    def note(self, **fields: object) -> None:
+        """One occurrence; ``fields`` (those of the latest occurrence) go on the line that reports it."""
+        self._count += 1
+        self._fields = fields
+        if self._timer is None:
+            self._emit()
+
+    def close(self) -> None:
+        """Log what is still counted (at shutdown) and stop the timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._count:
+            self._log()
+
+    def _log(self) -> None:
+        extra = {**self._fields, "count": self._count, "interval_seconds": self._interval}
+        self._logger.log(self._level, self._message, extra=extra)
+        self._count = 0
+
+    def _emit(self) -> None:
+        self._log()
+        self._timer = self._loop.call_later(self._interval, self._end_interval)
+
+    def _end_interval(self) -> None:
+        self._timer = None
+        if self._count:
+            self._emit()

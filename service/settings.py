@@ -59,6 +59,35 @@ class OperatorSettings(_Section):
     token_file: Path | None = None
 
 
+class ServerSettings(_Section):
+    """The HTTP server's connections: how long one may idle or dawdle, and how many may be open."""
+
+    keepalive_timeout: Duration = Field(
+        default=75.0,
+        gt=0,
+        le=3600,
+        description="a connection with no request since it opened or since its last answer is closed after this",
+    )
+    request_read_timeout: Duration = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="a request's headers and body must arrive within this of its first byte, or it is cut off",
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        le=100_000,
+        description="open connections at most; unset: min(1000, a share of the open-files limit)",
+    )
+    log_interval: Duration = Field(
+        default=60.0,
+        gt=0,
+        le=3600,
+        description="repeated connection problems (refused, too slow, accept errors) log one line per interval",
+    )
+
+
 class LimitSettings(_Section):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_concurrent_executions: int = Field(default=8, ge=1, le=1000)
@@ -190,6 +219,7 @@ class Settings(_Section):
     webhook_auth: WebhookAuthSettings = Field(default_factory=WebhookAuthSettings)
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
     silence_pause: SilencePauseSettings | None = Field(
         default=None, description="pause automation through Alertmanager silences (off unless set)"
@@ -303,7 +333,9 @@ def _read_document(path: Path | None) -> YamlDocument:
     except ConfigErrors as exc:
         raise SettingsError(str(exc)) from None
     if doc.data is None:
-        return YamlDocument(doc.file, {}, doc.lines)
+        # Empty, only a BOM, blanks or comments: most likely a file that lost its content, and running on
+        # the defaults would silently drop every credential it held. (A leading BOM on a real file is fine.)
+        raise SettingsError(f"{doc.file}: the file has no settings; write {{}} in it to run on the defaults")
     if not isinstance(doc.data, dict):
         raise SettingsError(str(doc.error((), "the top level must be a mapping of settings")))
     return doc
@@ -358,15 +390,25 @@ def _read_secret_file(settings: Settings, path: Path | None, field: YamlPath) ->
     return value
 
 
+def _env_secret(env: Mapping[str, str], variable: str) -> str | None:
+    """The secret in ``variable``; set but empty is an error, not "no secret" (which would turn auth off)."""
+    if variable not in env:
+        return None
+    value = env[variable].strip()
+    if not value:
+        raise SettingsError(f"environment {variable}: is set but empty; give the secret or unset the variable")
+    return value
+
+
 def load_secrets(settings: Settings, env: Mapping[str, str] | None = None) -> Secrets:
     env = os.environ if env is None else env
     auth = settings.webhook_auth
     secrets = Secrets(
-        webhook_bearer_token=env.get(_SECRET_ENV["webhook_bearer_token"])
+        webhook_bearer_token=_env_secret(env, _SECRET_ENV["webhook_bearer_token"])
         or _read_secret_file(settings, auth.bearer_token_file, ("webhook_auth", "bearer_token_file")),
-        webhook_basic_password=env.get(_SECRET_ENV["webhook_basic_password"])
+        webhook_basic_password=_env_secret(env, _SECRET_ENV["webhook_basic_password"])
         or _read_secret_file(settings, auth.basic_password_file, ("webhook_auth", "basic_password_file")),
-        operator_token=env.get(_SECRET_ENV["operator_token"])
+        operator_token=_env_secret(env, _SECRET_ENV["operator_token"])
         or _read_secret_file(settings, settings.operator.token_file, ("operator", "token_file")),
     )
     if (secrets.webhook_basic_password is None) != (auth.basic_username is None):
@@ -385,7 +427,7 @@ def _with_channel_urls(settings: Settings, secrets: Secrets, env: Mapping[str, s
     urls: dict[str, str] = {}
     for index, channel in enumerate(settings.escalation.channels):
         where: YamlPath = ("escalation", "channels", index)
-        url = env.get(channel_url_env(channel.name)) or _read_secret_file(
+        url = _env_secret(env, channel_url_env(channel.name)) or _read_secret_file(
             settings, channel.url_file, (*where, "url_file")
         )
         if url is not None:
@@ -397,3 +439,19 @@ def _with_channel_urls(settings: Settings, secrets: Secrets, env: Mapping[str, s
                 settings, where, f"channel {channel.name} needs url, url_file or {channel_url_env(channel.name)}"
             )
     return dataclasses.replace(secrets, channel_urls=urls)
+
+
+def open_access(secrets: Secrets) -> list[str]:
+    """What the settings leave open to anyone who can connect, one sentence each, for a start-up warning."""
+    found: list[str] = []
+    if secrets.webhook_bearer_token is None and secrets.webhook_basic_password is None:
+        found.append(
+            "the webhook accepts unauthenticated requests: anyone who can connect can post alerts "
+            f"(set webhook_auth or {_SECRET_ENV['webhook_bearer_token']})"
+        )
+    if secrets.operator_token is None:
+        found.append(
+            "no operator token: operator actions (approve, deny, acknowledge, pause, reset limits) are disabled "
+            f"(set operator.token_file or {_SECRET_ENV['operator_token']})"
+        )
+    return found

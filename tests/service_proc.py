@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ class ServiceProcess:
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    preexec_fn: Callable[[], None] | None = None  # runs in the child before exec (e.g. lower a resource limit)
 
     @property
     def url(self) -> str:
@@ -66,6 +68,7 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
             env={**os.environ, **self.env},
             cwd=self.workdir,
+            preexec_fn=self.preexec_fn,
         )
         log.close()
         self.wait_ready()

@@ -171,6 +171,30 @@ def test_serve_refuses_invalid_rules(config: Path) -> None:
     assert not (config.parent / "r.db").exists()
 
 
+def test_serve_refuses_a_secret_variable_set_but_empty(config: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "REMEDIATOR_WEBHOOK_BEARER_TOKEN": ""},
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        "remediator: environment REMEDIATOR_WEBHOOK_BEARER_TOKEN: is set but empty; "
+        "give the secret or unset the variable\n"
+    )
+    assert not (config.parent / "r.db").exists()
+
+
+def test_serve_refuses_an_empty_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "remediator.yaml"
+    config.write_bytes(b"\xef\xbb\xbf\n")
+    result = remediator("serve", "--config", str(config))
+    assert result.returncode == 1
+    assert result.stderr == f"remediator: {config}: the file has no settings; write {{}} in it to run on the defaults\n"
+
+
 async def _store_with_one_execution(path: Path) -> str:
     store = SQLiteStore(path)
     await store.open()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,6 +15,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from service_proc import ServiceProcess, free_port
+from test_crash_recovery import kill_during_second_step
+from test_crash_recovery import make_service as make_crash_recovery_service
 
 FIRING = json.loads((Path(__file__).parent / "fixtures/alertmanager/firing-nats-jetstream-unhealthy.json").read_text())
 JSON = {"Content-Type": "application/json"}
@@ -123,3 +127,70 @@ def test_environment_overrides_the_config_file(tmp_path: Path) -> None:
         assert denied.value.code == 401
     finally:
         service.stop()
+
+
+def serve_once(config: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """`remediator serve` expected to fail at start: its exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "serve", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=config.parent,
+    )
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess[str], says: str) -> None:
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("remediator: cannot serve: ") and says in last
+
+
+def test_a_store_refusing_writes_while_recovering_runs_fails_start_up_in_one_line(tmp_path: Path) -> None:
+    # A run left `running` by a crash must be marked interrupted at start; the store refuses the write
+    # (as a read-only one does: a trigger stands in for the read-only mount tests cannot make portably).
+    service = make_crash_recovery_service(tmp_path, idempotent=False)
+    try:
+        kill_during_second_step(service, "ro", "30")
+    finally:
+        service.stop()
+    with sqlite3.connect(service.db_path) as conn:
+        conn.execute(
+            "CREATE TRIGGER refuse BEFORE UPDATE ON executions "
+            "BEGIN SELECT RAISE(ABORT, 'attempt to write a readonly database'); END"
+        )
+    result = serve_once(service.workdir / "remediator.yaml")
+    assert_one_line_failure(result, "readonly database")
+
+
+def test_a_store_that_cannot_be_opened_fails_start_up_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "not-a-directory").write_text("")
+    config = tmp_path / "remediator.yaml"
+    config.write_text("store: {path: not-a-directory/remediator.db}\nrules: []\nplaybooks: []\n")
+    assert_one_line_failure(serve_once(config), "not-a-directory")
+
+
+def warnings_logged(service: ServiceProcess) -> list[str]:
+    lines = [json.loads(line) for line in service.logs().splitlines() if line.startswith("{")]
+    return [line["msg"] for line in lines if line["level"] == "warning" and line["logger"] == "remediator"]
+
+
+def test_start_up_warns_when_the_webhook_and_operator_actions_are_open(tmp_path: Path) -> None:
+    open_service = ServiceProcess(workdir=tmp_path / "open", config={})
+    closed_service = ServiceProcess(
+        workdir=tmp_path / "closed",
+        config={},
+        env={"REMEDIATOR_WEBHOOK_BEARER_TOKEN": "w", "REMEDIATOR_OPERATOR_TOKEN": "o"},
+    )
+    for service in (open_service, closed_service):
+        service.workdir.mkdir()
+        try:
+            service.start()
+        finally:
+            service.stop()
+    assert [w.split(":")[0] for w in warnings_logged(open_service)] == [
+        "the webhook accepts unauthenticated requests",
+        "no operator token",
+    ]
+    assert warnings_logged(closed_service) == []

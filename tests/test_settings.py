@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.settings import Settings, SettingsError, load_secrets, load_settings
+from service.settings import Settings, SettingsError, load_secrets, load_settings, open_access
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -53,11 +53,25 @@ def test_unreadable_file(tmp_path: Path) -> None:
     assert error_lines(missing) == [f"{missing}: cannot read: No such file or directory"]
 
 
-def test_empty_file_is_defaults_with_base_dir_at_the_file(tmp_path: Path) -> None:
-    settings = load_settings(write(tmp_path, ""), env={})
+@pytest.mark.parametrize("content", [b"", b"\xef\xbb\xbf", b"  \n\n", b"# all commented out\n", b"~\n"])
+def test_a_file_without_settings_is_refused(tmp_path: Path, content: bytes) -> None:
+    # It most likely lost its content; running on the defaults would silently drop its credentials.
+    path = tmp_path / "remediator.yaml"
+    path.write_bytes(content)
+    assert error_lines(path) == [f"{path}: the file has no settings; write {{}} in it to run on the defaults"]
+
+
+def test_an_explicitly_empty_mapping_is_defaults_with_base_dir_at_the_file(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, "{}\n"), env={})
     assert settings.listen_port == 9095
     assert settings.base_dir == tmp_path.resolve()
     assert settings.resolve(settings.store.path) == tmp_path.resolve() / "var/remediator.db"
+
+
+def test_a_leading_byte_order_mark_is_accepted(tmp_path: Path) -> None:
+    path = tmp_path / "remediator.yaml"
+    path.write_bytes(b"\xef\xbb\xbflisten_port: 9096\n")
+    assert load_settings(path, env={}).listen_port == 9096
 
 
 def test_environment_overrides_the_file(tmp_path: Path) -> None:
@@ -152,3 +166,49 @@ def test_basic_auth_needs_both_halves(tmp_path: Path) -> None:
     assert (
         str(info.value) == f"{path}:1: webhook_auth: basic auth needs both basic_username and a password (file or env)"
     )
+
+
+SECRET_VARIABLES = [
+    "REMEDIATOR_WEBHOOK_BEARER_TOKEN",
+    "REMEDIATOR_WEBHOOK_BASIC_PASSWORD",
+    "REMEDIATOR_OPERATOR_TOKEN",
+    "REMEDIATOR_CHANNEL_OPS_URL",
+]
+
+
+@pytest.mark.parametrize("variable", SECRET_VARIABLES)
+@pytest.mark.parametrize("value", ["", "  \n"])
+def test_a_secret_variable_set_but_empty_is_an_error_naming_it(tmp_path: Path, variable: str, value: str) -> None:
+    # Empty must not mean "no secret": for the webhook's token that silently turned authentication off.
+    path = write(
+        tmp_path, "webhook_auth: {basic_username: am}\nescalation:\n  channels: [{name: ops, type: webhook}]\n"
+    )
+    env = {v: "s3cret" if v != "REMEDIATOR_CHANNEL_OPS_URL" else "https://hooks.example/x" for v in SECRET_VARIABLES}
+    env[variable] = value
+    with pytest.raises(SettingsError) as info:
+        load_secrets(load_settings(path, env=env), env=env)
+    assert str(info.value) == f"environment {variable}: is set but empty; give the secret or unset the variable"
+
+
+def test_secret_variables_are_stripped_like_secret_files(tmp_path: Path) -> None:
+    env = {"REMEDIATOR_WEBHOOK_BEARER_TOKEN": " tok\n"}
+    assert load_secrets(load_settings(None, env=env), env=env).webhook_bearer_token == "tok"
+
+
+def test_what_is_open_is_listed_for_the_start_up_warning(tmp_path: Path) -> None:
+    nothing_set = open_access(load_secrets(load_settings(None, env={}), env={}))
+    assert [line.split(":")[0] for line in nothing_set] == [
+        "the webhook accepts unauthenticated requests",
+        "no operator token",
+    ]
+    env = {"REMEDIATOR_WEBHOOK_BEARER_TOKEN": "a", "REMEDIATOR_OPERATOR_TOKEN": "b"}
+    assert open_access(load_secrets(load_settings(None, env=env), env=env)) == []
+
+
+def test_server_settings_defaults_durations_and_overrides(tmp_path: Path) -> None:
+    defaults = load_settings(None, env={}).server
+    assert (defaults.keepalive_timeout, defaults.request_read_timeout, defaults.max_connections) == (75.0, 30.0, None)
+    path = write(tmp_path, "server:\n  request_read_timeout: 1m\n  max_connections: 0\n")
+    assert error_lines(path) == [f"{path}:3: server.max_connections: Input should be greater than or equal to 1"]
+    settings = load_settings(path, env={"REMEDIATOR_SERVER__MAX_CONNECTIONS": "200"})
+    assert (settings.server.request_read_timeout, settings.server.max_connections) == (60.0, 200)
