@@ -261,6 +261,8 @@ class Executor:
             await store.set_state(request.execution_id, "succeeded", now(), "verified" if playbook.verify else "")
             logger.info("execution succeeded")
             return "succeeded"
+        # the reason quotes a step's summary: the timeline, the state and the escalation are published
+        failure = self._redactor.text(failure)
         # The final state is written once cleanup and escalation are done, so nobody reads a
         # `failed` that is about to become `escalated`; the failure itself is on the timeline now.
         await store.add_event(request.execution_id, now(), "failure", failure)
@@ -269,7 +271,8 @@ class Executor:
             try:
                 await self._step(request, "on_failure", index, step, self._context(request))
             except StepFailed as exc:
-                await store.add_event(request.execution_id, now(), "cleanup", f"cleanup step failed: {exc}")
+                cleanup = self._redactor.text(str(exc))
+                await store.add_event(request.execution_id, now(), "cleanup", f"cleanup step failed: {cleanup}")
         outcome = "failed"
         if playbook.on_failure.escalate:
             await self._escalate(request.execution_id, failure, request.severity)
@@ -394,8 +397,9 @@ class Executor:
             await asyncio.sleep(step.seconds)
             return StepOutcome(ok=True, status="ok", summary=f"waited {step.seconds:g}s", duration_s=step.seconds)
         if isinstance(step, EscalateStep):
-            await self._escalate(request.execution_id, step.reason, step.severity)
-            return StepOutcome(ok=True, status="ok", summary=f"escalated: {step.reason}")
+            reason = self._redactor.text(step.reason)
+            await self._escalate(request.execution_id, reason, step.severity)
+            return StepOutcome(ok=True, status="ok", summary=f"escalated: {reason}")
         if isinstance(step, ApprovalStep):
             return await self._approval(request, name, step)
         if isinstance(step, RollingStep):

@@ -126,3 +126,44 @@ rules:
         assert "op-token-from-a-file" not in json.dumps(report) and "hook-token-from-env" not in json.dumps(report)
     finally:
         await client.close()
+
+
+async def test_a_failure_reason_quoting_a_step_is_redacted_on_the_run_and_its_escalation(tmp_path: Path) -> None:
+    """The run's reason, its timeline and the escalation quote the failed step's summary (here an
+    error naming the program, whose path holds a secret): they are published as the output is."""
+    playbook = """
+name: leaky
+steps:
+  - name: warn
+    type: escalate
+    reason: "about to use op-secret-token"
+  - name: start
+    type: exec
+    argv: ["/nonexistent/op-secret-token"]
+"""
+    rules = """
+rules:
+  - name: leaky
+    match: ['alertname="NatsJetStreamUnhealthy"']
+    playbook: leaky
+"""
+    config = write_config(tmp_path, rules, {"leaky": playbook})
+    client = TestClient(TestServer(create_app(Settings.model_validate(config), Secrets(None, None, "op-secret-token"))))
+    await client.start_server()
+    try:
+        assert (await client.post("/hooks/alertmanager", json=alert_body())).status == 200
+
+        async def done() -> dict[str, Any] | None:
+            rows = (await (await client.get("/api/v1/executions")).json())["executions"]
+            if not rows or rows[0]["state"] not in ("failed", "escalated"):
+                return None
+            report: dict[str, Any] = await (await client.get(f"/api/v1/executions/{rows[0]['id']}")).json()
+            return report
+
+        report = await poll(done)
+        assert report["execution"]["state"] == "escalated"
+        text = json.dumps(report)
+        assert "could not start" in text and "about to use" in text
+        assert "op-secret-token" not in text
+    finally:
+        await client.close()
