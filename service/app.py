@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import signal
@@ -17,17 +16,39 @@ from typing import TypeVar
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from service.access import OPERATOR_CHALLENGE, READ_CHALLENGE, as_bytes, bearer_is, may_read, same_secret
 from service.admission import StormGuard
-from service.checks import explain_payload
+from service.api_models import (
+    Acknowledged,
+    Decided,
+    ErrorAnswer,
+    ErrorDetail,
+    ExecutionList,
+    ExecutionReport,
+    LimitsReset,
+    Pause,
+    Paused,
+    PauseList,
+    PauseRequest,
+    ReloadDone,
+    ReloadFailed,
+    ResetRequest,
+    Resumed,
+    SilencePause,
+    SimulatedAlert,
+)
+from service.checks import explain_alert, notification_alerts
 from service.clock import Clock, SystemClock
 from service.dispatcher import Dispatcher, DispatchSettings
 from service.escalation import Escalator, Policy
 from service.executor import Endpoints, Executor
-from service.intake import Intake, WebhookAuth, handle
+from service.intake import Intake, TooLarge, Unreadable, WebhookAuth, handle, json_content_problem, read_bounded
+from service.listing import QueryError, parse_list_query
 from service.matchers import parse_matcher
 from service.metrics import Metrics, create_metrics
+from service.openapi import API_PAGE_SIZE, MAX_PAUSE_ID, openapi_document
 from service.redaction import DEFAULT_PATTERNS, Redactor
 from service.report import report_json
 from service.retention import prune
@@ -36,11 +57,17 @@ from service.settings import Secrets, Settings
 from service.silences import SilenceWatcher
 from service.store import NotificationReceipt, SQLiteStore
 from service.templating import TemplateEngine
+from service.webhook import describe_errors, parse
 from service.yamlload import ConfigErrors
 
 log = logging.getLogger("remediator.app")
 
 ApiModel = TypeVar("ApiModel", bound=BaseModel)
+
+# Simulate explains at most this many alerts per request (each against every rule), one request at a time.
+MAX_SIMULATE_ALERTS = 1000
+# Pause and reset bodies are a few fields; the webhook's 1 MiB would only be room to waste.
+MAX_OPERATOR_BODY_BYTES = 16 * 1024
 
 
 @dataclass
@@ -108,6 +135,8 @@ class Runtime:
 RUNTIME = web.AppKey("runtime", Runtime)
 INTAKE = web.AppKey("intake", Intake)
 SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
+OPENAPI = web.AppKey("openapi", bytes)
+SIMULATIONS = web.AppKey("simulations", asyncio.Semaphore)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -194,61 +223,34 @@ async def _receive_webhook(request: web.Request) -> web.Response:
     return response
 
 
-async def _healthy(request: web.Request) -> web.Response:
-    return web.Response(text="Remediator is Healthy.\n")
+# --- answers and refusals --------------------------------------------------------------------------
 
 
-async def _ready(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    if not runtime.store.is_open or runtime.rules.current is None:
-        return web.Response(status=503, text="Remediator is not ready: store or rules not loaded.\n")
-    return web.Response(text="Remediator is Ready.\n")
+def answer(model: BaseModel, status: int = 200) -> web.Response:
+    """An API answer, serialised through its model (the one the OpenAPI document describes)."""
+    return web.Response(body=model.model_dump_json(), status=status, content_type="application/json")
 
 
-async def _reload(request: web.Request) -> web.Response:
-    holder = request.app[RUNTIME].rules
-    if await holder.reload():
-        return web.json_response({"status": "success"})
-    return web.json_response({"status": "error", "errors": holder.last_errors}, status=400)
+def error_answer(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    body = ErrorAnswer(error=message).model_dump_json(exclude_none=True)
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
 
-async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[RUNTIME].metrics.registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+class _BodyTooLarge(web.HTTPClientError):
+    """413 without aiohttp's HTTPRequestEntityTooLarge, whose text is always its own."""
+
+    status_code = 413
 
 
-async def _simulate(request: web.Request) -> web.Response:
-    try:
-        payload = json.loads(await request.read())
-        result = explain_payload(request.app[RUNTIME].rules.rules(), payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return web.json_response({"status": "error", "error": str(exc)}, status=400)
-    return web.json_response(result)
+def refusal(
+    kind: type[web.HTTPClientError], message: str, headers: Mapping[str, str] | None = None
+) -> web.HTTPClientError:
+    """An error answer to raise from a check, JSON like every other API answer."""
+    body = ErrorAnswer(error=message).model_dump_json(exclude_none=True)
+    return kind(text=body, content_type="application/json", headers=headers)
 
 
-def _page_args(request: web.Request) -> tuple[int, int, dict[str, str]]:
-    try:
-        limit = max(1, min(500, int(request.query.get("limit", "50"))))
-        offset = max(0, int(request.query.get("offset", "0")))
-    except ValueError:
-        raise web.HTTPBadRequest(text="limit and offset must be integers") from None
-    filters = {
-        k: v for k, v in request.query.items() if k in ("state", "rule", "alertname", "target", "since", "until")
-    }
-    return limit, offset, filters
-
-
-async def _list_executions(request: web.Request) -> web.Response:
-    limit, offset, filters = _page_args(request)
-    rows = await request.app[RUNTIME].store.list_executions(limit, offset, filters)
-    return web.json_response({"executions": rows, "limit": limit, "offset": offset})
-
-
-async def _get_execution(request: web.Request) -> web.Response:
-    record = await request.app[RUNTIME].store.get_execution(request.match_info["id"])
-    if record is None:
-        return web.json_response({"status": "error", "error": "no such execution"}, status=404)
-    return web.json_response(report_json(record), dumps=lambda obj: json.dumps(obj, default=str))
+# --- who may do what (service/access.py) ------------------------------------------------------------
 
 
 def operator_token_accepted(runtime: Runtime, given: str) -> bool | None:
@@ -256,18 +258,147 @@ def operator_token_accepted(runtime: Runtime, given: str) -> bool | None:
     token = runtime.secrets.operator_token
     if token is None:
         return None
-    return hmac.compare_digest(given.strip().encode(), token.encode())
+    return same_secret(given.strip(), token)
+
+
+def reader_accepted(request: web.Request) -> bool:
+    """Whether the request may read (always, unless a read token is configured)."""
+    secrets = request.app[RUNTIME].secrets
+    return may_read(request, secrets.read_token, secrets.operator_token)
+
+
+def _reader(request: web.Request) -> None:
+    """401 unless the request may read; checked before any body is read."""
+    if not reader_accepted(request):
+        raise refusal(web.HTTPUnauthorized, "a read token is required", {"WWW-Authenticate": READ_CHALLENGE})
+
+
+def _person(request: web.Request) -> str:
+    """Who acts, as the request names them: ?by=, else X-Remediator-User, else "operator"."""
+    for given in (request.query.get("by"), request.headers.get("X-Remediator-User")):
+        name = " ".join(as_bytes(given).decode("utf-8", "replace").split())[:100] if given else ""
+        if name:
+            return name
+    return "operator"
 
 
 def _operator(request: web.Request) -> str:
     """The approver's name, once the operator token checks out; 401/403 otherwise."""
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    accepted = operator_token_accepted(request.app[RUNTIME], given if scheme.lower() == "bearer" else "")
-    if accepted is None:
-        raise web.HTTPForbidden(text="no operator token is configured: approvals are disabled")
-    if not accepted or scheme.lower() != "bearer":
-        raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="remediator-operator"'})
-    return request.query.get("by") or request.headers.get("X-Remediator-User") or "operator"
+    runtime = request.app[RUNTIME]
+    if runtime.secrets.operator_token is None:
+        raise refusal(web.HTTPForbidden, "no operator token is configured: operator actions are disabled")
+    if not bearer_is(request, runtime.secrets.operator_token):
+        raise refusal(web.HTTPUnauthorized, "the operator token is required", {"WWW-Authenticate": OPERATOR_CHALLENGE})
+    return _person(request)
+
+
+# --- the service's own endpoints -------------------------------------------------------------------
+
+
+async def _healthy(request: web.Request) -> web.Response:
+    return web.Response(text="Remediator is Healthy.\n")
+
+
+async def _ready(request: web.Request) -> web.Response:
+    runtime = request.app[RUNTIME]
+    if runtime.rules.current is None:
+        return web.Response(status=503, text="Remediator is not ready: rules not loaded.\n")
+    problem = runtime.store.problem()
+    if problem is not None:
+        return web.Response(status=503, text=f"Remediator is not ready: {problem}\n")
+    return web.Response(text="Remediator is Ready.\n")
+
+
+async def _reload(request: web.Request) -> web.Response:
+    """Prometheus keeps this off unless --web.enable-lifecycle; here the operator token guards it, and
+    with no token configured it works only when `web.enable_reload` says so. SIGHUP always works."""
+    runtime = request.app[RUNTIME]
+    if runtime.secrets.operator_token is not None:
+        _operator(request)
+    elif not runtime.settings.web.enable_reload:
+        raise refusal(
+            web.HTTPForbidden,
+            "reload over HTTP is disabled: configure an operator token or set web.enable_reload (or send SIGHUP)",
+        )
+    if await runtime.rules.reload():
+        return answer(ReloadDone())
+    return answer(ReloadFailed(errors=runtime.rules.last_errors), status=400)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[RUNTIME].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[OPENAPI], content_type="application/json")
+
+
+# --- simulate ---------------------------------------------------------------------------------------
+
+
+def _explain(ruleset: RuleSet, body: bytes) -> tuple[int, bytes]:
+    """Parse, check and explain a webhook body (in a worker thread): (status, JSON answer)."""
+    try:
+        notification = parse(body)
+    except ValidationError as exc:
+        details = describe_errors(exc)
+        problem = ErrorAnswer(
+            error="invalid Alertmanager webhook payload: " + details[0]["field"],
+            details=[ErrorDetail(**d) for d in details],
+        )
+        return 400, problem.model_dump_json(exclude_none=True).encode()
+    if len(notification.alerts) > MAX_SIMULATE_ALERTS:
+        message = f"{len(notification.alerts)} alerts: simulate takes at most {MAX_SIMULATE_ALERTS} per request"
+        return 413, ErrorAnswer(error=message).model_dump_json(exclude_none=True).encode()
+    # Alert by alert, straight to JSON text: a pydantic call holds the GIL throughout (one for a thousand
+    # alerts stalls the loop for a third of a second), and explanations kept alive until the end make the
+    # garbage collector's full pass (GIL held again) walk all of them.
+    alerts, context = notification_alerts(notification)
+    answers = [
+        SimulatedAlert.model_validate(explain_alert(ruleset, alert, context)).model_dump_json() for alert in alerts
+    ]
+    return 200, f'{{"alerts":[{",".join(answers)}]}}'.encode()
+
+
+async def _simulate(request: web.Request) -> web.Response:
+    """A webhook body in, the decisions out; nothing stored or run. Authenticated before the body is
+    read, bounded (body size, alerts), and worked out in a worker thread, one request at a time, so the
+    loop keeps answering the webhook and /-/healthy."""
+    _reader(request)
+    runtime = request.app[RUNTIME]
+    if (problem := json_content_problem(request)) is not None:
+        return error_answer(415, problem)
+    try:
+        body = await read_bounded(request, runtime.settings.limits.max_body_bytes)
+    except TooLarge:
+        return error_answer(413, f"body larger than the limit of {runtime.settings.limits.max_body_bytes} bytes")
+    except Unreadable as exc:
+        return error_answer(400, str(exc))
+    async with request.app[SIMULATIONS]:
+        status, result = await asyncio.to_thread(_explain, runtime.rules.rules(), body)
+    return web.Response(body=result, status=status, content_type="application/json")
+
+
+# --- executions -------------------------------------------------------------------------------------
+
+
+async def _list_executions(request: web.Request) -> web.Response:
+    _reader(request)
+    try:
+        query = parse_list_query(request.query, max_limit=API_PAGE_SIZE, default_limit=50)
+    except QueryError as exc:
+        raise refusal(web.HTTPBadRequest, str(exc)) from None
+    rows = await request.app[RUNTIME].store.list_executions(query.limit, query.offset, query.filters)
+    return answer(ExecutionList.model_validate({"executions": rows, "limit": query.limit, "offset": query.offset}))
+
+
+async def _get_execution(request: web.Request) -> web.Response:
+    _reader(request)
+    record = await request.app[RUNTIME].store.get_execution(request.match_info["id"])
+    if record is None:
+        return error_answer(404, "no such execution")
+    return answer(ExecutionReport.model_validate(report_json(record)))
 
 
 async def _decide(request: web.Request, approved: bool) -> web.Response:
@@ -279,100 +410,8 @@ async def _decide(request: web.Request, approved: bool) -> web.Response:
         error = "no approval is pending for this execution"
         if decided:
             error += f": the last one was {decided[-1].decision} by {decided[-1].approver}"
-        return web.json_response({"status": "error", "error": error}, status=409)
-    return web.json_response({"status": "approved" if approved else "denied", "by": who})
-
-
-class PauseRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    rule: str = Field(default="*", min_length=1)
-    target: str = Field(default="*", min_length=1)
-    reason: str = Field(min_length=1, max_length=1000)
-    duration_seconds: float | None = Field(default=None, gt=0, le=30 * 86400)
-
-
-class ResetRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    rule: str = Field(min_length=1)
-    target: str = Field(min_length=1)
-
-
-async def _json_body(request: web.Request, model: type[ApiModel]) -> ApiModel:
-    try:
-        return model.model_validate_json(await request.read())
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(body)'}: {e['msg']}" for e in exc.errors())
-        raise web.HTTPBadRequest(
-            text=json.dumps({"status": "error", "error": problems}), content_type="application/json"
-        ) from None
-
-
-async def _list_pauses(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    silences = runtime.silences.pauses if runtime.silences is not None else []
-    return web.json_response(
-        {
-            "pauses": await runtime.store.active_pauses(runtime.clock.now()),
-            "silences": [
-                {
-                    "id": p.id,
-                    "created_by": p.created_by,
-                    "comment": p.comment,
-                    "ends_at": p.ends_at,
-                    "matchers": [str(m) for m in p.matchers],
-                }
-                for p in silences
-            ],
-        }
-    )
-
-
-async def add_pause(runtime: Runtime, rule: str, target: str, reason: str, by: str, seconds: float | None) -> int:
-    """Pause automation for a rule and/or target ('*' is every one); the API and the page call this."""
-    now = runtime.clock.now()
-    until = None if seconds is None else now + timedelta(seconds=seconds)
-    pause_id = await runtime.store.add_pause(rule, target, reason, by, now, until)
-    log.warning("automation paused", extra={"rule": rule, "target": target, "by": by, "pause": pause_id})
-    return pause_id
-
-
-async def clear_pause(runtime: Runtime, pause_id: int, by: str) -> bool:
-    cleared = await runtime.store.clear_pause(pause_id, runtime.clock.now())
-    if cleared:
-        log.warning("automation resumed", extra={"pause": pause_id, "by": by})
-    return cleared
-
-
-async def reset_limits(runtime: Runtime, rule: str, target: str, by: str) -> None:
-    await runtime.store.reset_limits(rule, target, by, runtime.clock.now())
-    log.warning("limits reset", extra={"rule": rule, "target": target, "by": by})
-
-
-async def _add_pause(request: web.Request) -> web.Response:
-    who = _operator(request)
-    body = await _json_body(request, PauseRequest)
-    pause_id = await add_pause(request.app[RUNTIME], body.rule, body.target, body.reason, who, body.duration_seconds)
-    return web.json_response({"status": "paused", "id": pause_id}, status=201)
-
-
-async def _clear_pause(request: web.Request) -> web.Response:
-    who = _operator(request)
-    try:
-        pause_id = int(request.match_info["id"])
-    except ValueError:
-        raise web.HTTPNotFound() from None
-    if not await clear_pause(request.app[RUNTIME], pause_id, who):
-        return web.json_response({"status": "error", "error": "no such active pause"}, status=404)
-    return web.json_response({"status": "resumed", "id": pause_id})
-
-
-async def _reset_limits(request: web.Request) -> web.Response:
-    who = _operator(request)
-    body = await _json_body(request, ResetRequest)
-    await reset_limits(request.app[RUNTIME], body.rule, body.target, who)
-    return web.json_response({"status": "reset", "rule": body.rule, "target": body.target, "by": who})
+        return error_answer(409, error)
+    return answer(Decided(status="approved" if approved else "denied", by=who))
 
 
 async def _approve(request: web.Request) -> web.Response:
@@ -389,11 +428,96 @@ async def _ack(request: web.Request) -> web.Response:
     runtime = request.app[RUNTIME]
     execution_id = request.match_info["id"]
     if await runtime.store.get_execution(execution_id) is None:
-        return web.json_response({"status": "error", "error": "no such execution"}, status=404)
+        return error_answer(404, "no such execution")
     closed = await runtime.escalator.acknowledge(execution_id, who)
     if not closed:
-        return web.json_response({"status": "error", "error": "no open escalation for this execution"}, status=409)
-    return web.json_response({"status": "acknowledged", "by": who, "escalations": closed})
+        return error_answer(409, "no open escalation for this execution")
+    return answer(Acknowledged(by=who, escalations=closed))
+
+
+# --- maintenance: pauses and budget resets ---------------------------------------------------------
+
+
+async def _json_body(request: web.Request, model: type[ApiModel]) -> ApiModel:
+    """The body as `model`, read only after the caller checked the token, and bounded."""
+    try:
+        return model.model_validate_json(await read_bounded(request, MAX_OPERATOR_BODY_BYTES))
+    except TooLarge:
+        raise refusal(_BodyTooLarge, f"body larger than {MAX_OPERATOR_BODY_BYTES} bytes") from None
+    except Unreadable as exc:
+        raise refusal(web.HTTPBadRequest, str(exc)) from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(body)'}: {e['msg']}" for e in exc.errors())
+        raise refusal(web.HTTPBadRequest, problems) from None
+
+
+def pause_id(text: str) -> int | None:
+    """A pause id from a path, or None when it cannot be one (which is a 404, not an overflow)."""
+    return int(text) if text.isascii() and text.isdigit() and 0 < int(text) <= MAX_PAUSE_ID else None
+
+
+async def _list_pauses(request: web.Request) -> web.Response:
+    _reader(request)
+    runtime = request.app[RUNTIME]
+    silences = runtime.silences.pauses if runtime.silences is not None else []
+    return answer(
+        PauseList(
+            pauses=[Pause.model_validate(p) for p in await runtime.store.active_pauses(runtime.clock.now())],
+            silences=[
+                SilencePause(
+                    id=p.id,
+                    created_by=p.created_by,
+                    comment=p.comment,
+                    ends_at=p.ends_at,
+                    matchers=[str(m) for m in p.matchers],
+                )
+                for p in silences
+            ],
+        )
+    )
+
+
+async def add_pause(runtime: Runtime, rule: str, target: str, reason: str, by: str, seconds: float | None) -> int:
+    """Pause automation for a rule and/or target ('*' is every one); the API and the page call this."""
+    now = runtime.clock.now()
+    until = None if seconds is None else now + timedelta(seconds=seconds)
+    pause = await runtime.store.add_pause(rule, target, reason, by, now, until)
+    log.warning("automation paused", extra={"rule": rule, "target": target, "by": by, "pause": pause})
+    return pause
+
+
+async def clear_pause(runtime: Runtime, pause: int, by: str) -> bool:
+    cleared = await runtime.store.clear_pause(pause, runtime.clock.now())
+    if cleared:
+        log.warning("automation resumed", extra={"pause": pause, "by": by})
+    return cleared
+
+
+async def reset_limits(runtime: Runtime, rule: str, target: str, by: str) -> None:
+    await runtime.store.reset_limits(rule, target, by, runtime.clock.now())
+    log.warning("limits reset", extra={"rule": rule, "target": target, "by": by})
+
+
+async def _add_pause(request: web.Request) -> web.Response:
+    who = _operator(request)
+    body = await _json_body(request, PauseRequest)
+    pause = await add_pause(request.app[RUNTIME], body.rule, body.target, body.reason, who, body.duration_seconds)
+    return answer(Paused(id=pause), status=201)
+
+
+async def _clear_pause(request: web.Request) -> web.Response:
+    who = _operator(request)
+    pause = pause_id(request.match_info["id"])
+    if pause is None or not await clear_pause(request.app[RUNTIME], pause, who):
+        return error_answer(404, "no such active pause")
+    return answer(Resumed(id=pause))
+
+
+async def _reset_limits(request: web.Request) -> web.Response:
+    who = _operator(request)
+    body = await _json_body(request, ResetRequest)
+    await reset_limits(request.app[RUNTIME], body.rule, body.target, who)
+    return answer(LimitsReset(rule=body.rule, target=body.target, by=who))
 
 
 def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None) -> web.Application:
@@ -455,6 +579,8 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
     runtime = Runtime(settings, secrets, clock, metrics, store, holder, escalator, executor, dispatcher, silences)
     app = web.Application(client_max_size=settings.limits.max_body_bytes)
     app[RUNTIME] = runtime
+    app[OPENAPI] = json.dumps(openapi_document()).encode()
+    app[SIMULATIONS] = asyncio.Semaphore(1)
 
     def committed(receipt: NotificationReceipt) -> None:
         dispatcher.submit(receipt.events)
@@ -478,6 +604,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
     app.router.add_get("/-/ready", _ready)
     app.router.add_post("/-/reload", _reload)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/api/v1/openapi.json", _openapi)
     app.router.add_post("/api/v1/simulate", _simulate)
     app.router.add_get("/api/v1/executions", _list_executions)
     app.router.add_get("/api/v1/executions/{id}", _get_execution)

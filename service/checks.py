@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.rules import Alert, AlertStatus, LoadedRule, NotificationContext, RuleSet, load_ruleset
+from service.webhook import WebhookNotification
 from service.yamlload import ConfigError, ConfigErrors, expand_globs, load_yaml_file, validation_errors
 
 # An alerting rule labelled remediation="notify-only" (or "none") pages people and is meant to have
@@ -203,18 +204,37 @@ def explain_payload(ruleset: RuleSet, payload: Any) -> dict[str, Any]:
     malformed payload.
     """
     alerts, context = parse_alerts(payload)
-    out = []
-    for alert in alerts:
-        out.append(
-            {
-                "labels": dict(alert.labels),
-                "status": alert.status,
-                "fingerprint": alert.fingerprint,
-                "decisions": [m.to_dict() for m in ruleset.match(alert, context)],
-                "rules": [e.to_dict() for e in ruleset.explain(alert, context)],
-            }
-        )
-    return {"alerts": out}
+    return explain_alerts(ruleset, alerts, context)
+
+
+def notification_alerts(notification: WebhookNotification) -> tuple[list[Alert], NotificationContext]:
+    """A webhook body already validated as intake validates it, as :func:`explain_alert` takes it."""
+    alerts = [
+        Alert(a.labels, a.annotations, a.status, a.fingerprint, a.startsAt, a.generatorURL) for a in notification.alerts
+    ]
+    context = NotificationContext(
+        notification.externalURL,
+        notification.receiver,
+        notification.commonLabels,
+        notification.commonAnnotations,
+        notification.groupLabels,
+    )
+    return alerts, context
+
+
+def explain_alerts(ruleset: RuleSet, alerts: Sequence[Alert], context: NotificationContext) -> dict[str, Any]:
+    return {"alerts": [explain_alert(ruleset, alert, context) for alert in alerts]}
+
+
+def explain_alert(ruleset: RuleSet, alert: Alert, context: NotificationContext) -> dict[str, Any]:
+    """One alert's part of :func:`explain_payload`'s result."""
+    return {
+        "labels": dict(alert.labels),
+        "status": alert.status,
+        "fingerprint": alert.fingerprint,
+        "decisions": [m.to_dict() for m in ruleset.match(alert, context)],
+        "rules": [e.to_dict() for e in ruleset.explain(alert, context)],
+    }
 
 
 def format_explanation(result: Mapping[str, Any]) -> str:

@@ -22,6 +22,7 @@ from aiohttp import web
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
+from service.access import QuietRequestHandler
 from service.logs import ThrottledLog
 from service.settings import ServerSettings
 
@@ -68,7 +69,7 @@ class _Notes:
             note.close()
 
 
-class _GuardedRequestHandler(RequestHandler):
+class _GuardedRequestHandler(QuietRequestHandler):  # answers bad requests without quoting them
     """aiohttp's connection protocol, noting when the request being read began, refusing when told to."""
 
     def __init__(self, manager: GuardedServer, *, refuse: bool, **kwargs: Any) -> None:

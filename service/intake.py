@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from service.access import as_bytes, same_secret
 from service.clock import Clock
 from service.metrics import Metrics
 from service.store import NotificationReceipt, SQLiteStore, StoreError
@@ -27,6 +27,8 @@ from service.webhook import describe_errors, parse
 log = logging.getLogger("remediator.intake")
 
 _READ_CHUNK = 64 * 1024
+# JSON is UTF-8 (RFC 8259); a body declared in another charset would be misread, not parsed.
+_JSON_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii"})
 
 
 @dataclass(frozen=True)
@@ -57,16 +59,16 @@ class WebhookAuth:
         scheme, _, credentials = authorization.strip().partition(" ")
         credentials = credentials.strip()
         if scheme.lower() == "bearer" and self.bearer_token is not None:
-            return hmac.compare_digest(credentials.encode(), self.bearer_token.encode())
+            return same_secret(credentials, self.bearer_token)
         if scheme.lower() == "basic" and self.basic_password is not None and self.basic_username is not None:
             try:
-                decoded = base64.b64decode(credentials, validate=True)
+                decoded = base64.b64decode(as_bytes(credentials), validate=True)
             except (binascii.Error, ValueError):
                 return False
             username, _, password = decoded.partition(b":")
             # Compare both, always, so the time taken does not say which one was wrong.
-            user_ok = hmac.compare_digest(username, self.basic_username.encode())
-            password_ok = hmac.compare_digest(password, self.basic_password.encode())
+            user_ok = same_secret(username, self.basic_username)
+            password_ok = same_secret(password, self.basic_password)
             return user_ok and password_ok
         return False
 
@@ -91,34 +93,56 @@ def _error(
     return web.json_response(body, status=status, headers=headers)
 
 
-class _TooLarge(Exception):
-    pass
+class TooLarge(Exception):
+    """The body passed the size limit."""
 
 
-async def _read_bounded(request: web.Request, limit: int) -> bytes:
-    """Read the body, giving up as soon as it passes `limit` (chunked bodies have no length to check)."""
+class Unreadable(Exception):
+    """The body could not be read: a Content-Encoding that does not decode (garbage declared gzip)."""
+
+
+async def read_bounded(request: web.BaseRequest, limit: int) -> bytes:
+    """Read the body, giving up as soon as it passes `limit` (chunked bodies have no length to check;
+    a compressed body is counted as it decompresses, so a small bomb is stopped at the limit too)."""
     if request.content_length is not None and request.content_length > limit:
-        raise _TooLarge
+        raise TooLarge
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(_READ_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge
-        chunks.append(chunk)
+    try:
+        while chunk := await request.content.read(_READ_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge
+            chunks.append(chunk)
+    except web.RequestPayloadError as exc:
+        raise Unreadable(f"the body cannot be read: {exc.__cause__ or exc}") from None
     return b"".join(chunks)
+
+
+def json_content_problem(request: web.BaseRequest) -> str | None:
+    """Why the body is not JSON we can read (415), or None."""
+    # Alertmanager sends exactly this header; parsing one (aiohttp's content_type) costs microseconds.
+    if request.headers.get("Content-Type") == "application/json":
+        return None
+    if request.content_type != "application/json":
+        return f"content type must be application/json, got {request.content_type!r}"
+    charset = (request.charset or "utf-8").lower()
+    if charset not in _JSON_CHARSETS:
+        return f"JSON must be UTF-8, got charset {charset!r}"
+    return None
 
 
 async def handle(intake: Intake, request: web.Request) -> web.Response:
     if not intake.auth.accepts(request.headers.get("Authorization")):
         return _error(401, "missing or invalid credentials", headers={"WWW-Authenticate": intake.auth.challenge()})
-    # Alertmanager sends exactly this header; parsing one (aiohttp's content_type) costs microseconds.
-    if request.headers.get("Content-Type") != "application/json" and request.content_type != "application/json":
-        return _error(415, f"content type must be application/json, got {request.content_type!r}")
+    if (problem := json_content_problem(request)) is not None:
+        return _error(415, problem)
     try:
-        body = await _read_bounded(request, intake.max_body_bytes)
-    except _TooLarge:
+        body = await read_bounded(request, intake.max_body_bytes)
+    except TooLarge:
         return _error(413, f"body larger than the limit of {intake.max_body_bytes} bytes")
+    except Unreadable as exc:
+        return _error(400, str(exc))
     try:
         notification = parse(body)
     except ValidationError as exc:

@@ -17,21 +17,34 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 
-from service.app import RUNTIME, Runtime, add_pause, clear_pause, operator_token_accepted, reset_limits
+from service.access import READ_CHALLENGE
+from service.app import (
+    RUNTIME,
+    Runtime,
+    add_pause,
+    clear_pause,
+    operator_token_accepted,
+    pause_id,
+    reader_accepted,
+    reset_limits,
+)
+from service.intake import TooLarge, Unreadable, read_bounded
+from service.listing import EXECUTION_STATES, FILTERS, QueryError, form_values, parse_list_query
+from service.openapi import FORM, INDEX_PAGE_SIZE
 from service.report import OUTPUT_TAIL_CHARS, OUTPUT_TAIL_LINES, report_json
 from service.steps.promql import format_labels
-from service.store import ACTIVE_STATES, TERMINAL_STATES, ExecutionRecord, timestamp
+from service.store import ACTIVE_STATES, ExecutionRecord
 
 PAGE_SIZE = 50
-MAX_PAGE_SIZE = 200
-STATES = (*ACTIVE_STATES, *sorted(TERMINAL_STATES))
-FILTER_KEYS = ("state", "rule", "alertname", "target")
+# The action forms are a token and a few short fields: bodies are capped far below the webhook's.
+MAX_FORM_BYTES = 16 * 1024
+MAX_FORM_FIELDS = 20
 # The page stays readable with many series; the table below the chart still has every value.
 MAX_SERIES = 6
 CHART_WIDTH, CHART_HEIGHT, CHART_PAD = 320.0, 120.0, 6.0
@@ -348,23 +361,14 @@ class IndexQuery:
         return "/?" + urlencode(query)
 
 
-def index_query(query: Mapping[str, str]) -> IndexQuery:
-    """The index's query string, validated; 400 names the bad parameter."""
+def index_query(query: MultiMapping[str]) -> IndexQuery:
+    """The index's query string, validated as the API validates it (empty fields mean "any"); 400 names
+    the bad parameter."""
     try:
-        limit = max(1, min(MAX_PAGE_SIZE, int(query.get("limit", PAGE_SIZE))))
-        offset = max(0, int(query.get("offset", "0")))
-    except ValueError:
-        raise web.HTTPBadRequest(text="limit and offset must be integers") from None
-    form = {key: query.get(key, "").strip() for key in (*FILTER_KEYS, "since", "until")}
-    filters = {key: form[key] for key in FILTER_KEYS if form[key]}
-    for key in ("since", "until"):
-        try:
-            when = parse_time(form[key])
-            if when is not None:
-                filters[key] = timestamp(when)
-        except (ValueError, OverflowError):  # overflow: an offset takes it out of range in UTC
-            raise web.HTTPBadRequest(text=f"{key}: not a date and time (e.g. 2026-11-27T19:30, UTC)") from None
-    return IndexQuery(limit, offset, filters, form)
+        parsed = parse_list_query(query, max_limit=INDEX_PAGE_SIZE, default_limit=PAGE_SIZE, form=True)
+    except QueryError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    return IndexQuery(parsed.limit, parsed.offset, parsed.filters, form_values(query, FILTERS))
 
 
 def index_rows(rows: Sequence[Mapping[str, Any]], now: datetime) -> list[dict[str, Any]]:
@@ -382,12 +386,35 @@ def index_rows(rows: Sequence[Mapping[str, Any]], now: datetime) -> list[dict[st
 # --- handlers --------------------------------------------------------------------------------------
 
 
+def _reader(request: web.Request) -> None:
+    """401 with a basic-auth challenge unless the request may read: a browser asks its user for the
+    read token (as the password; any user name) and sends it with every later request."""
+    if not reader_accepted(request):
+        raise web.HTTPUnauthorized(text="a read token is required\n", headers={"WWW-Authenticate": READ_CHALLENGE})
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    """An urlencoded form body, bounded and strictly UTF-8; 4xx for anything else. Read only after the
+    reader check, and the body is small: the operator token inside it is checked by the caller."""
+    if request.content_type != FORM:
+        raise web.HTTPUnsupportedMediaType(text=f"expected a form ({FORM}), got {request.content_type!r}\n")
+    try:
+        body = (await read_bounded(request, MAX_FORM_BYTES)).decode("utf-8")
+        pairs = parse_qsl(body, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS, errors="strict")
+    except TooLarge:
+        raise web.HTTPRequestEntityTooLarge(MAX_FORM_BYTES, request.content_length or MAX_FORM_BYTES + 1) from None
+    except (Unreadable, UnicodeDecodeError, ValueError) as exc:
+        raise web.HTTPBadRequest(text=f"not a readable form: {exc}\n") from None
+    return dict(pairs)
+
+
 def _html(request: web.Request, template: str, context: Mapping[str, Any], status: int = 200) -> web.Response:
     body = request.app[PAGES].env.get_template(template).render(context)
     return web.Response(text=body, status=status, content_type="text/html", headers=_HEADERS)
 
 
 async def _index(request: web.Request) -> web.Response:
+    _reader(request)
     runtime = request.app[RUNTIME]
     page = index_query(request.query)
     # One row more than shown tells whether an older page exists without counting the whole table.
@@ -401,7 +428,7 @@ async def _index(request: web.Request) -> web.Response:
             "rows": index_rows(rows[: page.limit], now),
             "figures": figures,
             "form": page.form,
-            "states": STATES,
+            "states": EXECUTION_STATES,
             "rules": [rule.name for rule in runtime.rules.current.rules] if runtime.rules.current else [],
             "newer": page.link(max(0, page.offset - page.limit)) if page.offset > 0 else None,
             "older": page.link(page.offset + page.limit) if len(rows) > page.limit else None,
@@ -413,6 +440,7 @@ async def _index(request: web.Request) -> web.Response:
 
 
 async def _detail(request: web.Request) -> web.Response:
+    _reader(request)
     runtime = request.app[RUNTIME]
     execution_id = request.match_info["id"]
     record = await runtime.store.get_execution(execution_id)
@@ -454,10 +482,9 @@ async def _action(request: web.Request) -> web.StreamResponse:
     handler, called in process, so the page and the API share one check and one decision (and the
     token never appears in a URL). Post/redirect/get: reloading the page does not repeat the action.
     """
+    _reader(request)
     execution_id, action = request.match_info["id"], request.match_info["action"]
-    # Read the form through a clone: aiohttp refuses to clone a request whose body it has read, and
-    # the request handed to the API handler below is a clone of this one.
-    form = await request.clone().post()
+    form = await _form(request)
     token, by = form.get("token"), form.get("by")
     handler = _api_handler(request.app, action)
     if handler is None:
@@ -481,6 +508,7 @@ async def _action(request: web.Request) -> web.StreamResponse:
 
 
 async def _maintenance(request: web.Request) -> web.Response:
+    _reader(request)
     runtime = request.app[RUNTIME]
     result = request.query.get("result", "")
     pauses = [
@@ -505,7 +533,8 @@ def _done(result: str) -> web.HTTPSeeOther:
 
 async def _operator_form(request: web.Request) -> tuple[Mapping[str, str], str]:
     """The form's fields and the person's name, once its operator token checks out."""
-    form = {k: v for k, v in (await request.post()).items() if isinstance(v, str)}
+    _reader(request)
+    form = await _form(request)
     accepted = operator_token_accepted(request.app[RUNTIME], form.get("token", ""))
     if accepted is None:
         raise _done("forbidden")
@@ -532,9 +561,11 @@ async def _pause(request: web.Request) -> web.StreamResponse:
 
 
 async def _resume(request: web.Request) -> web.StreamResponse:
-    _form, by = await _operator_form(request)
-    cleared = await clear_pause(request.app[RUNTIME], int(request.match_info["id"]), by)
-    raise _done("resumed" if cleared else "missing")
+    pause = pause_id(request.match_info["id"])
+    if pause is None:
+        raise web.HTTPNotFound(text="no such pause\n")
+    _fields, by = await _operator_form(request)
+    raise _done("resumed" if await clear_pause(request.app[RUNTIME], pause, by) else "missing")
 
 
 async def _reset(request: web.Request) -> web.StreamResponse:

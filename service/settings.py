@@ -59,6 +59,17 @@ class OperatorSettings(_Section):
     token_file: Path | None = None
 
 
+class WebSettings(_Section):
+    """Who may read over HTTP, and whether POST /-/reload works without the operator token."""
+
+    read_token_file: Path | None = Field(
+        default=None, description="set: the API's reads, simulate and the pages need this token (or the operator's)"
+    )
+    enable_reload: bool = Field(
+        default=False, description="with no operator token configured, let anyone POST /-/reload (SIGHUP always works)"
+    )
+
+
 class ServerSettings(_Section):
     """The HTTP server's connections: how long one may idle or dawdle, and how many may be open."""
 
@@ -218,6 +229,7 @@ class Settings(_Section):
     store: StoreSettings = Field(default_factory=StoreSettings)
     webhook_auth: WebhookAuthSettings = Field(default_factory=WebhookAuthSettings)
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     escalation: EscalationSettings = Field(default_factory=EscalationSettings)
@@ -264,9 +276,10 @@ class Secrets:
     webhook_basic_password: str | None
     operator_token: str | None
     channel_urls: Mapping[str, str] = field(default_factory=dict)  # escalation channel name -> URL
+    read_token: str | None = None
 
     def values(self) -> list[str]:
-        fixed = (self.webhook_bearer_token, self.webhook_basic_password, self.operator_token)
+        fixed = (self.webhook_bearer_token, self.webhook_basic_password, self.operator_token, self.read_token)
         return [v for v in (*fixed, *self.channel_urls.values()) if v]
 
 
@@ -315,6 +328,7 @@ _SECRET_ENV = {
     "webhook_bearer_token": "REMEDIATOR_WEBHOOK_BEARER_TOKEN",
     "webhook_basic_password": "REMEDIATOR_WEBHOOK_BASIC_PASSWORD",
     "operator_token": "REMEDIATOR_OPERATOR_TOKEN",
+    "read_token": "REMEDIATOR_READ_TOKEN",
 }
 
 
@@ -410,6 +424,8 @@ def load_secrets(settings: Settings, env: Mapping[str, str] | None = None) -> Se
         or _read_secret_file(settings, auth.basic_password_file, ("webhook_auth", "basic_password_file")),
         operator_token=_env_secret(env, _SECRET_ENV["operator_token"])
         or _read_secret_file(settings, settings.operator.token_file, ("operator", "token_file")),
+        read_token=_env_secret(env, _SECRET_ENV["read_token"])
+        or _read_secret_file(settings, settings.web.read_token_file, ("web", "read_token_file")),
     )
     if (secrets.webhook_basic_password is None) != (auth.basic_username is None):
         raise _secret_error(
@@ -453,5 +469,10 @@ def open_access(secrets: Secrets) -> list[str]:
         found.append(
             "no operator token: operator actions (approve, deny, acknowledge, pause, reset limits) are disabled "
             f"(set operator.token_file or {_SECRET_ENV['operator_token']})"
+        )
+    if secrets.read_token is None:
+        found.append(
+            "no read token: reports, pages and the API's reads are open to anyone who can connect "
+            f"(set web.read_token_file or {_SECRET_ENV['read_token']})"
         )
     return found

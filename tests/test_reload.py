@@ -22,7 +22,12 @@ FIRING = (FIXTURES / "alertmanager" / "firing-nats-jetstream-unhealthy.json").re
 FIRING_BODY = json.loads(FIRING)
 JSON = {"Content-Type": "application/json"}
 DEADLINE = 10.0
-NEW_ALERT = [{"labels": {"alertname": "BrandNew", "instance": "n9:8222"}}]
+# Simulate takes a webhook body, as Alertmanager sends it: the captured one with the new alert in it.
+NEW_ALERT = {
+    **FIRING_BODY,
+    "alerts": [{**FIRING_BODY["alerts"][0], "labels": {"alertname": "BrandNew", "instance": "n9:8222"}}],
+}
+OPERATOR_TOKEN = "reload-operator-token"
 NEW_RULE = """\
 rules:
   - name: brand-new
@@ -58,7 +63,7 @@ def service(tmp_path: Path) -> Iterator[ServiceProcess]:
         "playbooks": [str(tmp_path / "playbooks" / "*.yaml")],
         "dry_run": True,
     }
-    proc = ServiceProcess(workdir=tmp_path, config=config)
+    proc = ServiceProcess(workdir=tmp_path, config=config, env={"REMEDIATOR_OPERATOR_TOKEN": OPERATOR_TOKEN})
     proc.start()
     yield proc
     proc.stop()
@@ -76,8 +81,11 @@ async def decisions(session: aiohttp.ClientSession, service: ServiceProcess, bod
         return [d["rule"] for alert in (await response.json())["alerts"] for d in alert["decisions"]]
 
 
-async def reload(session: aiohttp.ClientSession, service: ServiceProcess) -> tuple[int, dict[str, Any]]:
-    async with session.post(f"{service.url}/-/reload") as response:
+async def reload(
+    session: aiohttp.ClientSession, service: ServiceProcess, token: str | None = OPERATOR_TOKEN
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with session.post(f"{service.url}/-/reload", headers=headers) as response:
         return response.status, await response.json()
 
 
@@ -175,8 +183,8 @@ async def test_invalid_change_keeps_old_rules_and_flips_the_metric(
     assert answer == {
         "status": "error",
         "errors": [
-            'rules/nats.yaml:7: rules[0].match[1]: invalid regex "(critical": missing ), unterminated subpattern',
-            'rules/zz-bad.yaml:5: rules[0].match[1]: invalid regex "(": missing ), unterminated subpattern',
+            'rules/nats.yaml:7: rules[0].match[1]: invalid regex "(critical": RE2: missing ): (critical',
+            'rules/zz-bad.yaml:5: rules[0].match[1]: invalid regex "(": RE2: missing ): (',
         ],
     }
     assert await decisions(session, service, FIRING_BODY) == ["nats-jetstream-unhealthy"]
@@ -190,3 +198,44 @@ async def test_invalid_change_keeps_old_rules_and_flips_the_metric(
     successful, stamp = await reload_metrics(session, service)
     assert successful == 1 and stamp > good_stamp
     assert await decisions(session, service, FIRING_BODY) == ["nats-jetstream-unhealthy"]
+
+
+async def test_reload_over_http_needs_the_operator_token(
+    service: ServiceProcess, session: aiohttp.ClientSession
+) -> None:
+    write_atomically(service.workdir / "rules" / "zz-new.yaml", NEW_RULE)
+    for token in (None, "wrong"):
+        status, answer = await reload(session, service, token)
+        assert status == 401, answer
+        assert answer["status"] == "error"
+    assert await decisions(session, service, NEW_ALERT) == []  # nothing was reloaded
+    assert (await reload(session, service))[0] == 200
+    assert await decisions(session, service, NEW_ALERT) == ["brand-new"]
+
+
+@pytest.mark.parametrize(("enabled", "status"), [(False, 403), (True, 200)])
+async def test_without_an_operator_token_reload_over_http_is_off_unless_enabled(
+    tmp_path: Path, session: aiohttp.ClientSession, enabled: bool, status: int
+) -> None:
+    shutil.copytree(FIXTURES / "rules", tmp_path / "rules")
+    shutil.copytree(FIXTURES / "playbooks", tmp_path / "playbooks")
+    config = {
+        "rules": [str(tmp_path / "rules" / "*.yaml")],
+        "playbooks": [str(tmp_path / "playbooks" / "*.yaml")],
+        "web": {"enable_reload": enabled},
+    }
+    proc = ServiceProcess(workdir=tmp_path, config=config)
+    proc.start()
+    try:
+        write_atomically(tmp_path / "rules" / "zz-new.yaml", NEW_RULE)
+        answer_status, answer = await reload(session, proc, token=None)
+        assert answer_status == status, answer
+        assert await decisions(session, proc, NEW_ALERT) == (["brand-new"] if enabled else [])
+        # SIGHUP works either way.
+        assert proc.proc is not None
+        proc.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + DEADLINE
+        while await decisions(session, proc, NEW_ALERT) != ["brand-new"]:
+            assert time.monotonic() < deadline, f"SIGHUP did not load the new rule:\n{proc.logs()}"
+    finally:
+        proc.stop()

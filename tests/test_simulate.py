@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from service.app import RUNTIME, create_app
+from service.app import MAX_SIMULATE_ALERTS, RUNTIME, create_app
 from service.settings import Secrets, Settings
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -69,28 +71,129 @@ async def test_simulate_the_captured_notification(client: TestClient[Any, Any]) 
     await assert_nothing_stored_or_run(client)
 
 
-async def test_simulate_a_list_of_alerts(client: TestClient[Any, Any]) -> None:
+def many_alerts(count: int) -> bytes:
+    body = json.loads(FIRING)
+    alert = body["alerts"][0]
+    body["alerts"] = [
+        {**alert, "fingerprint": f"{n:016x}", "labels": {**alert["labels"], "n": str(n)}} for n in range(count)
+    ]
+    return json.dumps(body).encode()
+
+
+async def test_simulate_takes_a_webhook_body_only(client: TestClient[Any, Any]) -> None:
+    # The same model as intake: a bare list of alerts is not what Alertmanager sends.
     alerts = [{"labels": {"alertname": "JetStreamConsumerBacklog", "stream": "DECIDE"}}]
     response = await client.post("/api/v1/simulate", data=json.dumps(alerts), headers=JSON)
-    assert response.status == 200
-    (alert,) = (await response.json())["alerts"]
-    assert [(d["rule"], d["mode"]) for d in alert["decisions"]] == [("jetstream-backlog", "shadow")]
-    await assert_nothing_stored_or_run(client)
+    assert response.status == 400
+    assert (await response.json())["details"][0]["field"] == "(body)"
 
 
 @pytest.mark.parametrize(
-    ("body", "error"),
+    ("body", "field", "message"),
     [
-        (b"{not json", "Expecting property name enclosed in double quotes"),
-        (b'{"alerts": []}', "alerts: List should have at least 1 item"),
-        (b'{"alerts": [{"annotations": {}}]}', "alerts.0.labels: Field required"),
-        (b"\xff", "codec can't decode"),
+        (b"{not json", "(body)", "invalid JSON"),
+        (b"\xff", "(body)", "invalid JSON"),
+        (b"[" * 100_000, "(body)", "invalid JSON: recursion limit exceeded"),
+        (FIRING.replace(b'"alerts":[', b'"alerts":[' + b"[" * 5000 + b"]" * 5000 + b","), "(body)", "recursion"),
+        (FIRING.replace(b'"version":"4"', b'"version":"3"'), "version", "unsupported webhook version"),
+        (FIRING.replace(b'"fingerprint":"16ff7ec28276970a"', b'"fingerprint":7'), "alerts[0].fingerprint", ""),
     ],
 )
-async def test_bad_input_is_400(client: TestClient[Any, Any], body: bytes, error: str) -> None:
+async def test_bad_input_is_400_naming_the_field(
+    client: TestClient[Any, Any], body: bytes, field: str, message: str
+) -> None:
     response = await client.post("/api/v1/simulate", data=body, headers=JSON)
     assert response.status == 400
     answer = await response.json()
     assert answer["status"] == "error"
-    assert error in answer["error"]
+    assert answer["details"][0]["field"] == field
+    assert message in answer["details"][0]["message"]
     await assert_nothing_stored_or_run(client)
+
+
+async def test_too_many_alerts_or_bytes_is_413(client: TestClient[Any, Any]) -> None:
+    response = await client.post("/api/v1/simulate", data=many_alerts(MAX_SIMULATE_ALERTS + 1), headers=JSON)
+    assert response.status == 413
+    assert f"at most {MAX_SIMULATE_ALERTS}" in (await response.json())["error"]
+    huge = FIRING.replace(b'"receiver":"', b'"receiver":"' + b"x" * (1024 * 1024))
+    response = await client.post("/api/v1/simulate", data=huge, headers=JSON)
+    assert response.status == 413
+    await assert_nothing_stored_or_run(client)
+
+
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"Content-Type": "text/plain"}, FIRING),
+        ({"Content-Type": "application/json; charset=utf-16"}, FIRING.decode().encode("utf-16")),
+    ],
+)
+async def test_not_utf8_json_is_415(client: TestClient[Any, Any], headers: dict[str, str], body: bytes) -> None:
+    response = await client.post("/api/v1/simulate", data=body, headers=headers)
+    assert response.status == 415
+
+
+async def test_garbage_declared_gzip_is_400(client: TestClient[Any, Any]) -> None:
+    response = await client.post(
+        "/api/v1/simulate", data=b"not gzip at all", headers={**JSON, "Content-Encoding": "gzip"}
+    )
+    assert response.status == 400
+    assert "cannot be read" in (await response.json())["error"]
+
+
+async def test_the_loop_answers_while_a_big_simulation_runs(client: TestClient[Any, Any]) -> None:
+    body = many_alerts(MAX_SIMULATE_ALERTS)
+    began = time.perf_counter()
+    simulation = asyncio.create_task(client.post("/api/v1/simulate", data=body, headers=JSON))
+    waits = []
+    while not simulation.done():
+        started = time.perf_counter()
+        healthy = await client.get("/-/healthy")
+        assert healthy.status == 200
+        waits.append(time.perf_counter() - started)
+    response = await simulation
+    took = time.perf_counter() - began
+    assert response.status == 200
+    assert len((await response.json())["alerts"]) == MAX_SIMULATE_ALERTS
+    # Were the work on the loop, one health check would wait for all of it (~0.5 s here); the bound
+    # leaves room for a loaded machine without letting that through.
+    assert max(waits) < max(0.2, took / 4), f"/-/healthy waited {max(waits):.3f} s of a {took:.3f} s simulation"
+
+
+@pytest.fixture
+async def guarded(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
+    settings = Settings.model_validate(
+        {
+            "store": {"path": str(tmp_path / "store.db")},
+            "rules": [str(FIXTURES / "rules" / "*.yaml")],
+            "playbooks": [str(FIXTURES / "playbooks" / "*.yaml")],
+        }
+    )
+    test_client = TestClient(TestServer(create_app(settings, Secrets(None, None, "op-token", read_token="rd-token"))))
+    await test_client.start_server()
+    yield test_client
+    await test_client.close()
+
+
+async def test_a_read_token_guards_simulate(guarded: TestClient[Any, Any]) -> None:
+    refused = await guarded.post("/api/v1/simulate", data=FIRING, headers=JSON)
+    assert refused.status == 401
+    assert "Bearer" in refused.headers["WWW-Authenticate"]
+    for token in ("rd-token", "op-token"):
+        response = await guarded.post(
+            "/api/v1/simulate", data=FIRING, headers={**JSON, "Authorization": f"Bearer {token}"}
+        )
+        assert response.status == 200, token
+
+
+async def test_credentials_are_checked_before_the_body_is_read(guarded: TestClient[Any, Any]) -> None:
+    # Headers promising a megabyte that never comes: the answer must not wait for it.
+    reader, writer = await asyncio.open_connection(guarded.host, guarded.port)
+    writer.write(
+        b"POST /api/v1/simulate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000000\r\n\r\n{"
+    )
+    await writer.drain()
+    status_line = await asyncio.wait_for(reader.readline(), timeout=5)
+    writer.close()
+    assert status_line.startswith(b"HTTP/1.1 401")
