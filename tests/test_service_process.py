@@ -176,12 +176,12 @@ def warnings_logged(service: ServiceProcess) -> list[str]:
     return [line["msg"] for line in lines if line["level"] == "warning" and line["logger"] == "remediator"]
 
 
-def test_start_up_warns_when_the_webhook_and_operator_actions_are_open(tmp_path: Path) -> None:
+def test_start_up_warns_when_the_webhook_operator_actions_or_reads_are_open(tmp_path: Path) -> None:
     open_service = ServiceProcess(workdir=tmp_path / "open", config={})
     closed_service = ServiceProcess(
         workdir=tmp_path / "closed",
         config={},
-        env={"REMEDIATOR_WEBHOOK_BEARER_TOKEN": "w", "REMEDIATOR_OPERATOR_TOKEN": "o"},
+        env={"REMEDIATOR_WEBHOOK_BEARER_TOKEN": "w", "REMEDIATOR_OPERATOR_TOKEN": "o", "REMEDIATOR_READ_TOKEN": "r"},
     )
     for service in (open_service, closed_service):
         service.workdir.mkdir()
@@ -192,5 +192,6 @@ def test_start_up_warns_when_the_webhook_and_operator_actions_are_open(tmp_path:
     assert [w.split(":")[0] for w in warnings_logged(open_service)] == [
         "the webhook accepts unauthenticated requests",
         "no operator token",
+        "no read token",
     ]
     assert warnings_logged(closed_service) == []

@@ -200,8 +200,9 @@ def test_what_is_open_is_listed_for_the_start_up_warning(tmp_path: Path) -> None
     assert [line.split(":")[0] for line in nothing_set] == [
         "the webhook accepts unauthenticated requests",
         "no operator token",
+        "no read token",
     ]
-    env = {"REMEDIATOR_WEBHOOK_BEARER_TOKEN": "a", "REMEDIATOR_OPERATOR_TOKEN": "b"}
+    env = {"REMEDIATOR_WEBHOOK_BEARER_TOKEN": "a", "REMEDIATOR_OPERATOR_TOKEN": "b", "REMEDIATOR_READ_TOKEN": "c"}
     assert open_access(load_secrets(load_settings(None, env=env), env=env)) == []
 
 
