@@ -7,22 +7,24 @@ syntax of ``matchers:`` in routes and of ``amtool``:
   (``[a-zA-Z_:][a-zA-Z0-9_:]*``); whitespace around each token is dropped.
 - The value may be double-quoted. Inside it ``\\"``, ``\\\\`` and ``\\n`` are escapes; any other
   backslash is literal; an unescaped ``"`` may only close a quoted value. Unquoted values may be empty
-  (``foo=`` is ``foo=""``).
+  (``foo=`` is ``foo=""``, as in every released Alertmanager's classic parser and its own tests;
+  only the UTF-8 parser's strict mode refuses it).
 - A list form ``{a="b", c=~"d"}``: one leading ``{`` and one trailing ``}`` are dropped, commas outside
   quotes separate matchers, a trailing comma is allowed.
 - A missing label has the value ``""``: ``foo=""`` and ``foo!~"x"`` match an alert without ``foo``.
-- Regexes are fully anchored: Alertmanager compiles ``^(?:value)$``.
+- Regexes are RE2, Alertmanager's engine (Go's ``regexp`` is RE2), through the ``google-re2``
+  bindings, compiled fully anchored as ``^(?:value)$`` with RE2's defaults, which are Go's: UTF-8,
+  Perl classes ``\\d \\w \\s \\b`` ASCII-only, ``.`` not matching a newline, ``$`` only at the very
+  end. Matching takes time linear in the label's length whatever the regex, and RE2 itself refuses
+  what it cannot do in linear time (backreferences, lookarounds, ...), with its own reason.
 
-Differences, all deliberate and reported as errors rather than silently changing meaning:
+Differences, all deliberate:
 
-- Python ``re`` is not Go's RE2. Constructs RE2 lacks (backreferences, lookarounds, conditionals,
-  atomic groups, possessive quantifiers, ``(?#...)`` comments, the ``x``/``a``/``L``/``u`` flags,
-  ``\\Z``, POSIX ``[[:alpha:]]`` classes which Python would read differently, repeat counts over
-  1000) are refused. Classes ``\\d \\w \\s \\b`` are ASCII-only as in RE2 (we compile with
-  ``re.ASCII``); one consequence is that ``(?i)`` folds ASCII letters only, where RE2 folds Unicode.
-  Go-only syntax (``\\pL``, ``\\z``, ``(?U)``) is refused by Python's compiler with its own message.
-- Alertmanager compiles the value spliced into ``^(?:...)$`` so ``a)|(b`` happens to compile there;
-  we compile the value on its own first and refuse unbalanced parentheses.
+- Alertmanager splices the value into ``^(?:...)$``, so ``a)|(b`` compiles there (and matches any
+  value starting with ``a`` or ending with ``b``); we compile the value on its own first and refuse
+  unbalanced parentheses.
+- C++ RE2 accepts a few things Go's RE2 refuses (``\\C``, one byte); nobody writes them in a label
+  matcher.
 - The newer UTF-8 parser (``matcher/parse``) also accepts quoted label names with any UTF-8 and Go's
   full string escapes; we implement the classic grammar only (which is what Alertmanager falls back
   to, and what every config valid under both parsers means). Values are UTF-8 in both.
@@ -30,39 +32,41 @@ Differences, all deliberate and reported as errors rather than silently changing
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+
+import re2
 
 Op = Literal["=", "!=", "=~", "!~"]
 
 # Go's RE2 \s is [\t\n\f\r ]; Python's \s would also take Unicode spaces, so spell it out. '=~' is
-# listed before '=' so the '~' is not read as the first character of the value.
-_MATCHER_RE = re.compile(
-    r"^[\t\n\f\r ]*([a-zA-Z_:][a-zA-Z0-9_:]*)[\t\n\f\r ]*(=~|=|!=|!~)[\t\n\f\r ]*(.*?)[\t\n\f\r ]*\Z",
-    re.DOTALL,
-)
-REGEX_CACHE_ENTRIES = 4096
+# listed before '=' so the '~' is not read as the first character of the value. The value is the rest
+# of the text, stripped (Alertmanager's lazy ``(.*?)\s*$`` means the same, and here costs no
+# backtracking over long runs of spaces).
+_MATCHER_HEAD_RE = re.compile(r"[\t\n\f\r ]*([a-zA-Z_:][a-zA-Z0-9_:]*)[\t\n\f\r ]*(=~|=|!=|!~)")
+_SPACE = "\t\n\f\r "
 _OPS: dict[str, Op] = {"=": "=", "!=": "!=", "=~": "=~", "!~": "!~"}
-_RE2_MAX_REPEAT = 1000
-# (?...) group prefixes Python accepts and RE2 does not.
-_UNSUPPORTED_GROUPS = (
-    ("?=", "lookahead"),
-    ("?!", "negative lookahead"),
-    ("?<=", "lookbehind"),
-    ("?<!", "negative lookbehind"),
-    ("?P=", "named backreference"),
-    ("?(", "conditional group"),
-    ("?>", "atomic group"),
-    ("?#", "comment group"),
-)
-_RE2_FLAGS = frozenset("ims-")
-_INLINE_FLAGS_RE = re.compile(r"\?([A-Za-z-]+)[:)]")
-_LEADING_FLAGS_RE = re.compile(r"(?:\(\?[ims]+\))+")
 # Alternatives made only of characters that are never regex syntax: matching is set membership.
 _LITERAL_ALTERNATION_RE = re.compile(r"[A-Za-z0-9_:/ -]+(?:\|[A-Za-z0-9_:/ -]+)*")
-_REPEAT_RE = re.compile(r"\{(\d+)(?:,(\d*))?\}")
+# Per-matcher result cache: at most this many values, each at most this long, so a matcher keeps
+# under a megabyte (0.83 MB measured when full) however large or varied the labels sent to it are.
+# Longer values are rare (label values are names) and RE2 decides them in linear time anyway.
+REGEX_CACHE_ENTRIES = 4096
+REGEX_CACHE_MAX_VALUE_CHARS = 128
+_MATCH_RANGE_BYTES = 64  # how precise the bounds of AnchoredRegex are; longer would rarely reject more
+
+
+def _re2_options() -> Any:
+    options = re2.Options()  # RE2's defaults are Go's (UTF-8, Perl syntax, leftmost-first, one line)
+    options.log_errors = False  # refusals are raised with RE2's reason, not printed on stderr
+    options.never_capture = True  # we only ask whether it matches: no submatch work
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
 
 
 class MatcherError(ValueError):
@@ -76,9 +80,9 @@ class Matcher:
     name: str
     op: Op
     value: str
-    _regex: re.Pattern[str] | None = field(default=None, init=False, repr=False, compare=False)
+    _regex: AnchoredRegex | None = field(default=None, init=False, repr=False, compare=False)
     # Like Alertmanager's per-matcher cache: label values repeat (alertname, severity), and a dict
-    # lookup is several times cheaper than running the regex. Bounded by clearing when full.
+    # lookup is far cheaper than a call into RE2. Bounded in entries and in value length.
     _results: dict[str, bool] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -96,10 +100,11 @@ class Matcher:
         found = self._results.get(value)
         if found is None:
             assert self._regex is not None  # set in __post_init__ for both regex ops
-            found = self._regex.fullmatch(value) is not None
-            if len(self._results) >= REGEX_CACHE_ENTRIES:
-                self._results.clear()
-            self._results[value] = found
+            found = self._regex.matches(value)
+            if len(value) <= REGEX_CACHE_MAX_VALUE_CHARS:
+                if len(self._results) >= REGEX_CACHE_ENTRIES:
+                    self._results.clear()
+                self._results[value] = found
         return found if op == "=~" else not found
 
     def explain(self, labels: Mapping[str, str]) -> str:
@@ -134,10 +139,12 @@ def _quote(value: str) -> str:
 
 def parse_matcher(text: str) -> Matcher:
     """Parse one matcher (``ParseMatcher``): ``name op value``, value optionally quoted."""
-    found = _MATCHER_RE.match(text)
+    found = _MATCHER_HEAD_RE.match(text)
     if found is None:
         raise MatcherError(f"bad matcher format: {text}")
-    name, op, raw = found.group(1), found.group(2), found.group(3)
+    name, op, raw = found.group(1), found.group(2), text[found.end() :].strip(_SPACE)
+    if not _is_utf8(raw):  # a lone surrogate, e.g. from a YAML "\ud800" escape
+        raise MatcherError(f"matcher value not valid UTF-8: {_shown(raw)}")
     quoted = raw.startswith('"')
     body = raw[1:] if quoted else raw
     value: list[str] = []
@@ -211,70 +218,58 @@ def matches_all(matchers: Iterable[Matcher], labels: Mapping[str, str]) -> bool:
     return all(m.matches(labels) for m in matchers)
 
 
-def compile_regex(pattern: str) -> re.Pattern[str]:
-    """Compile ``pattern`` fully anchored, refusing what RE2 would not accept or mean the same."""
-    _check_re2(pattern)
-    # Python wants global flags such as (?i) at the very start, so they cannot stay inside our
-    # (?:...) wrapper; hoisting leading ones keeps RE2's meaning. Flags later in the pattern are
-    # refused by Python ("global flags not at the start"); (?i:...) works anywhere.
-    leading = _LEADING_FLAGS_RE.match(pattern)
-    flags, body = (leading.group(0), pattern[leading.end() :]) if leading else ("", pattern)
+@dataclass(frozen=True)
+class AnchoredRegex:
+    """A regex compiled by RE2 the way Alertmanager compiles matchers: ``^(?:pattern)$``."""
+
+    pattern: str
+    _compiled: Any = field(repr=False, compare=False)
+    # Every match lies between these (RE2's PossibleMatchRange): one bytes comparison turns away most
+    # values of a regex with a literal prefix (alertname=~"Nats.*") for a tenth of a call into RE2.
+    _lowest: bytes = field(default=b"", repr=False, compare=False)
+    _highest: bytes = field(default=b"\xff", repr=False, compare=False)  # above every UTF-8 text
+
+    def matches(self, text: str) -> bool:
+        """True if the whole of ``text`` matches; time linear in its length."""
+        encoded = _utf8(text)
+        return self._lowest <= encoded <= self._highest and self._compiled.search(encoded) is not None
+
+
+@functools.lru_cache(maxsize=1024)  # rules repeat their regexes (severity=~"critical|page"); loads stay fast
+def compile_regex(pattern: str) -> AnchoredRegex:
+    """Compile ``pattern`` with RE2, fully anchored; MatcherError names the pattern and RE2's reason."""
     try:
-        re.compile(pattern, re.ASCII)
-        return re.compile(f"{flags}(?:{body})", re.ASCII)
-    except re.error as exc:
-        raise MatcherError(f'invalid regex "{pattern}": {exc.msg}') from None
+        # On its own first: spliced into ^(?:...)$, an unbalanced "a)|(b" would compile to another meaning.
+        re2.compile(pattern, _RE2_OPTIONS)
+        compiled = re2.compile(f"^(?:{pattern})$", _RE2_OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0].decode("utf-8", "replace") if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise MatcherError(f'invalid regex "{pattern}": RE2: {reason}') from None
+    except UnicodeEncodeError:
+        raise MatcherError(f'invalid regex "{_shown(pattern)}": not valid UTF-8') from None
+    try:
+        lowest, highest = compiled.possiblematchrange(_MATCH_RANGE_BYTES)
+    except re2.error:  # RE2 cannot bound this one (e.g. it starts with \C*): no shortcut
+        return AnchoredRegex(pattern, compiled)
+    return AnchoredRegex(pattern, compiled, lowest, highest)
 
 
-def _check_re2(pattern: str) -> None:
-    def refuse(what: str, why: str = "Alertmanager's RE2 does not support it") -> MatcherError:
-        return MatcherError(f'invalid regex "{pattern}": {what}: {why}')
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
-    i, n = 0, len(pattern)
-    in_class = False
-    while i < n:
-        char = pattern[i]
-        if char == "\\":
-            nxt = pattern[i + 1 : i + 2]
-            if not in_class and nxt in tuple("123456789"):
-                raise refuse(f"backreference \\{nxt}")
-            if nxt == "Z":
-                raise refuse("\\Z")
-            i += 2
-            continue
-        if in_class:
-            if char == "]":
-                in_class = False
-            elif pattern.startswith("[:", i):
-                raise refuse("POSIX class [[:...:]]", "Python's re reads it as a plain set; use [a-z] etc.")
-            i += 1
-            continue
-        if char == "[":
-            in_class = True
-            i += 1
-            if pattern.startswith("^", i):
-                i += 1
-            if pattern.startswith("]", i):  # a ']' first in a class is literal
-                i += 1
-            continue
-        if char == "(" and pattern.startswith("?", i + 1):
-            rest = pattern[i + 1 :]
-            for prefix, what in _UNSUPPORTED_GROUPS:
-                if rest.startswith(prefix):
-                    raise refuse(what)
-            flags = _INLINE_FLAGS_RE.match(rest)
-            if flags and not rest.startswith("?P") and not set(flags.group(1)) <= _RE2_FLAGS:
-                raise refuse(f"inline flag (?{flags.group(1)})")
-        if char == "{":
-            repeat = _REPEAT_RE.match(pattern, i)
-            if repeat:
-                counts = [int(g) for g in repeat.groups() if g]
-                if any(c > _RE2_MAX_REPEAT for c in counts):
-                    raise refuse("repeat count", f"RE2 allows at most {_RE2_MAX_REPEAT}")
-                i = repeat.end()
-                if pattern.startswith("+", i):
-                    raise refuse("possessive quantifier")
-                continue
-        if char in "*+?" and pattern.startswith("+", i + 1) and i > 0:
-            raise refuse("possessive quantifier")
-        i += 1
+
+def _shown(text: str) -> str:
+    """``text`` printable anywhere: lone surrogates as ``\\udXXX`` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (json.loads lets "\ud800" through): U+FFFD, as Go's JSON decoder makes it.
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode()

@@ -17,11 +17,13 @@ import math
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from service.matchers import AnchoredRegex, MatcherError, compile_regex
 from service.steps import StepSpecBase
 from service.steps.exec import Spec as ExecSpec
 from service.steps.http import Spec as HttpSpec
@@ -166,7 +168,7 @@ class OnFailure(_Model):
 
 class ParamSpec(_Model):
     """A declared param. Values arrive as rendered strings from rules and are coerced to ``type``
-    then checked against ``allow`` / ``pattern`` (Python ``re``, fully anchored) / ``max_length``."""
+    then checked against ``allow`` / ``pattern`` (RE2, fully anchored, as matchers) / ``max_length``."""
 
     type: ParamType = "str"
     description: str = ""
@@ -181,10 +183,15 @@ class ParamSpec(_Model):
     def _compiles(cls, pattern: str | None) -> str | None:
         if pattern is not None:
             try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f'invalid regex "{pattern}": {exc.msg}') from None
+                compile_regex(pattern)
+            except MatcherError as exc:
+                raise ValueError(str(exc)) from None
         return pattern
+
+    @cached_property
+    def pattern_regex(self) -> AnchoredRegex | None:
+        """``pattern`` compiled (once per spec; the validator has already refused a bad one)."""
+        return compile_regex(self.pattern) if self.pattern is not None else None
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -253,7 +260,7 @@ def check_param(spec: ParamSpec, raw: ParamValue) -> tuple[ParamValue] | str:
         return f"value is {len(text)} characters long, over max_length {spec.max_length}"
     if spec.allow is not None and value not in [coerce_param(spec.type, a) for a in spec.allow]:
         return f"value {_show(text)} is not one of the allowed values {spec.allow}"
-    if spec.pattern is not None and re.fullmatch(spec.pattern, text) is None:
+    if spec.pattern_regex is not None and not spec.pattern_regex.matches(text):
         return f'value {_show(text)} does not match pattern "{spec.pattern}"'
     return (value,)
 

@@ -138,7 +138,7 @@ steps:
         ),
         (
             MINIMAL.replace('{pattern: "[a-z0-9-]+"}', '{pattern: "[a-z"}'),
-            'p.yaml:3: params.node.pattern: invalid regex "[a-z": unterminated character set',
+            'p.yaml:3: params.node.pattern: invalid regex "[a-z": RE2: missing ]: [a-z',
         ),
         (
             MINIMAL.replace('{pattern: "[a-z0-9-]+"}', '{type: int, default: "x"}'),
