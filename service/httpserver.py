@@ -48,8 +48,9 @@ def auto_max_connections(files_limit: int) -> int:
 
 def accept_backlog(files_limit: int, max_connections: int) -> int:
     """The listen backlog, which is also how many connections asyncio accepts in one go: each holds a
-    descriptor until the next loop iteration even when it is refused, so a burst must fit the headroom."""
-    return max(8, min(128, (files_limit - max_connections) // 2))
+    descriptor until the next loop iteration even when it is refused, so a burst must fit the headroom
+    with room to spare for the service's own descriptors (a quarter of what the cap leaves)."""
+    return max(8, min(128, (files_limit - max_connections) // 4))
 
 
 class _Notes:
