@@ -78,10 +78,24 @@ def latency_ms(text: str) -> float:
 
 def run_wrk(name: str, url: str, duration: int, connections: int) -> Result:
     out = subprocess.run(
-        pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s",
-                   str(ROOT / "bench/intake_post.lua"), url]),
-        capture_output=True, text=True, timeout=duration + 60,
-        env={**os.environ, "BENCH_BODY": FIXTURE.read_text().strip()}, check=True,
+        pinned(
+            1,
+            [
+                "wrk",
+                "-t1",
+                f"-c{connections}",
+                f"-d{duration}s",
+                "--latency",
+                "-s",
+                str(ROOT / "bench/intake_post.lua"),
+                url,
+            ],
+        ),
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        env={**os.environ, "BENCH_BODY": FIXTURE.read_text().strip()},
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
     p50 = latency_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M)[1])  # type: ignore[index]
@@ -98,8 +112,9 @@ def cpu_seconds(pid: int) -> float:
 
 
 def serve_and_measure(name: str, argv: list[str], env: dict[str, str], port: int, args: argparse.Namespace) -> Result:
-    proc = subprocess.Popen(pinned(0, argv), env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        pinned(0, argv), env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         wait_ready(f"http://127.0.0.1:{port}/-/ready", proc)
         url = f"http://127.0.0.1:{port}/hooks/alertmanager"
@@ -119,20 +134,29 @@ def serve_and_measure(name: str, argv: list[str], env: dict[str, str], port: int
 
 def run_round(tmp: Path, number: int, args: argparse.Namespace) -> tuple[Result, list[Result], dict[str, int]]:
     port = free_port()
-    bare = serve_and_measure("bare aiohttp (parse only)", [sys.executable, str(ROOT / "bench/bare_server.py"),
-                             str(port)], {}, port, args)
+    bare = serve_and_measure(
+        "bare aiohttp (parse only)", [sys.executable, str(ROOT / "bench/bare_server.py"), str(port)], {}, port, args
+    )
     results, stored = [], {}
     for synchronous in ("full", "normal"):
         db = tmp / f"bench-{number}-{synchronous}.db"
         port = free_port()
-        results.append(serve_and_measure(
-            f"remediator (synchronous={synchronous})",
-            [sys.executable, "-m", "service.cli", "serve"],
-            {"REMEDIATOR_LISTEN_PORT": str(port), "REMEDIATOR_STORE__PATH": str(db), "REMEDIATOR_RULES": "",
-             "REMEDIATOR_PLAYBOOKS": "", "REMEDIATOR_LOG_LEVEL": "warning",
-             "REMEDIATOR_STORE__SYNCHRONOUS": synchronous},
-            port, args,
-        ))
+        results.append(
+            serve_and_measure(
+                f"remediator (synchronous={synchronous})",
+                [sys.executable, "-m", "service.cli", "serve"],
+                {
+                    "REMEDIATOR_LISTEN_PORT": str(port),
+                    "REMEDIATOR_STORE__PATH": str(db),
+                    "REMEDIATOR_RULES": "",
+                    "REMEDIATOR_PLAYBOOKS": "",
+                    "REMEDIATOR_LOG_LEVEL": "warning",
+                    "REMEDIATOR_STORE__SYNCHRONOUS": synchronous,
+                },
+                port,
+                args,
+            )
+        )
         with sqlite3.connect(db) as conn:
             stored[synchronous] = conn.execute("SELECT count(*) FROM notifications").fetchone()[0]
         db.unlink()
@@ -147,24 +171,31 @@ def main() -> int:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install -y wrk")
-    print(f"{'round':5} {'server':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'x bare':>7}"
-          f" {'cpu us/req':>11}")
+    print(
+        f"{'round':5} {'server':34} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'x bare':>7}"
+        f" {'cpu us/req':>11}"
+    )
     full_ratios, full_p99s, non_2xx = [], [], 0
     with tempfile.TemporaryDirectory(prefix="bench-intake-") as tmp:
         for number in range(1, args.rounds + 1):
             bare, results, stored = run_round(Path(tmp), number, args)
             for r in (bare, *results):
                 ratio = r.requests_per_s / bare.requests_per_s
-                print(f"{number:5d} {r.name:34} {r.requests_per_s:9.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f}"
-                      f" {r.non_2xx:8d} {ratio:7.2f} {r.cpu_us_per_request:11.0f}", flush=True)
+                print(
+                    f"{number:5d} {r.name:34} {r.requests_per_s:9.0f} {r.p50_ms:8.2f} {r.p99_ms:8.2f}"
+                    f" {r.non_2xx:8d} {ratio:7.2f} {r.cpu_us_per_request:11.0f}",
+                    flush=True,
+                )
             print(f"{'':5} notifications stored: {stored}", flush=True)
             durable = results[0]
             full_ratios.append(durable.requests_per_s / bare.requests_per_s)
             full_p99s.append(durable.p99_ms)
             non_2xx += durable.non_2xx
     ratio, p99 = statistics.median(full_ratios), statistics.median(full_p99s)
-    print(f"\ndurable (full) / bare throughput, median of {args.rounds} rounds: {ratio:.2f} (target >= 0.5;"
-          f" rounds: {', '.join(f'{r:.2f}' for r in full_ratios)}); median p99 {p99:.1f} ms (target < 25 ms)")
+    print(
+        f"\ndurable (full) / bare throughput, median of {args.rounds} rounds: {ratio:.2f} (target >= 0.5;"
+        f" rounds: {', '.join(f'{r:.2f}' for r in full_ratios)}); median p99 {p99:.1f} ms (target < 25 ms)"
+    )
     return 0 if ratio >= 0.5 and p99 < 25 and non_2xx == 0 else 1
 
 

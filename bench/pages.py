@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
-from service.app import RUNTIME, create_app
 from service.settings import Secrets, Settings
 from service.store import timestamp
+from service.web.app import RUNTIME, create_app
 
 BATCH = 5000
 RULES, TARGETS, ALERTNAMES = 20, 200, 12
@@ -75,15 +75,40 @@ def rows(first: int, count: int) -> dict[str, list[tuple[Any, ...]]]:
         labels = {"alertname": alertname, "instance": target, "severity": "critical", "job": "nats"}
         if n % 10 == 0:
             out["occurrences"].append(
-                (occurrence, f"{occurrence:016x}", created, alertname, json.dumps(labels),
-                 json.dumps({"summary": f"{alertname} on {target}"}), "http://prometheus/graph?g0.expr=up",
-                 "firing", created, created)
+                (
+                    occurrence,
+                    f"{occurrence:016x}",
+                    created,
+                    alertname,
+                    json.dumps(labels),
+                    json.dumps({"summary": f"{alertname} on {target}"}),
+                    "http://prometheus/graph?g0.expr=up",
+                    "firing",
+                    created,
+                    created,
+                )
             )
         execution_id = f"ex-{n:08d}"
         out["executions"].append(
-            (execution_id, created, finished, rule, "v1", "bench", "v1", target, occurrence, f"{occurrence:016x}",
-             alertname, "enforce", "{}", state, "" if state == "succeeded" else "verification did not hold",
-             None if state == "refused" else created, finished)
+            (
+                execution_id,
+                created,
+                finished,
+                rule,
+                "v1",
+                "bench",
+                "v1",
+                target,
+                occurrence,
+                f"{occurrence:016x}",
+                alertname,
+                "enforce",
+                "{}",
+                state,
+                "" if state == "succeeded" else "verification did not hold",
+                None if state == "refused" else created,
+                finished,
+            )
         )
         for step in range(3):
             out["steps"].append(

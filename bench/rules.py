@@ -29,10 +29,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.matchers import parse_matcher_list
-from service.playbooks import playbook_from_source
-from service.rules import Alert, LoadedRule, Rule, RuleSet
-from service.templating import TemplateEngine
+from service.playbooks.playbook import playbook_from_source
+from service.playbooks.templating import TemplateEngine
+from service.rules.matchers import parse_matcher_list
+from service.rules.ruleset import Alert, LoadedRule, Rule, RuleSet
 
 PLAYBOOK = b"""\
 name: bench

@@ -16,7 +16,8 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from service.matchers import MatcherError, parse_matcher
+from service.errors import ConfigurationError
+from service.rules.matchers import MatcherError, parse_matcher
 from service.yamlload import (
     ConfigError,
     ConfigErrors,
@@ -108,7 +109,7 @@ class LimitSettings(_Section):
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
 
 
-# --- escalation (service/escalation.py, docs/escalation.md) ---------------------------------------
+# --- escalation (service/escalation/escalator.py, docs/escalation.md) ---------------------------------------
 
 _CHANNEL_NAME = r"^[a-z0-9][a-z0-9_-]*$"
 
@@ -283,7 +284,7 @@ class Secrets:
         return [v for v in (*fixed, *self.channel_urls.values()) if v]
 
 
-class SettingsError(Exception):
+class SettingsError(ConfigurationError):
     """Settings that cannot be used; the message names the file and the field."""
 
 

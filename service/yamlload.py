@@ -25,6 +25,8 @@ from typing import Annotated, Any
 import yaml
 from pydantic import BeforeValidator, ValidationError
 
+from service.errors import ConfigurationError
+
 PathPart = str | int
 YamlPath = tuple[PathPart, ...]
 
@@ -53,7 +55,7 @@ class ConfigError:
         return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
 
 
-class ConfigErrors(Exception):
+class ConfigErrors(ConfigurationError):
     """Raised by loaders with every problem found, so one run of ``check`` lists them all."""
 
     def __init__(self, errors: Iterable[ConfigError]) -> None:

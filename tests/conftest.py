@@ -6,7 +6,7 @@ from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 
 import pytest
-from realprocs import (
+from support.realprocs import (
     AlertmanagerServer,
     NatsServer,
     PrometheusServer,
@@ -14,7 +14,7 @@ from realprocs import (
     attach_logs,
 )
 
-# --- real processes (tests/realprocs.py) ---------------------------------------------------------
+# --- real processes (tests/support/realprocs.py) ---------------------------------------------------------
 
 
 @pytest.hookimpl(wrapper=True)

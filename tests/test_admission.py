@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
-from flow_helpers import alert_body, write_config
-from memory_store import MemoryStore
+from support.flow import alert_body, write_config
+from support.memory_store import MemoryStore
 
-from service.admission import StormGuard, Verdict, decide
 from service.clock import FakeClock
-from service.rules import Alert, RuleMatch, RuleSet, load_ruleset
+from service.flow.admission import StormGuard, Verdict, decide
+from service.rules.ruleset import Alert, RuleMatch, RuleSet, load_ruleset
 from service.store import DispatchStore, IntakeStore, NewExecution, SQLiteStore
 from service.webhook import parse
 

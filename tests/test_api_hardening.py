@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from service_proc import ServiceProcess
+from support.service_proc import ServiceProcess
 
-from service.app import RUNTIME, create_app
 from service.settings import Secrets, Settings
 from service.store import NewExecution
+from service.web.app import RUNTIME, create_app
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIRING = (FIXTURES / "alertmanager" / "firing-nats-jetstream-unhealthy.json").read_bytes()

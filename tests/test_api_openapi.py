@@ -18,11 +18,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks
-from service_proc import ServiceProcess
+from support.service_proc import ServiceProcess
 
-from service.app import create_app
-from service.openapi import openapi_document
 from service.settings import Secrets, Settings
+from service.web.app import create_app
+from service.web.openapi import openapi_document
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 OPERATOR, READER = "openapi-operator-token", "openapi-read-token"

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from escalation_helpers import (  # noqa: F401 (fixtures)
+from support.escalation import (  # noqa: F401 (fixtures)
     PY,
     AppFactory,
     Client,
@@ -20,7 +20,7 @@ from escalation_helpers import (  # noqa: F401 (fixtures)
     state_is,
     store,
 )
-from flow_helpers import alert_body, poll
+from support.flow import alert_body, poll
 
 from service.settings import Settings
 from service.store import NewExecution, SQLiteStore

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from realprocs import poll_until
-from service_proc import ServiceProcess
+from support.realprocs import poll_until
+from support.service_proc import ServiceProcess
 
 # Generous against CI jitter, far below aiohttp's idle timeout (set to 60 s below), which must not be what
 # cuts the slow clients off.

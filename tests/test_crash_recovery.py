@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import alert_body, write_config
-from realprocs import poll_until
-from service_proc import ServiceProcess
+from support.flow import alert_body, write_config
+from support.realprocs import poll_until
+from support.service_proc import ServiceProcess
 
 PLAYBOOK = """
 name: slow

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from realprocs import LOOPBACK, NatsServer, RealProcess, RealProcesses, free_port, http_get, poll_until
+from support.realprocs import LOOPBACK, NatsServer, RealProcess, RealProcesses, free_port, http_get, poll_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-admin-token-0123456789"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from realprocs import LOOPBACK, RealProcesses, free_port, http_get, poll_until, require_binary
+from support.realprocs import LOOPBACK, RealProcesses, free_port, http_get, poll_until, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "demo" / "scripts"

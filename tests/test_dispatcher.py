@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import pytest
-from flow_helpers import QUICK_PLAYBOOK, alert_body, write_config
-from memory_store import MemoryStore
+from support.flow import QUICK_PLAYBOOK, alert_body, write_config
+from support.memory_store import MemoryStore
 
-from service import dispatcher as dispatcher_module
-from service.admission import StormGuard
 from service.clock import FakeClock
-from service.dispatcher import Dispatcher, DispatchSettings
-from service.rules import load_ruleset
+from service.flow import dispatcher as dispatcher_module
+from service.flow.admission import StormGuard
+from service.flow.dispatcher import Dispatcher, DispatchSettings
+from service.rules.ruleset import load_ruleset
 from service.store import DispatchStore, IntakeStore, NotificationReceipt, SQLiteStore, StoreError
 from service.webhook import parse
 

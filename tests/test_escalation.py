@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import nats
 import pytest
-from escalation_helpers import (  # noqa: F401 (fixtures)
+from support.escalation import (  # noqa: F401 (fixtures)
     FAILING,
     AppFactory,
     Receiver,
@@ -24,11 +24,11 @@ from escalation_helpers import (  # noqa: F401 (fixtures)
     state_is,
     store,
 )
-from flow_helpers import alert_body, poll
-from realprocs import AlertmanagerServer, NatsServer
+from support.flow import alert_body, poll
+from support.realprocs import AlertmanagerServer, NatsServer
 
-from service.app import RUNTIME
 from service.settings import Settings, SettingsError, load_secrets, load_settings
+from service.web.app import RUNTIME
 
 AM_CONFIG = """
 route:

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import poll
+from support.flow import poll
 
 from service.clock import SystemClock
-from service.executor import Endpoints, Executor, RunRequest, TargetLocks
-from service.playbooks import LoadedPlaybook, playbook_from_source
+from service.flow.executor import Endpoints, Executor, RunRequest, TargetLocks
+from service.playbooks.playbook import LoadedPlaybook, playbook_from_source
+from service.playbooks.templating import TemplateEngine
 from service.store import NewExecution, SQLiteStore
-from service.templating import TemplateEngine
 
 PY = sys.executable
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from service.checks import (
+from service.rules.checks import (
     check_config,
     coverage,
     explain_payload,
@@ -13,7 +13,7 @@ from service.checks import (
     load_alerting_rules,
     parse_alerts,
 )
-from service.rules import RuleSet
+from service.rules.ruleset import RuleSet
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from flow_helpers import alert_body, poll, write_config
+from support.flow import alert_body, poll, write_config
 
-from service.app import create_app
 from service.settings import Secrets, Settings
 from service.store import REPEAT_EVENTS_KEPT
+from service.web.app import create_app
 
 RULES = """
 rules:

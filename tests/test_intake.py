@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from service.app import RUNTIME, create_app
 from service.settings import Secrets, Settings
+from service.web.app import RUNTIME, create_app
 
 FIXTURES = Path(__file__).parent / "fixtures" / "alertmanager"
 FIRING = (FIXTURES / "firing-nats-jetstream-unhealthy.json").read_bytes()

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.app import RUNTIME, create_app
 from service.settings import Secrets, Settings
+from service.web.app import RUNTIME, create_app
 
 FIRING = json.loads((Path(__file__).parent / "fixtures/alertmanager/firing-nats-jetstream-unhealthy.json").read_text())
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from flow_helpers import QUICK_PLAYBOOK, alert_body, poll, quick_rules, write_config
+from support.flow import QUICK_PLAYBOOK, alert_body, poll, quick_rules, write_config
 
-from service.app import create_app
 from service.settings import Secrets, Settings
+from service.web.app import create_app
 
 OPERATOR = {"Authorization": "Bearer op-token"}
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from flow_helpers import alert_body, poll, write_config
+from support.flow import alert_body, poll, write_config
 
-from service.app import RUNTIME, create_app
 from service.settings import Secrets, Settings
 from service.store import NewExecution
+from service.web.app import RUNTIME, create_app
 
 TOKEN = "op-secret-token"
 PAYLOAD = '<script>alert(1)</script>" onmouseover="x'
@@ -122,8 +122,17 @@ async def _seed(client: Client) -> None:
         at = T0 + timedelta(minutes=n)
         await store.create_execution(
             NewExecution(
-                id=f"ex-{n}", rule=rule, rule_version="v", playbook="pb", playbook_version="v", target=target,
-                occurrence_id=None, fingerprint=f"fp{n}", alertname=f"Alert{n % 3}", mode="enforce", params={},
+                id=f"ex-{n}",
+                rule=rule,
+                rule_version="v",
+                playbook="pb",
+                playbook_version="v",
+                target=target,
+                occurrence_id=None,
+                fingerprint=f"fp{n}",
+                alertname=f"Alert{n % 3}",
+                mode="enforce",
+                params={},
                 state="queued",
             ),
             at,
@@ -292,5 +301,7 @@ async def test_the_figures_and_filtered_lists_are_read_off_indexes(service: Clie
     median = await plan(f"SELECT {fix} FROM executions WHERE rule = ? AND state = 'succeeded' ORDER BY {fix}", "r")
     assert "executions_rule_state_fix" in median and "TEMP B-TREE" not in median
     for column in ("rule", "target", "alertname", "state"):
-        listed = await plan(f"SELECT * FROM executions WHERE {column} = ? ORDER BY created_at DESC, id DESC LIMIT 5", "x")
+        listed = await plan(
+            f"SELECT * FROM executions WHERE {column} = ? ORDER BY created_at DESC, id DESC LIMIT 5", "x"
+        )
         assert f"executions_{column}_created" in listed and "TEMP B-TREE" not in listed

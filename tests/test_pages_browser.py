@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from flow_helpers import alert_body, poll, write_config
 from playwright.async_api import Browser, Page, async_playwright, expect
+from support.flow import alert_body, poll, write_config
 
-from service.app import create_app
 from service.settings import Secrets, Settings
+from service.web.app import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

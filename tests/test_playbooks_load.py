@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from service.playbooks import (
+from service.playbooks.playbook import (
     ApprovalStep,
     LoadedPlaybook,
     ParamError,
@@ -15,8 +15,8 @@ from service.playbooks import (
     rolling_items,
     validate_params,
 )
+from service.playbooks.templating import TemplateEngine
 from service.steps.exec import Spec as ExecSpec
-from service.templating import TemplateEngine
 from service.yamlload import ConfigErrors
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "playbooks"

@@ -25,13 +25,13 @@ from typing import Any
 import aiohttp
 import nats
 import pytest
-from realprocs import LOOPBACK, RealProcesses, free_port, require_binary
+from support.realprocs import LOOPBACK, RealProcesses, free_port, require_binary
 
 from service.clock import SystemClock
-from service.executor import Endpoints, Executor, RunRequest
-from service.playbooks import LoadedPlaybook, load_playbooks, validate_params
+from service.flow.executor import Endpoints, Executor, RunRequest
+from service.playbooks.playbook import LoadedPlaybook, load_playbooks, validate_params
+from service.playbooks.templating import TemplateEngine
 from service.store import ExecutionRecord, NewExecution, SQLiteStore
-from service.templating import TemplateEngine
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "demo" / "scripts"

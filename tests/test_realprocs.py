@@ -6,8 +6,8 @@ import os
 from collections.abc import Callable
 
 import pytest
-import realprocs
-from realprocs import AlertmanagerServer, NatsServer, PrometheusServer, free_port, http_get
+from support import realprocs
+from support.realprocs import AlertmanagerServer, NatsServer, PrometheusServer, free_port, http_get
 
 
 def _gone(pid: int) -> bool:

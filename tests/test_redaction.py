@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from flow_helpers import alert_body, poll, write_config
+from support.flow import alert_body, poll, write_config
 
-from service.app import create_app
 from service.redaction import MASK, Redactor
 from service.settings import Secrets, Settings, load_secrets
+from service.web.app import create_app
 
 
 def test_secret_values_and_default_patterns_are_masked() -> None:

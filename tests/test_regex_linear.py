@@ -17,10 +17,10 @@ from typing import TypeVar
 
 import pytest
 
-from service.matchers import REGEX_CACHE_MAX_VALUE_CHARS, parse_matcher
-from service.playbooks import ParamSpec, check_param, playbook_from_source
-from service.rules import Alert, load_ruleset
-from service.templating import TemplateEngine
+from service.playbooks.playbook import ParamSpec, check_param, playbook_from_source
+from service.playbooks.templating import TemplateEngine
+from service.rules.matchers import REGEX_CACHE_MAX_VALUE_CHARS, parse_matcher
+from service.rules.ruleset import Alert, load_ruleset
 
 EVIL_MATCHER = 'x=~"(a+)+"'
 EVIL_PATTERN = "(a+)+b"

@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from service_proc import ServiceProcess
+from support.service_proc import ServiceProcess
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 FIRING = (FIXTURES / "alertmanager" / "firing-nats-jetstream-unhealthy.json").read_bytes()

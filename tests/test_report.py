@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from service.report import OUTPUT_TAIL_LINES, render_markdown, report_json
+from service.reports.report import OUTPUT_TAIL_LINES, render_markdown, report_json
 from service.store import ExecutionRecord
 
 AT = "2026-11-27T19:54:00.000000+00:00"

@@ -6,10 +6,10 @@ import json
 import sqlite3
 from pathlib import Path
 
-from flow_helpers import alert_body
+from support.flow import alert_body
 
 from service.clock import FakeClock
-from service.retention import prune
+from service.flow.retention import prune
 from service.store import NewExecution, SQLiteStore
 from service.webhook import parse
 

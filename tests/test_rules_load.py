@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service.rules import DEFAULT_TARGET, Alert, NotificationContext, RuleSet, load_ruleset
+from service.rules.ruleset import DEFAULT_TARGET, Alert, NotificationContext, RuleSet, load_ruleset
 from service.yamlload import ConfigErrors
 
 ROOT = Path(__file__).resolve().parent.parent

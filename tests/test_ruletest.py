@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from service.rules import RuleSet, load_ruleset
-from service.ruletest import run_rule_tests
+from service.rules.ruleset import RuleSet, load_ruleset
+from service.rules.ruletest import run_rule_tests
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "tests" / "fixtures" / "ruletests"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from service_proc import ServiceProcess, free_port
+from support.service_proc import ServiceProcess, free_port
 from test_crash_recovery import kill_during_second_step
 from test_crash_recovery import make_service as make_crash_recovery_service
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from test_alerting_rules import EXPECTED_ALERTS
 
-from service.checks import check_config, coverage, load_alerting_rules
-from service.rules import RuleSet
-from service.ruletest import run_rule_tests
+from service.rules.checks import check_config, coverage, load_alerting_rules
+from service.rules.ruleset import RuleSet
+from service.rules.ruletest import run_rule_tests
 from service.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,13 +9,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
-from flow_helpers import QUICK_PLAYBOOK, alert_body, poll, quick_rules, write_config
-from realprocs import AlertmanagerServer
+from support.flow import QUICK_PLAYBOOK, alert_body, poll, quick_rules, write_config
+from support.realprocs import AlertmanagerServer
 
-from service.app import create_app
-from service.matchers import parse_matcher
+from service.flow.silences import parse_silences
+from service.rules.matchers import parse_matcher
 from service.settings import Secrets, Settings
-from service.silences import parse_silences
+from service.web.app import create_app
 
 AM_CONFIG = """
 route:

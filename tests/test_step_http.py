@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from realprocs import free_port
+from support.realprocs import free_port
 
 from service.steps import StepContext
 from service.steps.http import JsonExpectation, Spec, parse_json_path, run

@@ -9,7 +9,7 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from realprocs import NatsServer, RealProcesses, http_get
+from support.realprocs import NatsServer, RealProcesses, http_get
 
 from service.steps import StepContext
 from service.steps.nats import Spec, run

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from realprocs import AlertmanagerServer, PrometheusServer, RealProcesses, free_port, http_get, poll_until
+from support.realprocs import AlertmanagerServer, PrometheusServer, RealProcesses, free_port, http_get, poll_until
 
 from service.steps import StepContext, StepOutcome
 from service.steps.promql import Spec, alert_expr_spec, expr_from_generator_url, run

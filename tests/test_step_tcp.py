@@ -7,7 +7,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from realprocs import free_port
+from support.realprocs import free_port
 
 from service.steps import StepContext
 from service.steps.tcp import Spec, run

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flow_helpers import alert_body
+from support.flow import alert_body
 
 from service.clock import FakeClock
 from service.store import MIGRATIONS, SQLiteStore, timestamp

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from flow_helpers import alert_body
+from support.flow import alert_body
 
 from service.clock import FakeClock
 from service.store import DuplicateExecution, NewExecution, SQLiteStore, StoreError

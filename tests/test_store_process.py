@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from service_proc import ServiceProcess
+from support.service_proc import ServiceProcess
 
 FIRING = (Path(__file__).parent / "fixtures/alertmanager/firing-nats-jetstream-unhealthy.json").read_bytes()
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.templating import TemplateEngine, TemplateError
+from service.playbooks.templating import TemplateEngine, TemplateError
 
 
 @pytest.fixture

@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from service.errors import StepError
+
 # Fixed so that neither the service's environment nor a rendered value decides which program runs.
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Never inherited: the service's own settings and secrets, and stale alert variables that would pass
@@ -79,7 +81,7 @@ def _allowed(name: str, entries: Iterable[str]) -> bool:
     return any(name == e or (e.endswith("*") and name.startswith(e[:-1])) for e in entries)
 
 
-class Unpassable(Exception):
+class Unpassable(StepError):
     """A value the playbook names cannot be given to a program; the message says which and why."""
 
 

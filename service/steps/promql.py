@@ -13,6 +13,7 @@ from typing import Any, Literal, Self
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.errors import StepError
 from service.steps import StepContext, StepOutcome, StepSpecBase
 from service.steps.capture import TailBuffer, read_body
 from service.steps.errors import reason
@@ -71,7 +72,7 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {
 }
 
 
-class QueryError(Exception):
+class QueryError(StepError):
     """Prometheus refused the query or answered something that is not a query result."""
 
 

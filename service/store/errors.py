@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from service.errors import RemediatorError
 
-class StoreError(Exception):
+
+class StoreError(RemediatorError):
     """The store could not do what was asked (disk full, I/O error, closed): callers answer 503."""
 
 

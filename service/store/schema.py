@@ -134,7 +134,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX executions_refusal_time ON executions(refusal, created_at)",
     ),
     (
-        # Escalations (service/escalation.py): one row each time a person must be told about an
+        # Escalations (service/escalation/escalator.py): one row each time a person must be told about an
         # execution; kind decides the alert (failed | approval); level is the last level notified.
         """CREATE TABLE escalations (
             id TEXT PRIMARY KEY,
@@ -186,7 +186,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE UNIQUE INDEX approvals_pending ON approvals(execution_id) WHERE decided_at IS NULL",
     ),
     (
-        # The pages (service/pages.py) with 100,000 executions: each index filter reads its page off an
+        # The pages (service/web/pages.py) with 100,000 executions: each index filter reads its page off an
         # index already in the list's order (created_at DESC, id DESC), deep offsets skip index entries
         # only, and the per-rule figures count (rule, state) and take the median time to a verified
         # fix from one covering index (its expression is store._FIX_SECONDS, character for character).

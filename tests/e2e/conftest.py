@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from service_proc import ServiceProcess
+from support.service_proc import ServiceProcess
 
 from demo.processes import StackError, log_tail
 from demo.stack import MissingBinaries, Remediator, Stack, StackOptions
@@ -33,7 +33,7 @@ class _ServiceProcess(ServiceProcess):
 
 
 def service_process(workdir: Path, config: dict[str, Any], port: int) -> Remediator:
-    """The remediator as the other process tests run it (tests/service_proc.py)."""
+    """The remediator as the other process tests run it (tests/support/service_proc.py)."""
     return _ServiceProcess(workdir=workdir, config=config, port=port)
 
 

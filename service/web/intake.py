@@ -18,10 +18,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from service.access import as_bytes, same_secret
 from service.clock import Clock
+from service.errors import RequestError
 from service.metrics import Metrics
 from service.store import NotificationReceipt, SQLiteStore, StoreError
+from service.web.access import as_bytes, same_secret
 from service.webhook import describe_errors, parse
 
 log = logging.getLogger("remediator.intake")
@@ -93,11 +94,11 @@ def _error(
     return web.json_response(body, status=status, headers=headers)
 
 
-class TooLarge(Exception):
+class TooLarge(RequestError):
     """The body passed the size limit."""
 
 
-class Unreadable(Exception):
+class Unreadable(RequestError):
     """The body could not be read: a Content-Encoding that does not decode (garbage declared gzip)."""
 
 

@@ -25,9 +25,16 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from service.matchers import Matcher, MatcherError, parse_matcher_list, parse_matchers
-from service.playbooks import LoadedPlaybook, ParamError, ParamValue, check_param, load_playbooks, validate_params
-from service.templating import TemplateEngine, TemplateError
+from service.playbooks.playbook import (
+    LoadedPlaybook,
+    ParamError,
+    ParamValue,
+    check_param,
+    load_playbooks,
+    validate_params,
+)
+from service.playbooks.templating import TemplateEngine, TemplateError
+from service.rules.matchers import Matcher, MatcherError, parse_matcher_list, parse_matchers
 from service.yamlload import (
     ConfigError,
     ConfigErrors,

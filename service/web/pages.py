@@ -1,11 +1,11 @@
 """The HTML pages the paged engineer opens: the index of executions and one page per execution.
 
 Server-side Jinja2 with autoescape on, in an Environment of its own: the sandboxed engine in
-``service.templating`` renders playbook parameters from alert labels, a different trust boundary with
+``service.playbooks.templating`` renders playbook parameters from alert labels, a different trust boundary with
 different rules (strict undefined, no HTML). The pages need no JavaScript: filters are a GET form and
 the approve/deny/acknowledge buttons are POST forms.
 
-The detail page is built from :func:`service.report.report_json`, the same model the JSON API and the
+The detail page is built from :func:`service.reports.report.report_json`, the same model the JSON API and the
 Markdown report use, so the formats cannot disagree.
 """
 
@@ -23,8 +23,11 @@ import jinja2
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from service.access import READ_CHALLENGE
-from service.app import (
+from service.reports.report import OUTPUT_TAIL_CHARS, OUTPUT_TAIL_LINES, report_json
+from service.steps.promql import format_labels
+from service.store import ACTIVE_STATES, ExecutionRecord
+from service.web.access import READ_CHALLENGE
+from service.web.app import (
     RUNTIME,
     Runtime,
     add_pause,
@@ -34,12 +37,9 @@ from service.app import (
     reader_accepted,
     reset_limits,
 )
-from service.intake import TooLarge, Unreadable, read_bounded
-from service.listing import EXECUTION_STATES, FILTERS, QueryError, form_values, parse_list_query
-from service.openapi import FORM, INDEX_PAGE_SIZE
-from service.report import OUTPUT_TAIL_CHARS, OUTPUT_TAIL_LINES, report_json
-from service.steps.promql import format_labels
-from service.store import ACTIVE_STATES, ExecutionRecord
+from service.web.intake import TooLarge, Unreadable, read_bounded
+from service.web.listing import EXECUTION_STATES, FILTERS, QueryError, form_values, parse_list_query
+from service.web.openapi import FORM, INDEX_PAGE_SIZE
 
 PAGE_SIZE = 50
 # The action forms are a token and a few short fields: bodies are capped far below the webhook's.
@@ -95,7 +95,7 @@ PAGES = web.AppKey("pages", Pages)
 
 def page_environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        loader=jinja2.FileSystemLoader(Path(__file__).parent.parent / "reports" / "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,  # a typo in a template is a 500 in tests, not a blank
         trim_blocks=True,

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from flow_helpers import poll, write_config
-from realprocs import free_port
 
-from service.app import RUNTIME, create_app
 from service.settings import Secrets, Settings
 from service.store import SQLiteStore
+from service.web.app import RUNTIME, create_app
+from support.flow import poll, write_config
+from support.realprocs import free_port
 
 OPERATOR_TOKEN = "op-secret-token"
 PY = sys.executable

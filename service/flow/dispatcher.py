@@ -16,10 +16,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from service import admission
 from service.clock import Clock
-from service.executor import Executor, RunRequest
-from service.rules import Alert, NotificationContext, RuleMatch, RuleSet
+from service.flow import admission
+from service.flow.executor import Executor, RunRequest
+from service.rules.ruleset import Alert, NotificationContext, RuleMatch, RuleSet
 from service.store import ACTIVE_STATES, AlertEvent, DispatchStore, DuplicateExecution, ExecutionRecord, NewExecution
 
 log = logging.getLogger("remediator.dispatcher")

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.rules import Alert, AlertStatus, LoadedRule, NotificationContext, RuleSet, load_ruleset
+from service.rules.ruleset import Alert, AlertStatus, LoadedRule, NotificationContext, RuleSet, load_ruleset
 from service.webhook import WebhookNotification
 from service.yamlload import ConfigError, ConfigErrors, expand_globs, load_yaml_file, validation_errors
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-FIXTURES = Path(__file__).parent / "fixtures" / "alertmanager"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "alertmanager"
 FIRING = json.loads((FIXTURES / "firing-nats-jetstream-unhealthy.json").read_text())
 RESOLVED = json.loads((FIXTURES / "resolved-nats-jetstream-unhealthy.json").read_text())
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 from multidict import MultiMapping
 
+from service.errors import RequestError
 from service.store import ACTIVE_STATES, TERMINAL_STATES, timestamp
 
 # "skipped" is what a shadow-mode decision records; the store has no constant naming it on its own.
@@ -32,7 +33,7 @@ FORM_TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.
 _FORM_TIME = re.compile(FORM_TIME_PATTERN)
 
 
-class QueryError(ValueError):
+class QueryError(RequestError, ValueError):
     """A query parameter that cannot be used; the message names it."""
 
 

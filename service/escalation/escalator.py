@@ -25,8 +25,8 @@ import aiohttp
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from service.channels import Channel, DeliveryError, Retry, build_channels
 from service.clock import Clock
+from service.escalation.channels import Channel, DeliveryError, Retry, build_channels
 from service.metrics import Metrics
 from service.settings import Secrets, Settings
 from service.store import (

@@ -23,14 +23,15 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from service.matchers import AnchoredRegex, MatcherError, compile_regex
+from service.errors import ConfigurationError
+from service.playbooks.templating import TemplateEngine, TemplateError
+from service.rules.matchers import AnchoredRegex, MatcherError, compile_regex
 from service.steps import StepSpecBase
 from service.steps.exec import Spec as ExecSpec
 from service.steps.http import Spec as HttpSpec
 from service.steps.nats import Spec as NatsSpec
 from service.steps.promql import Spec as PromqlSpec
 from service.steps.tcp import Spec as TcpSpec
-from service.templating import TemplateEngine, TemplateError
 from service.yamlload import ConfigError, ConfigErrors, Duration, PathPart, YamlDocument, load_yaml
 from service.yamlload import validation_errors as _validation_errors
 
@@ -265,7 +266,7 @@ def check_param(spec: ParamSpec, raw: ParamValue) -> tuple[ParamValue] | str:
     return (value,)
 
 
-class ParamError(ValueError):
+class ParamError(ConfigurationError, ValueError):
     """Params refused for a playbook; ``problems`` has one line per bad param."""
 
     def __init__(self, playbook: str, problems: Sequence[str]) -> None:

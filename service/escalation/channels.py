@@ -20,12 +20,13 @@ import nats
 import nats.errors
 
 from service.clock import Clock
+from service.errors import RemediatorError
 from service.settings import ChannelSettings, Secrets, Settings
 
 _ERROR_BODY_CHARS = 300
 
 
-class DeliveryError(Exception):
+class DeliveryError(RemediatorError):
     """A delivery attempt failed; the message is what the report and the log show."""
 
 

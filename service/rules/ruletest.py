@@ -30,8 +30,8 @@ from typing import Any, Literal, Self
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.playbooks import ParamValue
-from service.rules import Alert, NotificationContext, RuleMatch, RuleSet
+from service.playbooks.playbook import ParamValue
+from service.rules.ruleset import Alert, NotificationContext, RuleMatch, RuleSet
 from service.yamlload import ConfigErrors, load_yaml_file, validation_errors
 
 

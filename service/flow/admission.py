@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
-from service.rules import RuleMatch
+from service.rules.ruleset import RuleMatch
 from service.store import TERMINAL_STATES, AdmissionStore
 
 Decision = Literal["run", "queue", "repeat", "refuse", "shadow"]

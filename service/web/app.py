@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import threading
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
@@ -18,9 +19,24 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
-from service.access import OPERATOR_CHALLENGE, READ_CHALLENGE, as_bytes, bearer_is, may_read, same_secret
-from service.admission import StormGuard
-from service.api_models import (
+from service.clock import Clock, SystemClock
+from service.escalation.escalator import Escalator, Policy
+from service.flow.admission import StormGuard
+from service.flow.dispatcher import Dispatcher, DispatchSettings
+from service.flow.executor import Endpoints, Executor
+from service.flow.retention import prune
+from service.flow.silences import SilenceWatcher
+from service.metrics import Metrics, create_metrics
+from service.playbooks.templating import TemplateEngine
+from service.redaction import DEFAULT_PATTERNS, Redactor
+from service.reports.report import report_json
+from service.rules.checks import explain_alert, notification_alerts
+from service.rules.matchers import parse_matcher
+from service.rules.ruleset import RuleSet, load_ruleset
+from service.settings import Secrets, Settings
+from service.store import NotificationReceipt, SQLiteStore
+from service.web.access import OPERATOR_CHALLENGE, READ_CHALLENGE, as_bytes, bearer_is, may_read, same_secret
+from service.web.api_models import (
     Acknowledged,
     Decided,
     ErrorAnswer,
@@ -39,24 +55,9 @@ from service.api_models import (
     SilencePause,
     SimulatedAlert,
 )
-from service.checks import explain_alert, notification_alerts
-from service.clock import Clock, SystemClock
-from service.dispatcher import Dispatcher, DispatchSettings
-from service.escalation import Escalator, Policy
-from service.executor import Endpoints, Executor
-from service.intake import Intake, TooLarge, Unreadable, WebhookAuth, handle, json_content_problem, read_bounded
-from service.listing import QueryError, parse_list_query
-from service.matchers import parse_matcher
-from service.metrics import Metrics, create_metrics
-from service.openapi import API_PAGE_SIZE, MAX_PAUSE_ID, openapi_document
-from service.redaction import DEFAULT_PATTERNS, Redactor
-from service.report import report_json
-from service.retention import prune
-from service.rules import RuleSet, load_ruleset
-from service.settings import Secrets, Settings
-from service.silences import SilenceWatcher
-from service.store import NotificationReceipt, SQLiteStore
-from service.templating import TemplateEngine
+from service.web.intake import Intake, TooLarge, Unreadable, WebhookAuth, handle, json_content_problem, read_bounded
+from service.web.listing import QueryError, parse_list_query
+from service.web.openapi import API_PAGE_SIZE, MAX_PAUSE_ID, openapi_document
 from service.webhook import describe_errors, parse
 from service.yamlload import ConfigErrors
 
@@ -137,6 +138,7 @@ INTAKE = web.AppKey("intake", Intake)
 SCHEDULER = web.AppKey("scheduler", AsyncIOScheduler)
 OPENAPI = web.AppKey("openapi", bytes)
 SIMULATIONS = web.AppKey("simulations", asyncio.Semaphore)
+SIMULATE_SLICE_S = 0.005  # the longest a simulation holds the loop between two yields
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -250,7 +252,7 @@ def refusal(
     return kind(text=body, content_type="application/json", headers=headers)
 
 
-# --- who may do what (service/access.py) ------------------------------------------------------------
+# --- who may do what (service/web/access.py) ------------------------------------------------------------
 
 
 def operator_token_accepted(runtime: Runtime, given: str) -> bool | None:
@@ -337,8 +339,12 @@ async def _openapi(request: web.Request) -> web.Response:
 # --- simulate ---------------------------------------------------------------------------------------
 
 
-def _explain(ruleset: RuleSet, body: bytes) -> tuple[int, bytes]:
-    """Parse, check and explain a webhook body (in a worker thread): (status, JSON answer)."""
+async def _explain(ruleset: RuleSet, body: bytes) -> tuple[int, bytes]:
+    """Parse, check and explain a webhook body: (status, JSON answer). On the loop, in slices: parsing
+    is bounded by the body cap (about 10 ms a megabyte), and the alerts are explained a few
+    milliseconds at a time, yielding between slices, so the webhook and /-/healthy wait one slice at
+    most. (A worker thread would not do: the work holds the GIL, and the loop then waits for it at
+    every step of every request, for longer than a slice.)"""
     try:
         notification = parse(body)
     except ValidationError as exc:
@@ -351,20 +357,21 @@ def _explain(ruleset: RuleSet, body: bytes) -> tuple[int, bytes]:
     if len(notification.alerts) > MAX_SIMULATE_ALERTS:
         message = f"{len(notification.alerts)} alerts: simulate takes at most {MAX_SIMULATE_ALERTS} per request"
         return 413, ErrorAnswer(error=message).model_dump_json(exclude_none=True).encode()
-    # Alert by alert, straight to JSON text: a pydantic call holds the GIL throughout (one for a thousand
-    # alerts stalls the loop for a third of a second), and explanations kept alive until the end make the
-    # garbage collector's full pass (GIL held again) walk all of them.
     alerts, context = notification_alerts(notification)
-    answers = [
-        SimulatedAlert.model_validate(explain_alert(ruleset, alert, context)).model_dump_json() for alert in alerts
-    ]
+    answers = []
+    slice_began = time.monotonic()
+    for alert in alerts:
+        # straight to JSON text: explanations kept alive to the end would make the collector walk them all
+        answers.append(SimulatedAlert.model_validate(explain_alert(ruleset, alert, context)).model_dump_json())
+        if time.monotonic() - slice_began > SIMULATE_SLICE_S:
+            await asyncio.sleep(0)
+            slice_began = time.monotonic()
     return 200, f'{{"alerts":[{",".join(answers)}]}}'.encode()
 
 
 async def _simulate(request: web.Request) -> web.Response:
     """A webhook body in, the decisions out; nothing stored or run. Authenticated before the body is
-    read, bounded (body size, alerts), and worked out in a worker thread, one request at a time, so the
-    loop keeps answering the webhook and /-/healthy."""
+    read, bounded (body size, alerts), one request at a time, worked out in slices (see _explain)."""
     _reader(request)
     runtime = request.app[RUNTIME]
     if (problem := json_content_problem(request)) is not None:
@@ -376,7 +383,7 @@ async def _simulate(request: web.Request) -> web.Response:
     except Unreadable as exc:
         return error_answer(400, str(exc))
     async with request.app[SIMULATIONS]:
-        status, result = await asyncio.to_thread(_explain, runtime.rules.rules(), body)
+        status, result = await _explain(runtime.rules.rules(), body)
     return web.Response(body=result, status=status, content_type="application/json")
 
 
@@ -615,7 +622,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
     app.router.add_post("/api/v1/pauses", _add_pause)
     app.router.add_delete("/api/v1/pauses/{id}", _clear_pause)
     app.router.add_post("/api/v1/limits/reset", _reset_limits)
-    from service.pages import add_page_routes  # imported here: the pages import RUNTIME from this module
+    from service.web.pages import add_page_routes  # imported here: the pages import RUNTIME from this module
 
     add_page_routes(app)
     return app

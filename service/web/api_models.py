@@ -1,6 +1,6 @@
 """The HTTP API's requests and answers as pydantic models.
 
-Handlers serialise their answers through these models and ``service.openapi`` builds the OpenAPI
+Handlers serialise their answers through these models and ``service.web.openapi`` builds the OpenAPI
 document from them, so the document says what the service does. Records that come from the store
 allow extra fields: a column added later reaches the answer without breaking its schema.
 """
@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.rules import Verdict
+from service.rules.ruleset import Verdict
 
-ParamValue = str | int | float | bool  # service.playbooks.ParamValue, spelt out for the schema
+ParamValue = str | int | float | bool  # service.playbooks.playbook.ParamValue, spelt out for the schema
 
 
 class _Answer(BaseModel):

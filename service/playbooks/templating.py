@@ -21,12 +21,14 @@ from jinja2 import meta, nodes
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from service.errors import ConfigurationError
+
 MAX_OUTPUT_CHARS = 1_000_000
 MAX_CACHE_ENTRIES = 4096
 MAX_EXPONENT = 64
 
 
-class TemplateError(ValueError):
+class TemplateError(ConfigurationError, ValueError):
     """A template that does not compile or does not render; the message quotes the template."""
 
 

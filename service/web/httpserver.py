@@ -22,9 +22,9 @@ from aiohttp import web
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
-from service.access import QuietRequestHandler
 from service.logs import ThrottledLog
 from service.settings import ServerSettings
+from service.web.access import QuietRequestHandler
 
 log = logging.getLogger("remediator.http")
 

@@ -40,6 +40,8 @@ from typing import Any, Literal
 
 import re2
 
+from service.errors import ConfigurationError
+
 Op = Literal["=", "!=", "=~", "!~"]
 
 # Go's RE2 \s is [\t\n\f\r ]; Python's \s would also take Unicode spaces, so spell it out. '=~' is
@@ -69,7 +71,7 @@ def _re2_options() -> Any:
 _RE2_OPTIONS = _re2_options()
 
 
-class MatcherError(ValueError):
+class MatcherError(ConfigurationError, ValueError):
     """A matcher that Alertmanager would refuse (or that we refuse; see the module docstring)."""
 
 

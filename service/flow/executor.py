@@ -17,8 +17,9 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from service.clock import Clock
+from service.errors import StepError
 from service.logs import bind
-from service.playbooks import (
+from service.playbooks.playbook import (
     AlertExprCheck,
     AlertResolvedCheck,
     ApprovalStep,
@@ -29,13 +30,13 @@ from service.playbooks import (
     WaitStep,
     rolling_items,
 )
+from service.playbooks.templating import TemplateEngine, TemplateError
 from service.redaction import Redactor
 from service.steps import StepContext, StepOutcome, StepSpecBase
 from service.steps.promql import Spec as PromqlSpec
 from service.steps.promql import expr_from_generator_url
 from service.steps.registry import STEP_TYPES
 from service.store import ExecutionStore, StepRecord
-from service.templating import TemplateEngine, TemplateError
 
 log = logging.getLogger("remediator.executor")
 
@@ -53,7 +54,7 @@ class ApprovalHooks(Protocol):
     async def approval_decided(self, execution_id: str, decision: str, by: str) -> None: ...
 
 
-class StepFailed(Exception):
+class StepFailed(StepError):
     def __init__(self, name: str, outcome: StepOutcome) -> None:
         super().__init__(f'step "{name}" {outcome.status}: {outcome.summary}')
         self.outcome = outcome

@@ -1,0 +1,1 @@
+"""Escalation: telling a person, through the channels, once per incident."""

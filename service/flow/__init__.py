@@ -1,0 +1,1 @@
+"""The flow: committed alerts -> dispatcher -> admission -> executor -> verification."""

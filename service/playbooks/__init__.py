@@ -1,0 +1,1 @@
+"""Playbooks: the runbook procedures as steps, their params and templates."""

@@ -1,0 +1,1 @@
+"""Reports: one execution rendered as JSON, Markdown and HTML (rendering only, no handlers)."""

@@ -1,0 +1,1 @@
+"""Rules: Alertmanager matchers, the rule files, rule unit tests, explain."""

@@ -1,0 +1,1 @@
+"""What the tests share: helpers, fakes, and the real processes they start."""
