@@ -16,8 +16,8 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from service.alerts.matchers import MatcherError, parse_matcher
 from service.errors import ConfigurationError
-from service.rules.matchers import MatcherError, parse_matcher
 from service.yamlload import (
     ConfigError,
     ConfigErrors,

@@ -12,11 +12,11 @@ import pytest
 from support.flow import alert_body, write_config
 from support.memory_store import MemoryStore
 
+from service.alerts.webhook import parse
 from service.clock import FakeClock
 from service.flow.admission import StormGuard, Verdict, decide
 from service.rules.ruleset import Alert, RuleMatch, RuleSet, load_ruleset
 from service.store import DispatchStore, IntakeStore, NewExecution, SQLiteStore
-from service.webhook import parse
 
 PLAYBOOK = """
 name: noop

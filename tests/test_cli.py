@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from service.alerts.webhook import WebhookNotification
 from service.store import NewExecution, SQLiteStore, StepRecord
-from service.webhook import WebhookNotification
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"

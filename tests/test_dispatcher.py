@@ -11,13 +11,13 @@ import pytest
 from support.flow import QUICK_PLAYBOOK, alert_body, write_config
 from support.memory_store import MemoryStore
 
+from service.alerts.webhook import parse
 from service.clock import FakeClock
 from service.flow import dispatcher as dispatcher_module
 from service.flow.admission import StormGuard
 from service.flow.dispatcher import Dispatcher, DispatchSettings
 from service.rules.ruleset import load_ruleset
 from service.store import DispatchStore, IntakeStore, NotificationReceipt, SQLiteStore, StoreError
-from service.webhook import parse
 
 # Shadow mode: each dispatched alert records one decision and runs nothing, so counting decisions
 # counts dispatches (a second dispatch of an occurrence would be a "repeat").

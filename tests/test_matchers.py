@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from service.rules.matchers import Matcher, MatcherError, parse_matcher, parse_matcher_list, parse_matchers
+from service.alerts.matchers import Matcher, MatcherError, parse_matcher, parse_matcher_list, parse_matchers
 
 # (input, expected [(name, op, value)]) — cases from Alertmanager's TestMatchers (classic parser).
 PARSE_OK = [

@@ -17,9 +17,9 @@ from typing import TypeVar
 
 import pytest
 
+from service.alerts.matchers import REGEX_CACHE_MAX_VALUE_CHARS, parse_matcher
 from service.playbooks.playbook import ParamSpec, check_param, playbook_from_source
 from service.playbooks.templating import TemplateEngine
-from service.rules.matchers import REGEX_CACHE_MAX_VALUE_CHARS, parse_matcher
 from service.rules.ruleset import Alert, load_ruleset
 
 EVIL_MATCHER = 'x=~"(a+)+"'

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from support.flow import alert_body
 
+from service.alerts.webhook import parse
 from service.clock import FakeClock
 from service.flow.retention import prune
 from service.store import NewExecution, SQLiteStore
-from service.webhook import parse
 
 
 async def test_prune_keeps_recent_and_active_runs_and_what_they_refer_to(tmp_path: Path) -> None:

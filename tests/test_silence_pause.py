@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from support.flow import QUICK_PLAYBOOK, alert_body, poll, quick_rules, write_config
 from support.realprocs import AlertmanagerServer
 
+from service.alerts.matchers import parse_matcher
 from service.flow.silences import parse_silences
-from service.rules.matchers import parse_matcher
 from service.settings import Secrets, Settings
 from service.web.app import create_app
 

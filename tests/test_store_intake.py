@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from support.flow import alert_body
 
+from service.alerts.webhook import parse
 from service.clock import FakeClock
 from service.store import MIGRATIONS, SQLiteStore, timestamp
-from service.webhook import parse
 
 
 def body_of(fingerprint: str, status: str = "firing") -> bytes:

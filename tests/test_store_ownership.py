@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from support.flow import alert_body
 
+from service.alerts.webhook import parse
 from service.clock import FakeClock
 from service.store import DuplicateExecution, NewExecution, SQLiteStore, StoreError
-from service.webhook import parse
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from service.rules.matchers import Matcher, MatcherError, Op, matches_all
+from service.alerts.matchers import Matcher, MatcherError, Op, matches_all
 
 log = logging.getLogger("remediator.silences")
 

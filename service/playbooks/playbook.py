@@ -23,9 +23,9 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from service.alerts.matchers import AnchoredRegex, MatcherError, compile_regex
 from service.errors import ConfigurationError
 from service.playbooks.templating import TemplateEngine, TemplateError
-from service.rules.matchers import AnchoredRegex, MatcherError, compile_regex
 from service.steps import StepSpecBase
 from service.steps.exec import Spec as ExecSpec
 from service.steps.http import Spec as HttpSpec

@@ -17,8 +17,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.alerts.webhook import WebhookNotification
 from service.rules.ruleset import Alert, AlertStatus, LoadedRule, NotificationContext, RuleSet, load_ruleset
-from service.webhook import WebhookNotification
 from service.yamlload import ConfigError, ConfigErrors, expand_globs, load_yaml_file, validation_errors
 
 # An alerting rule labelled remediation="notify-only" (or "none") pages people and is meant to have

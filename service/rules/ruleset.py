@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from service.alerts.matchers import Matcher, MatcherError, parse_matcher_list, parse_matchers
 from service.playbooks.playbook import (
     LoadedPlaybook,
     ParamError,
@@ -34,7 +35,6 @@ from service.playbooks.playbook import (
     validate_params,
 )
 from service.playbooks.templating import TemplateEngine, TemplateError
-from service.rules.matchers import Matcher, MatcherError, parse_matcher_list, parse_matchers
 from service.yamlload import (
     ConfigError,
     ConfigErrors,

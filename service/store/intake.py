@@ -11,10 +11,10 @@ from typing import Any
 
 from pydantic_core import to_json
 
+from service.alerts.webhook import WebhookAlert, WebhookNotification
 from service.store.engine import SQLiteEngine
 from service.store.records import AlertEvent, NotificationReceipt, Occurrence
 from service.store.rows import parse_time, timestamp
-from service.webhook import WebhookAlert, WebhookNotification
 
 _INSERT_NOTIFICATION = (
     "INSERT INTO notifications (received_at, receiver, status, group_key, external_url, alert_count, body)"

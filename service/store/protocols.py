@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from service.alerts.webhook import WebhookNotification
 from service.store.records import (
     AlertEvent,
     ApprovalRequest,
@@ -28,7 +29,6 @@ from service.store.records import (
     StepRecord,
     TargetHistory,
 )
-from service.webhook import WebhookNotification
 
 
 class StoreLifecycle(Protocol):

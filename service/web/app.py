@@ -19,6 +19,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
+from service.alerts.matchers import parse_matcher
+from service.alerts.webhook import describe_errors, parse
 from service.clock import Clock, SystemClock
 from service.escalation.escalator import Escalator, Policy
 from service.flow.admission import StormGuard
@@ -31,7 +33,6 @@ from service.playbooks.templating import TemplateEngine
 from service.redaction import DEFAULT_PATTERNS, Redactor
 from service.reports.report import report_json
 from service.rules.checks import explain_alert, notification_alerts
-from service.rules.matchers import parse_matcher
 from service.rules.ruleset import RuleSet, load_ruleset
 from service.settings import Secrets, Settings
 from service.store import NotificationReceipt, SQLiteStore
@@ -58,7 +59,6 @@ from service.web.api_models import (
 from service.web.intake import Intake, TooLarge, Unreadable, WebhookAuth, handle, json_content_problem, read_bounded
 from service.web.listing import QueryError, parse_list_query
 from service.web.openapi import API_PAGE_SIZE, MAX_PAUSE_ID, openapi_document
-from service.webhook import describe_errors, parse
 from service.yamlload import ConfigErrors
 
 log = logging.getLogger("remediator.app")

@@ -18,12 +18,12 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from service.alerts.webhook import describe_errors, parse
 from service.clock import Clock
 from service.errors import RequestError
 from service.metrics import Metrics
 from service.store import NotificationReceipt, SQLiteStore, StoreError
 from service.web.access import as_bytes, same_secret
-from service.webhook import describe_errors, parse
 
 log = logging.getLogger("remediator.intake")
 

@@ -1,7 +1,7 @@
 """``GET /api/v1/openapi.json``: the HTTP interface as an OpenAPI 3.1 document.
 
 Bodies and answers are the pydantic models the handlers validate and serialise with
-(``service.web.api_models``, ``service.webhook``), turned into JSON Schema by pydantic, so the document
+(``service.web.api_models``, ``service.alerts.webhook``), turned into JSON Schema by pydantic, so the document
 cannot drift from them; tests check that every route is described and that the live service answers
 as described for any input (a property-based run with schemathesis).
 """
@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from service import __version__
+from service.alerts.webhook import WebhookNotification
 from service.web.api_models import (
     Acknowledged,
     Decided,
@@ -37,7 +38,6 @@ from service.web.api_models import (
     WebhookAccepted,
 )
 from service.web.listing import EXECUTION_STATES, FORM_TIME_PATTERN, MAX_OFFSET
-from service.webhook import WebhookNotification
 
 Access = Literal["open", "read", "operator", "webhook", "reload"]
 Answer = type[BaseModel] | Literal["text/plain", "text/html", "metrics", "redirect", "application/json"]

@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from service.alerts.webhook import WebhookNotification
 from service.store import (
     ACTIVE_STATES,
     AlertEvent,
@@ -23,7 +24,6 @@ from service.store import (
     StoreError,
     TargetHistory,
 )
-from service.webhook import WebhookNotification
 
 
 @dataclass
