@@ -1,8 +1,9 @@
-"""Channel clients: where an escalation message goes.
+"""Channels: where an escalation message goes, and in what shape.
 
-A channel is a transport only: the escalator shapes each message per channel when it queues it in
-the outbox, and the outbox worker calls `send` and retries. Every send has its own hard timeout and
-fails with `DeliveryError` carrying a short reason for the report; a channel never retries itself.
+Each channel builds its own payload from a notice (`payload`, when the escalator queues the message
+in the outbox) and sends it (`send`, when the outbox worker delivers; the worker retries). Every
+send has its own hard timeout and fails with `DeliveryError` carrying a short reason for the report;
+a channel never retries itself.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import nats.errors
 
 from service.clock import Clock
 from service.errors import RemediatorError
+from service.escalation.messages import Notice
 from service.settings import ChannelSettings, Secrets, Settings
 
 _ERROR_BODY_CHARS = 300
@@ -37,6 +39,7 @@ class Channel(Protocol):
     def type(self) -> str: ...
     @property
     def timeout(self) -> float: ...
+    def payload(self, notice: Notice) -> dict[str, Any]: ...
     async def send(self, session: aiohttp.ClientSession, payload: Mapping[str, Any]) -> None: ...
 
 
@@ -81,6 +84,23 @@ class AlertmanagerChannel:
     ends_after: float
     type: str = "alertmanager"
 
+    def payload(self, notice: Notice) -> dict[str, Any]:
+        facts, closing = notice.facts, notice.closing
+        annotations = {"summary": facts["summary"], "report_url": facts["report_url"]}
+        for key in ("approve_url", "deny_url", "deadline"):
+            if key in facts:
+                annotations[key] = facts[key]
+        if closing is not None:
+            annotations["closed"] = f"{closing['state']} by {closing['by']}: {closing['reason']}"
+        return {
+            "labels": dict(facts["labels"]),
+            "annotations": annotations,
+            "generatorURL": facts["report_url"],
+            "startsAt": facts["opened_at"],
+            # open: endsAt is set when it is sent (below); closed: resolved now
+            "endsAt": None if closing is None else closing["closed_at"],
+        }
+
     async def send(self, session: aiohttp.ClientSession, payload: Mapping[str, Any]) -> None:
         alert = dict(payload)
         if alert.get("endsAt") is None:
@@ -88,14 +108,56 @@ class AlertmanagerChannel:
         await _post_json(session, f"{self.url}/api/v2/alerts", [alert], self.timeout)
 
 
+def _event(notice: Notice) -> dict[str, Any]:
+    """The generic JSON message: every fact, and the closing fields when it closes."""
+    return {
+        "id": notice.dedup_key,  # the same on a retry: receivers may dedup
+        "event": "closed" if notice.closing is not None else "escalation",
+        "escalation_id": notice.escalation_id,
+        "level": notice.level,
+        **notice.facts,
+        **(notice.closing or {}),
+    }
+
+
 @dataclass(frozen=True)
 class WebhookChannel:
-    """A generic JSON webhook (also Slack-compatible ones: the escalator shapes `{"text": ...}`)."""
+    """A generic JSON webhook: the event with every fact."""
 
     name: str
     url: str
     timeout: float
     type: str = "webhook"
+
+    def payload(self, notice: Notice) -> dict[str, Any]:
+        return _event(notice)
+
+    async def send(self, session: aiohttp.ClientSession, payload: Mapping[str, Any]) -> None:
+        await _post_json(session, self.url, payload, self.timeout)
+
+
+@dataclass(frozen=True)
+class SlackChannel:
+    """A Slack incoming webhook (or a compatible one): `{"text": ...}`, one line a person reads."""
+
+    name: str
+    url: str
+    timeout: float
+    type: str = "slack"
+
+    def payload(self, notice: Notice) -> dict[str, Any]:
+        facts, closing = notice.facts, notice.closing
+        name = facts["labels"]["alertname"]
+        if closing is not None:
+            text = (
+                f"{name} {closing['state']} by {closing['by']} ({closing['reason']}): "
+                f"{facts['labels'].get('original_alertname', '')} — report: {facts['report_url']}"
+            )
+            return {"text": text}
+        prefix = f"[{facts['severity']}] {name}"
+        if notice.level:
+            prefix += f" (level {notice.level}: not acknowledged yet)"
+        return {"text": f"{prefix}: {facts['summary']}"}
 
     async def send(self, session: aiohttp.ClientSession, payload: Mapping[str, Any]) -> None:
         await _post_json(session, self.url, payload, self.timeout)
@@ -111,6 +173,9 @@ class NatsChannel:
     subject: str
     timeout: float
     type: str = "nats"
+
+    def payload(self, notice: Notice) -> dict[str, Any]:
+        return _event(notice)
 
     async def send(self, session: aiohttp.ClientSession, payload: Mapping[str, Any]) -> None:
         errors: list[str] = []
@@ -165,4 +230,6 @@ def _channel(spec: ChannelSettings, settings: Settings, secrets: Secrets, clock:
         assert spec.subject is not None  # the settings refuse a nats channel without one
         return NatsChannel(spec.name, url or settings.nats_url, spec.subject, spec.timeout)
     assert url is not None  # load_secrets refuses a webhook channel without a URL
-    return WebhookChannel(spec.name, url, spec.timeout, type=spec.type)
+    if spec.type == "slack":
+        return SlackChannel(spec.name, url, spec.timeout)
+    return WebhookChannel(spec.name, url, spec.timeout)

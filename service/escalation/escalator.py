@@ -16,10 +16,9 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import aiohttp
 from apscheduler.jobstores.base import JobLookupError
@@ -27,33 +26,29 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from service.clock import Clock
 from service.escalation.channels import Channel, DeliveryError, Retry, build_channels
+from service.escalation.messages import Links, Notice, escalation_facts
 from service.metrics import Metrics
 from service.settings import Secrets, Settings
 from service.store import (
     Delivery,
     EscalationStore,
-    ExecutionRecord,
     NewEscalation,
     OpenEscalation,
     OutboxMessage,
-    timestamp,
 )
 
 log = logging.getLogger("remediator.escalation")
 
-ALERTNAMES = {"failed": "RemediationFailed", "approval": "RemediationApprovalPending"}
 _BATCH = 50
 _IDLE_S = 5.0  # a missed wake-up delays a delivery at most this long
 _SEND_BACKSTOP_S = 5.0  # beyond the channel's own timeout
-_SUMMARY_CHARS = 1500
-_STEPS_SHOWN = 8
 
 
 @dataclass(frozen=True)
 class Policy:
     """Where escalations go and when, resolved from the settings once per app."""
 
-    external_url: str
+    links: Links
     channels: Mapping[str, Channel]
     retries: Mapping[str, Retry]
     levels: tuple[tuple[float, tuple[str, ...]], ...]  # (delay seconds, channel names); level 0 at once
@@ -65,7 +60,7 @@ class Policy:
         channels, retries = build_channels(settings, secrets, clock)
         escalation = settings.escalation
         return cls(
-            external_url=settings.external_url,
+            links=Links(settings.external_url),
             channels=channels,
             retries=retries,
             levels=tuple((delay, tuple(names)) for delay, names in escalation.level_channels()),
@@ -86,12 +81,6 @@ class Escalator:
         self._pass = asyncio.Lock()
         self._session: aiohttp.ClientSession | None = None
         self._scheduler: AsyncIOScheduler | None = None
-
-    def report_url(self, execution_id: str) -> str:
-        return f"{self._policy.external_url}/executions/{execution_id}"
-
-    def decision_url(self, execution_id: str, decision: str) -> str:
-        return f"{self._policy.external_url}/api/v1/executions/{execution_id}/{decision}"
 
     # --- what the flow calls ------------------------------------------------------------------
 
@@ -214,11 +203,13 @@ class Escalator:
             return
         now = self._clock.now()
         escalation_id = f"esc-{int(now.timestamp() * 1000):012x}-{secrets.token_hex(4)}"
-        facts = self._facts(record, kind, reason, severity, now, approval)
+        facts = escalation_facts(
+            record, kind, reason, severity, now, approval, self._policy.links, self._policy.alert_labels
+        )
         level0 = self._policy.levels[0][1] if self._policy.levels else ()
         await self._store.open_escalation(
             NewEscalation(escalation_id, execution_id, kind, reason, severity, now, facts),
-            [self._message(escalation_id, name, facts, 0) for name in level0],
+            [self._message(Notice(escalation_id, name, facts, 0)) for name in level0],
             {
                 "escalation_id": escalation_id,
                 "kind": kind,
@@ -243,7 +234,8 @@ class Escalator:
         now = self._clock.now()
         closing = {"state": state, "by": by, "reason": reason, "closed_at": now.isoformat()}
         messages = [
-            self._message(escalation.id, name, escalation.facts, None, closing) for name in self._policy.channels
+            self._message(Notice(escalation.id, name, escalation.facts, None, closing))
+            for name in self._policy.channels
         ]
         if not await self._store.close_escalation(escalation.id, state, by, reason, now, messages):
             return 0  # closed meanwhile by someone else
@@ -275,7 +267,7 @@ class Escalator:
             return  # acknowledged or closed before this level was due
         delay, names = self._policy.levels[level]
         note = f"level {level}: not acknowledged within {delay:g}s, notifying {', '.join(names)}"
-        messages = [self._message(escalation_id, name, escalation.facts, level) for name in names]
+        messages = [self._message(Notice(escalation_id, name, escalation.facts, level)) for name in names]
         if await self._store.enqueue_level(escalation_id, level, messages, self._clock.now(), note):
             self._wake.set()
             log.warning(note, extra={"execution_id": execution_id, "escalation_id": escalation_id})
@@ -344,79 +336,14 @@ class Escalator:
             return
         self._metrics.escalation_deliveries.labels(channel.name, "resent").inc()
 
-    # --- messages -----------------------------------------------------------------------------
-
-    def _facts(
-        self,
-        record: ExecutionRecord,
-        kind: str,
-        reason: str,
-        severity: str,
-        now: datetime,
-        approval: tuple[str, datetime] | None,
-    ) -> dict[str, Any]:
-        """What every message of this escalation says, fixed when it opens."""
-        execution = record.execution
-        alert_labels = (record.occurrence or {}).get("labels", {})
-        execution_id = str(execution["id"])
-        labels = {
-            **self._policy.alert_labels,
-            "alertname": ALERTNAMES[kind],
-            "execution_id": execution_id,
-            "rule": execution["rule"],
-            "playbook": execution["playbook"],
-            "target": execution["target"],
-            "severity": severity,
-            "original_alertname": execution["alertname"],
-            "instance": alert_labels.get("instance", ""),
-        }
-        facts: dict[str, Any] = {
-            "kind": kind,
-            "execution_id": execution_id,
-            "reason": reason,
-            "severity": severity,
-            "opened_at": now.isoformat(),
-            "labels": {k: str(v) for k, v in labels.items() if v},  # Alertmanager refuses empty values
-            "report_url": self.report_url(execution_id),
-        }
-        if approval is not None:
-            facts["approve_url"] = self.decision_url(execution_id, "approve")
-            facts["deny_url"] = self.decision_url(execution_id, "deny")
-            facts["deadline"] = approval[1].isoformat()
-        facts["summary"] = _summary(record, reason, facts, approval)
-        return facts
-
-    def _message(
-        self,
-        escalation_id: str,
-        channel_name: str,
-        facts: Mapping[str, Any],
-        level: int | None,
-        closing: Mapping[str, str] | None = None,
-    ) -> OutboxMessage:
-        """One channel's message: notify at `level`, or the closing message when `closing` is given."""
-        channel_type = self._policy.channels[channel_name].type
-        stage = "close" if closing is not None else f"level-{level}"
-        payload: dict[str, Any]
-        if channel_type == "alertmanager":
-            payload = _alertmanager_alert(facts, closing)
-        elif channel_type == "slack":
-            payload = {"text": _slack_text(facts, level, closing)}
-        else:
-            payload = {
-                "id": f"{escalation_id}/{stage}/{channel_name}",  # the same on a retry: receivers may dedup
-                "event": "closed" if closing is not None else "escalation",
-                "escalation_id": escalation_id,
-                "level": level,
-                **facts,
-                **(closing or {}),
-            }
+    def _message(self, notice: Notice) -> OutboxMessage:
+        """The outbox row of one notice, in the shape its channel sends."""
         return OutboxMessage(
-            dedup_key=f"{escalation_id}/{stage}/{channel_name}",
-            channel=channel_name,
-            kind="close" if closing is not None else "notify",
-            level=-1 if level is None else level,
-            payload=payload,
+            dedup_key=notice.dedup_key,
+            channel=notice.channel,
+            kind="close" if notice.closing is not None else "notify",
+            level=-1 if notice.level is None else notice.level,
+            payload=self._policy.channels[notice.channel].payload(notice),
         )
 
 
@@ -433,68 +360,3 @@ def _resolved_since_opened(escalation: OpenEscalation) -> bool:
         and escalation.occurrence_seen_at is not None
         and escalation.occurrence_seen_at >= escalation.opened_at
     )
-
-
-def _alertmanager_alert(facts: Mapping[str, Any], closing: Mapping[str, str] | None) -> dict[str, Any]:
-    annotations = {"summary": facts["summary"], "report_url": facts["report_url"]}
-    for key in ("approve_url", "deny_url", "deadline"):
-        if key in facts:
-            annotations[key] = facts[key]
-    if closing is not None:
-        annotations["closed"] = f"{closing['state']} by {closing['by']}: {closing['reason']}"
-    return {
-        "labels": dict(facts["labels"]),
-        "annotations": annotations,
-        "generatorURL": facts["report_url"],
-        "startsAt": facts["opened_at"],
-        # open: the channel sets endsAt when it sends (see AlertmanagerChannel); closed: resolved now
-        "endsAt": None if closing is None else closing["closed_at"],
-    }
-
-
-def _slack_text(facts: Mapping[str, Any], level: int | None, closing: Mapping[str, str] | None) -> str:
-    name = facts["labels"]["alertname"]
-    if closing is not None:
-        return (
-            f"{name} {closing['state']} by {closing['by']} ({closing['reason']}): "
-            f"{facts['labels'].get('original_alertname', '')} — report: {facts['report_url']}"
-        )
-    prefix = f"[{facts['severity']}] {name}"
-    if level:
-        prefix += f" (level {level}: not acknowledged yet)"
-    return f"{prefix}: {facts['summary']}"
-
-
-def _summary(
-    record: ExecutionRecord, reason: str, facts: Mapping[str, Any], approval: tuple[str, datetime] | None
-) -> str:
-    """One paragraph: what fired, what ran, why it escalated, and where the report is."""
-    execution = record.execution
-    instance = (record.occurrence or {}).get("labels", {}).get("instance")
-    text = f"{execution['alertname']} fired" + (f" on {instance}" if instance else "")
-    text += f" (rule {execution['rule']}, target {execution['target']})."
-    steps = _steps_text(record.steps)
-    if steps:
-        text += f" The remediator ran playbook {execution['playbook']}: {steps}."
-    else:
-        text += f" No step of playbook {execution['playbook']} ran."
-    if approval is not None:
-        prompt, deadline = approval
-        text += (
-            f" It waits for a person to approve: {prompt}. Decide before {timestamp(deadline)} (POST"
-            f" {facts['approve_url']} or {facts['deny_url']} with the operator token), or it is denied."
-        )
-    else:
-        text += f" It escalated because {reason.rstrip('.')}."
-    text += f" Report: {facts['report_url']}"
-    return text if len(text) <= _SUMMARY_CHARS else text[: _SUMMARY_CHARS - 1] + "…"
-
-
-def _steps_text(steps: Sequence[Mapping[str, Any]]) -> str:
-    """Each step's last attempt, in order: "stop ok, purge failed"."""
-    last: dict[str, str] = {}
-    for step in steps:
-        last[str(step["name"])] = str(step["status"])
-    shown = [f"{name} {status}" for name, status in list(last.items())[:_STEPS_SHOWN]]
-    more = len(last) - len(shown)
-    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
