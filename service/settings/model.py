@@ -1,4 +1,4 @@
-"""Service settings: `remediator.yaml`, then environment overrides, then secrets from files or env.
+"""The settings model: every section of `remediator.yaml`, validated by pydantic.
 
 Secrets are never read from the YAML itself: it names files (`*_file`), and the environment may give
 the values directly (`REMEDIATOR_WEBHOOK_BEARER_TOKEN`, ...), which is what container platforms do.
@@ -6,30 +6,26 @@ the values directly (`REMEDIATOR_WEBHOOK_BEARER_TOKEN`, ...), which is what cont
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from service.alerts.matchers import MatcherError, parse_matcher
-from service.errors import ConfigurationError
 from service.yamlload import (
-    ConfigError,
-    ConfigErrors,
     Duration,
     YamlDocument,
-    YamlPath,
-    format_path,
-    load_yaml_file,
-    validation_errors,
 )
 
 ENV_PREFIX = "REMEDIATOR_"
+# The variables that give secrets directly (container platforms); they are never settings overrides.
+SECRET_ENV = {
+    "webhook_bearer_token": "REMEDIATOR_WEBHOOK_BEARER_TOKEN",
+    "webhook_basic_password": "REMEDIATOR_WEBHOOK_BASIC_PASSWORD",
+    "operator_token": "REMEDIATOR_OPERATOR_TOKEN",
+    "read_token": "REMEDIATOR_READ_TOKEN",
+}
 
 
 class _Section(BaseModel):
@@ -267,213 +263,3 @@ class Settings(_Section):
 
     def resolve(self, path: Path) -> Path:
         return path if path.is_absolute() else self.base_dir / path
-
-
-@dataclass(frozen=True)
-class Secrets:
-    """Secret values, kept out of `Settings` so they never end up in a dump or a report."""
-
-    webhook_bearer_token: str | None
-    webhook_basic_password: str | None
-    operator_token: str | None
-    channel_urls: Mapping[str, str] = field(default_factory=dict)  # escalation channel name -> URL
-    read_token: str | None = None
-
-    def values(self) -> list[str]:
-        fixed = (self.webhook_bearer_token, self.webhook_basic_password, self.operator_token, self.read_token)
-        return [v for v in (*fixed, *self.channel_urls.values()) if v]
-
-
-class SettingsError(ConfigurationError):
-    """Settings that cannot be used; the message names the file and the field."""
-
-
-def _env_overrides(env: Mapping[str, str], model: type[BaseModel]) -> tuple[dict[str, Any], dict[YamlPath, str]]:
-    """REMEDIATOR_LISTEN_PORT=1 -> {listen_port: "1"}; REMEDIATOR_STORE__PATH -> {store: {path}}.
-
-    Lists take comma-separated values. Secret values (…_TOKEN, …_PASSWORD) are not settings.
-    Also returns which variable set each path, so an error in an override names the variable.
-    """
-    overrides: dict[str, Any] = {}
-    sources: dict[YamlPath, str] = {}
-    for key, value in env.items():
-        if not key.startswith(ENV_PREFIX) or key in _SECRET_ENV.values():
-            continue
-        parts = key[len(ENV_PREFIX) :].lower().split("__")
-        fields: type[BaseModel] | None = model
-        target = overrides
-        for index, part in enumerate(parts):
-            if fields is None or part not in fields.model_fields:
-                break
-            annotation = fields.model_fields[part].annotation
-            if index == len(parts) - 1:
-                target[part] = value.split(",") if annotation == list[str] else value
-                sources[tuple(parts)] = key
-            else:
-                fields = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
-                target = target.setdefault(part, {})
-    return overrides, sources
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(dict(merged[key]), value)
-        else:
-            merged[key] = value
-    return merged
-
-
-_SECRET_ENV = {
-    "webhook_bearer_token": "REMEDIATOR_WEBHOOK_BEARER_TOKEN",
-    "webhook_basic_password": "REMEDIATOR_WEBHOOK_BASIC_PASSWORD",
-    "operator_token": "REMEDIATOR_OPERATOR_TOKEN",
-    "read_token": "REMEDIATOR_READ_TOKEN",
-}
-
-
-def _env_variable(loc: tuple[int | str, ...], sources: Mapping[YamlPath, str]) -> str | None:
-    for end in range(len(loc), 0, -1):
-        if loc[:end] in sources:
-            return sources[loc[:end]]
-    return None
-
-
-def _read_document(path: Path | None) -> YamlDocument:
-    if path is None:
-        return YamlDocument("(defaults)", {}, {})
-    try:
-        doc = load_yaml_file(path)
-    except ConfigErrors as exc:
-        raise SettingsError(str(exc)) from None
-    if doc.data is None:
-        # Empty, only a BOM, blanks or comments: most likely a file that lost its content, and running on
-        # the defaults would silently drop every credential it held. (A leading BOM on a real file is fine.)
-        raise SettingsError(f"{doc.file}: the file has no settings; write {{}} in it to run on the defaults")
-    if not isinstance(doc.data, dict):
-        raise SettingsError(str(doc.error((), "the top level must be a mapping of settings")))
-    return doc
-
-
-def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from ``path`` (None: defaults) and ``REMEDIATOR_*`` overrides.
-
-    Raises SettingsError with one ``file:line: field: message`` line per problem (an override's
-    problem names its environment variable instead of a line).
-    """
-    env = os.environ if env is None else env
-    doc = _read_document(path)
-    raw: dict[str, Any] = dict(doc.data)
-    if path is not None:
-        raw.setdefault("base_dir", str(path.parent.resolve()))
-    overrides, sources = _env_overrides(env, Settings)
-    raw = _merge(raw, overrides)
-    try:
-        settings = Settings.model_validate(raw)
-    except ValidationError as exc:
-        problems: list[ConfigError] = []
-        # validation_errors keeps pydantic's order, so each located error pairs with its raw error.
-        for err, located in zip(exc.errors(include_url=False), validation_errors(exc, doc), strict=True):
-            loc = tuple(err["loc"])
-            variable = _env_variable(loc, sources)
-            if variable is None:
-                problems.append(located)
-            else:
-                problems.append(ConfigError(f"environment {variable}", None, format_path(loc), located.message))
-        raise SettingsError("\n".join(str(p) for p in problems)) from None
-    if path is not None:
-        settings._source = doc
-    return settings
-
-
-def _secret_error(settings: Settings, path: YamlPath, message: str) -> SettingsError:
-    doc = settings._source
-    return SettingsError(str(doc.error(path, message) if doc is not None else f"{format_path(path)}: {message}"))
-
-
-def _read_secret_file(settings: Settings, path: Path | None, field: YamlPath) -> str | None:
-    if path is None:
-        return None
-    full = settings.resolve(path)
-    try:
-        value = full.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise _secret_error(settings, field, f"cannot read secret file {full}: {exc.strerror}") from None
-    if not value:
-        raise _secret_error(settings, field, f"secret file {full} is empty")
-    return value
-
-
-def _env_secret(env: Mapping[str, str], variable: str) -> str | None:
-    """The secret in ``variable``; set but empty is an error, not "no secret" (which would turn auth off)."""
-    if variable not in env:
-        return None
-    value = env[variable].strip()
-    if not value:
-        raise SettingsError(f"environment {variable}: is set but empty; give the secret or unset the variable")
-    return value
-
-
-def load_secrets(settings: Settings, env: Mapping[str, str] | None = None) -> Secrets:
-    env = os.environ if env is None else env
-    auth = settings.webhook_auth
-    secrets = Secrets(
-        webhook_bearer_token=_env_secret(env, _SECRET_ENV["webhook_bearer_token"])
-        or _read_secret_file(settings, auth.bearer_token_file, ("webhook_auth", "bearer_token_file")),
-        webhook_basic_password=_env_secret(env, _SECRET_ENV["webhook_basic_password"])
-        or _read_secret_file(settings, auth.basic_password_file, ("webhook_auth", "basic_password_file")),
-        operator_token=_env_secret(env, _SECRET_ENV["operator_token"])
-        or _read_secret_file(settings, settings.operator.token_file, ("operator", "token_file")),
-        read_token=_env_secret(env, _SECRET_ENV["read_token"])
-        or _read_secret_file(settings, settings.web.read_token_file, ("web", "read_token_file")),
-    )
-    if (secrets.webhook_basic_password is None) != (auth.basic_username is None):
-        raise _secret_error(
-            settings, ("webhook_auth",), "basic auth needs both basic_username and a password (file or env)"
-        )
-    return _with_channel_urls(settings, secrets, env)
-
-
-def channel_url_env(name: str) -> str:
-    return f"{ENV_PREFIX}CHANNEL_{name.upper().replace('-', '_')}_URL"
-
-
-def _with_channel_urls(settings: Settings, secrets: Secrets, env: Mapping[str, str]) -> Secrets:
-    """Escalation channel URLs from the environment or `url_file`; a webhook channel needs one."""
-    urls: dict[str, str] = {}
-    for index, channel in enumerate(settings.escalation.channels):
-        where: YamlPath = ("escalation", "channels", index)
-        url = _env_secret(env, channel_url_env(channel.name)) or _read_secret_file(
-            settings, channel.url_file, (*where, "url_file")
-        )
-        if url is not None:
-            if not url.startswith(("http://", "https://", "nats://", "tls://")):
-                raise _secret_error(settings, where, f"channel {channel.name}: the URL given is not a URL")
-            urls[channel.name] = url
-        elif channel.url is None and channel.type in ("webhook", "slack"):
-            raise _secret_error(
-                settings, where, f"channel {channel.name} needs url, url_file or {channel_url_env(channel.name)}"
-            )
-    return dataclasses.replace(secrets, channel_urls=urls)
-
-
-def open_access(secrets: Secrets) -> list[str]:
-    """What the settings leave open to anyone who can connect, one sentence each, for a start-up warning."""
-    found: list[str] = []
-    if secrets.webhook_bearer_token is None and secrets.webhook_basic_password is None:
-        found.append(
-            "the webhook accepts unauthenticated requests: anyone who can connect can post alerts "
-            f"(set webhook_auth or {_SECRET_ENV['webhook_bearer_token']})"
-        )
-    if secrets.operator_token is None:
-        found.append(
-            "no operator token: operator actions (approve, deny, acknowledge, pause, reset limits) are disabled "
-            f"(set operator.token_file or {_SECRET_ENV['operator_token']})"
-        )
-    if secrets.read_token is None:
-        found.append(
-            "no read token: reports, pages and the API's reads are open to anyone who can connect "
-            f"(set web.read_token_file or {_SECRET_ENV['read_token']})"
-        )
-    return found
