@@ -29,11 +29,13 @@ from support.realprocs import LOOPBACK, RealProcesses, free_port, require_binary
 
 from service.clock import SystemClock
 from service.flow.executor import Endpoints, Executor, RunRequest
-from service.playbooks.playbook import LoadedPlaybook, load_playbooks, validate_params
+from service.playbooks.loading import load_playbooks
+from service.playbooks.params import validate_params
+from service.playbooks.playbook import LoadedPlaybook
 from service.playbooks.templating import TemplateEngine
 from service.store import ExecutionRecord, NewExecution, SQLiteStore
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 SCRIPTS = ROOT / "demo" / "scripts"
 SCRIPT_TIMEOUT_S = 60
 RUN_TIMEOUT_S = 90.0

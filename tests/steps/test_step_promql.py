@@ -17,7 +17,7 @@ from support.realprocs import AlertmanagerServer, PrometheusServer, RealProcesse
 from service.steps import StepContext, StepOutcome
 from service.steps.promql import Spec, alert_expr_spec, expr_from_generator_url, run
 
-FIXTURES = Path(__file__).parent / "fixtures" / "alertmanager"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "alertmanager"
 
 
 class Exporter:
