@@ -5,12 +5,45 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
-TERMINAL_STATES = frozenset({"succeeded", "failed", "escalated", "refused", "cancelled", "interrupted"})
+
+class ExecutionState(StrEnum):
+    """Where an execution is. A StrEnum: each member equals its value, so the store binds it, JSON
+    writes it and a comparison with the plain string holds."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    VERIFYING = "verifying"
+    AWAITING_APPROVAL = "awaiting_approval"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ESCALATED = "escalated"
+    REFUSED = "refused"
+    CANCELLED = "cancelled"
+    INTERRUPTED = "interrupted"
+    SKIPPED = "skipped"  # a shadow (or dry-run) decision: recorded, never run; neither active nor terminal
 
 
-ACTIVE_STATES = ("queued", "running", "verifying", "awaiting_approval")
+TERMINAL_STATES = frozenset(
+    {
+        ExecutionState.SUCCEEDED,
+        ExecutionState.FAILED,
+        ExecutionState.ESCALATED,
+        ExecutionState.REFUSED,
+        ExecutionState.CANCELLED,
+        ExecutionState.INTERRUPTED,
+    }
+)
+
+
+ACTIVE_STATES = (
+    ExecutionState.QUEUED,
+    ExecutionState.RUNNING,
+    ExecutionState.VERIFYING,
+    ExecutionState.AWAITING_APPROVAL,
+)
 
 
 @dataclass(frozen=True)
