@@ -175,12 +175,25 @@ def log_tail(path: Path, limit: int = LOG_TAIL_BYTES) -> str:
 class ChildProcess:
     """A server we start ourselves: output to a log file, stopped by PID (TERM, then KILL)."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,  # runs in the child before exec (a resource limit)
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.env = dict(env) if env is not None else None
+        self.preexec_fn = preexec_fn
         self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def popen(self) -> subprocess.Popen[bytes] | None:
+        """The running child (to signal it, as a test sends SIGHUP); None once stopped."""
+        return self._proc
 
     @property
     def pid(self) -> int | None:
@@ -201,6 +214,7 @@ class ChildProcess:
                 stderr=subprocess.STDOUT,
                 cwd=cwd,
                 env=self.env,
+                preexec_fn=self.preexec_fn,
                 start_new_session=True,  # a Ctrl-C in the terminal reaches us, and we stop it in order
             )
 

@@ -25,11 +25,11 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import yaml
 
@@ -105,30 +105,21 @@ def settled(row: Mapping[str, Any]) -> bool:
     return (datetime.now(UTC) - parse_time(row["updated_at"])).total_seconds() >= FAILED_SETTLE_S
 
 
-class Remediator(Protocol):
-    """What the stack needs of the remediator process (tests pass their ServiceProcess)."""
-
-    port: int
-
-    @property
-    def log_path(self) -> Path: ...
-
-    def start(self) -> None: ...
-    def kill(self) -> None: ...
-    def stop(self) -> None: ...
-
-
-RemediatorFactory = Callable[[Path, dict[str, Any], int], Remediator]
-
-
 @dataclass
 class RemediatorProcess:
-    """`remediator serve` as a child process: config written to `workdir`, ready when /-/ready is 200."""
+    """`remediator serve` as a child process: config written to `workdir`, ready when /-/ready is 200.
+    The demo's stack and the tests run the service through this one class."""
 
     workdir: Path
     config: dict[str, Any]
-    port: int
+    port: int = 0
+    env: dict[str, str] = field(default_factory=dict)  # on top of this process's environment
+    preexec_fn: Callable[[], None] | None = None
     _child: ChildProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -138,18 +129,30 @@ class RemediatorProcess:
     def pid(self) -> int | None:
         return None if self._child is None else self._child.pid
 
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return None if self._child is None else self._child.popen
+
     def start(self) -> None:
         config_path = self.workdir / "remediator.yaml"
         config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         self._child = ChildProcess(
             "remediator",
             [sys.executable, "-m", "service.cli", "serve", "--config", str(config_path)],
             self.log_path,
-            env,
+            {**os.environ, "PYTHONPATH": pythonpath, **self.env},
+            self.preexec_fn,
         )
         self._child.start(cwd=self.workdir)
-        url = f"http://{LOOPBACK}:{self.port}/-/ready"
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self) -> None:
+        url = f"{self.url}/-/ready"
 
         def ready() -> bool:
             assert self._child is not None
@@ -161,23 +164,22 @@ class RemediatorProcess:
             except StackError:
                 return False
 
-        try:
-            poll(ready, START_TIMEOUT_S, f"the remediator to be ready at {url}")
-        except BaseException:
-            self.stop()
-            raise
+        poll(ready, START_TIMEOUT_S, f"the remediator to be ready at {url}")
 
     def kill(self) -> None:
+        """SIGKILL: no clean-up runs, exactly like a crash."""
         if self._child is not None:
             self._child.kill()
 
+    def terminate(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
+        """SIGTERM, as in production (SIGKILL after `timeout`); the exit status."""
+        return None if self._child is None else self._child.stop(timeout)
+
     def stop(self) -> None:
-        if self._child is not None:
-            self._child.stop()
+        self.terminate()
 
-
-def default_remediator(workdir: Path, config: dict[str, Any], port: int) -> Remediator:
-    return RemediatorProcess(workdir, config, port)
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 # --- the stack ----------------------------------------------------------------------------------
@@ -278,13 +280,11 @@ class Stack:
         workdir: Path,
         ports: Ports | None = None,
         options: StackOptions | None = None,
-        remediator_factory: RemediatorFactory = default_remediator,
     ) -> None:
         self.binaries = find_binaries()
         self.workdir = workdir.resolve()
         self.ports = ports or Ports.free()
         self.options = options or StackOptions()
-        self._remediator_factory = remediator_factory
         self.state_dir = self.workdir / "state"  # BEAMLINE_STATE_DIR: pid files, NATS store, router log
         self.remediator_dir = self.workdir / "remediator"
         self.secrets_dir = self.workdir / "secrets"
@@ -312,7 +312,7 @@ class Stack:
             ],
             self.workdir / "alertmanager" / "alertmanager.log",
         )
-        self.remediator: Remediator | None = None
+        self.remediator: RemediatorProcess | None = None
         self.remediator_config: dict[str, Any] = {}
         self.started = False
 
@@ -501,7 +501,7 @@ class Stack:
         self._script_ok("router_start.sh")
         poll(self._router_settled, START_TIMEOUT_S, "the router to connect to NATS and see it healthy")
         self.prometheus.start(cwd=self.workdir)
-        self.remediator = self._remediator_factory(self.remediator_dir, self.remediator_config, self.ports.remediator)
+        self.remediator = RemediatorProcess(self.remediator_dir, self.remediator_config, self.ports.remediator)
         self.remediator.start()
         for child in (self.alertmanager, self.prometheus):
             self._wait_ready(child, f"http://{LOOPBACK}:{self._port_of(child)}/-/ready")
@@ -594,7 +594,7 @@ class Stack:
 
     def start_remediator(self) -> None:
         """Start it again on the same port, store and config (after `kill_remediator`)."""
-        self.remediator = self._remediator_factory(self.remediator_dir, self.remediator_config, self.ports.remediator)
+        self.remediator = RemediatorProcess(self.remediator_dir, self.remediator_config, self.ports.remediator)
         self.remediator.start()
 
     def executions(self, **filters: str) -> list[dict[str, Any]]:
@@ -685,18 +685,3 @@ class Stack:
         os.kill(pid, signal.SIGKILL)
         poll(lambda: not pid_alive(pid), STOP_TIMEOUT_S, f"nats-server (pid {pid}) to die")
         return pid
-
-
-@contextlib.contextmanager
-def running_stack(
-    workdir: Path,
-    ports: Ports | None = None,
-    options: StackOptions | None = None,
-    remediator_factory: RemediatorFactory = default_remediator,
-) -> Iterator[Stack]:
-    stack = Stack(workdir, ports, options, remediator_factory)
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()

@@ -8,33 +8,16 @@ printed in the terminal summary.
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support.service_proc import ServiceProcess
 
 from demo.processes import StackError, log_tail
-from demo.stack import MissingBinaries, Remediator, Stack, StackOptions
+from demo.stack import MissingBinaries, Stack, StackOptions
 
 _TIMINGS_KEY = pytest.StashKey[list[tuple[str, list[str]]]]()
-
-
-class _ServiceProcess(ServiceProcess):
-    def stop(self) -> None:
-        """SIGTERM first, as in production: the service cancels its runs and kills their steps'
-        process groups; SIGKILL only when it does not exit in time (terminate() does that)."""
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.terminate(timeout=15)
-
-
-def service_process(workdir: Path, config: dict[str, Any], port: int) -> Remediator:
-    """The remediator as the other process tests run it (tests/support/service_proc.py)."""
-    return _ServiceProcess(workdir=workdir, config=config, port=port)
 
 
 class Stacks:
@@ -46,9 +29,7 @@ class Stacks:
 
     def __call__(self, options: StackOptions | None = None) -> Stack:
         try:
-            stack = Stack(
-                self._tmp_path / f"stack{len(self.started)}", options=options, remediator_factory=service_process
-            )
+            stack = Stack(self._tmp_path / f"stack{len(self.started)}", options=options)
         except MissingBinaries as exc:
             pytest.fail(str(exc), pytrace=False)
         self.started.append(stack)  # before start(): a failed start-up still gets its logs attached

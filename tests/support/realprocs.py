@@ -13,22 +13,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from demo.processes import ChildProcess
+from demo.processes import LOOPBACK, ChildProcess, free_port
+from demo.processes import poll as poll_until
 
-LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 30.0
-POLL_S = 0.05
 LOG_TAIL_BYTES = 20_000
 
 # binary -> the Debian package that installs it
@@ -55,14 +52,6 @@ def require_binary(name: str) -> str:
     return path
 
 
-def free_port() -> int:
-    """A TCP port on loopback that was free a moment ago (the OS picks it: bind port 0)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
     """GET ``url`` directly; (status, body), HTTP errors included. Raises OSError when unreachable."""
     try:
@@ -70,18 +59,6 @@ def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, err.read()
-
-
-def poll_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    """Call ``check`` until it returns True; fail after ``timeout`` seconds naming ``what``."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / POLL_S) + 1):
-        if check():
-            return
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(POLL_S)  # the interval between two probes, bounded by the deadline
-    pytest.fail(f"timed out after {timeout:g}s waiting for {what}", pytrace=False)
 
 
 class RealProcess(ChildProcess):
