@@ -137,12 +137,9 @@ class WebhookChannel:
 
 
 @dataclass(frozen=True)
-class SlackChannel:
+class SlackChannel(WebhookChannel):
     """A Slack incoming webhook (or a compatible one): `{"text": ...}`, one line a person reads."""
 
-    name: str
-    url: str
-    timeout: float
     type: str = "slack"
 
     def payload(self, notice: Notice) -> dict[str, Any]:
@@ -158,9 +155,6 @@ class SlackChannel:
         if notice.level:
             prefix += f" (level {notice.level}: not acknowledged yet)"
         return {"text": f"{prefix}: {facts['summary']}"}
-
-    async def send(self, session: aiohttp.ClientSession, payload: Mapping[str, Any]) -> None:
-        await _post_json(session, self.url, payload, self.timeout)
 
 
 @dataclass(frozen=True)
