@@ -11,6 +11,8 @@ crosses that line (`write`/`read` are for this package, tests and benchmarks).
 - records.py: the values in and out; errors.py: what it raises
 """
 
+from pathlib import Path
+
 from service.store.engine import Synchronous
 from service.store.errors import DuplicateExecution, StoreError
 from service.store.executions import REPEAT_EVENTS_KEPT
@@ -49,6 +51,12 @@ from service.store.rows import timestamp
 from service.store.schema import MIGRATIONS
 from service.store.sqlite import SQLiteStore
 
+
+def new_store(path: Path, synchronous: Synchronous = "full") -> ServiceStore:
+    """The store the service runs on. Callers hold it by the Protocols they use; which backend
+    serves them is decided here (SQLite today; PostgreSQL for replicas is planned)."""
+    return SQLiteStore(path, synchronous)
+
 __all__ = [
     "ACTIVE_STATES",
     "MIGRATIONS",
@@ -83,5 +91,6 @@ __all__ = [
     "StoreLifecycle",
     "Synchronous",
     "TargetHistory",
+    "new_store",
     "timestamp",
 ]
