@@ -30,9 +30,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from service.alerts.matchers import parse_matcher_list
-from service.playbooks.playbook import playbook_from_source
+from service.playbooks.loading import playbook_from_source
 from service.playbooks.templating import TemplateEngine
-from service.rules.ruleset import Alert, LoadedRule, Rule, RuleSet
+from service.rules.rule import Rule
+from service.rules.ruleset import Alert, LoadedRule, RuleSet
 
 PLAYBOOK = b"""\
 name: bench

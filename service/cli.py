@@ -15,14 +15,9 @@ from typing import Any
 
 from service import __version__, logs
 from service.reports.report import render_markdown, report_json
-from service.rules.checks import (
-    CoverageReport,
-    check_config,
-    coverage,
-    explain_payload,
-    format_explanation,
-    load_alerting_rules,
-)
+from service.rules.coverage import CoverageReport, coverage, load_alerting_rules
+from service.rules.explain import explain_payload, format_explanation
+from service.rules.loading import check_config
 from service.rules.ruleset import RuleSet
 from service.rules.ruletest import run_rule_tests
 from service.settings import SettingsError, load_secrets, load_settings, open_access

@@ -7,9 +7,9 @@ one branch of it:
     ├── ConfigurationError          a file or setting that cannot be used; says which and where
     │   ├── yamlload.ConfigErrors       every problem of a load, each with file:line:field
     │   ├── settings.SettingsError      remediator.yaml, the environment, secret files
-    │   ├── rules.matchers.MatcherError     a matcher Alertmanager (or RE2) would refuse  (also ValueError)
+    │   ├── alerts.matchers.MatcherError    a matcher Alertmanager (or RE2) would refuse  (also ValueError)
     │   ├── playbooks.templating.TemplateError  a template that does not parse or render  (also ValueError)
-    │   └── playbooks.playbook.ParamError   a param value its spec refuses               (also ValueError)
+    │   └── playbooks.params.ParamError     a param value its spec refuses               (also ValueError)
     ├── store.StoreError            the store cannot do it now (the webhook answers 503, Alertmanager retries)
     │   └── store.DuplicateExecution    the (rule, occurrence) already has this run
     ├── RequestError                a request the web layer refuses (4xx)

@@ -1,7 +1,8 @@
-"""Rules: which alerts run which playbook with which params. Format in ``docs/rules.md``.
+"""The rule set: loaded rules and playbooks, and which rules an alert matches (and why not).
 
 Matching follows Alertmanager routes: rules are tried in file order (files sorted by name), every
-matcher of a rule must hold, the first matching rule wins unless it says ``continue: true``.
+matcher of a rule must hold, the first matching rule wins unless it says ``continue: true``. The rule
+format is :mod:`service.rules.rule`; :mod:`service.rules.loading` builds a :class:`RuleSet` from files.
 
 Speed: deciding for one alert must not scan 10,000 rules. Each enabled rule with an equality matcher
 (``name="value"``, value not empty, or a regex that is a plain alternation like ``"A|B"``) is indexed
@@ -14,111 +15,24 @@ number of rules.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
-
-from service.alerts.matchers import Matcher, MatcherError, parse_matcher_list, parse_matchers
-from service.playbooks.playbook import (
-    LoadedPlaybook,
-    ParamError,
-    ParamValue,
-    check_param,
-    load_playbooks,
-    validate_params,
-)
+from service.alerts.matchers import Matcher
+from service.alerts.webhook import AlertStatus
+from service.playbooks.params import ParamError, ParamValue, validate_params
+from service.playbooks.playbook import LoadedPlaybook
 from service.playbooks.templating import TemplateEngine, TemplateError
-from service.yamlload import (
-    ConfigError,
-    ConfigErrors,
-    Duration,
-    YamlDocument,
-    expand_globs,
-    load_yaml,
-    validation_errors,
-)
+from service.rules.rule import Rule
 
-# What rule templates (params, target) may read; built by RuleSet for each matched alert.
-RULE_VARIABLES = frozenset(
-    {
-        "labels",
-        "annotations",
-        "status",
-        "fingerprint",
-        "startsAt",
-        "generatorURL",
-        "commonLabels",
-        "commonAnnotations",
-        "groupLabels",
-        "externalURL",
-        "receiver",
-    }
-)
-# Rate limits and concurrency apply per target. The instance is what a remediation acts on; an
-# alert without one falls back to its own fingerprint so it still gets a stable, narrow key.
-DEFAULT_TARGET = "{{ labels.instance | default(fingerprint) }}"
-_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 # Prometheus' FNV-1a 64 label-set fingerprint (prometheus/common model.LabelSet.Fingerprint).
 _FNV_OFFSET = 14695981039346656037
 _FNV_PRIME = 1099511628211
 _FNV_MASK = 0xFFFFFFFFFFFFFFFF
 _SEPARATOR = 0xFF
-
-AlertStatus = Literal["firing", "resolved"]
-
-
-def _valid_matcher(text: str) -> str:
-    try:
-        parse_matchers(text)
-    except MatcherError as exc:
-        raise ValueError(str(exc)) from None
-    return text
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Limits(_Model):
-    """Consumed by admission; see docs/rules.md for the meaning of each."""
-
-    cooldown: Duration = Field(default=300, ge=0, description="after a run for a target, wait this long")
-    max_runs: int = Field(default=3, ge=1, le=10000, description="runs per target per window")
-    window: Duration = Field(default=3600, gt=0, le=30 * 86400)
-    concurrency: Literal["single", "queued", "restart", "parallel"] = "single"
-    max_queue: int = Field(default=10, ge=1, le=10000, description="queued mode: waiting runs per target")
-    max_parallel: int = Field(default=4, ge=1, le=1000, description="parallel mode: runs at once per target")
-    rerun_after: Duration | None = Field(
-        default=None, gt=0, description="run again for an alert that is still firing after this long"
-    )
-
-
-class Rule(_Model):
-    name: str = Field(pattern=_NAME_RE)
-    description: str = ""
-    owner: str = ""
-    match: list[Annotated[str, AfterValidator(_valid_matcher)]] = Field(min_length=1)
-    status: Literal["firing", "resolved", "any"] = "firing"
-    playbook: str
-    params: dict[str, ParamValue] = Field(default_factory=dict)
-    target: str = Field(default=DEFAULT_TARGET, min_length=1)
-    limits: Limits = Field(default_factory=Limits)
-    mode: Literal["enforce", "shadow"] = "enforce"
-    continue_: bool = Field(default=False, alias="continue")
-    enabled: bool = True
-    escalate_on_refusal: bool = True
-    severity: Literal["info", "warning", "critical", "page"] = "critical"
-
-
-class RulesFile(_Model):
-    rules: list[Rule]
 
 
 # --- alerts as matching sees them ---------------------------------------------------------------
@@ -272,7 +186,8 @@ class RuleMatch:
         }
 
 
-Verdict = Literal["matched", "not_matched", "error", "disabled", "not_reached"]
+# What explaining says of one rule for one alert.
+MatchOutcome = Literal["matched", "not_matched", "error", "disabled", "not_reached"]
 
 
 @dataclass(frozen=True)
@@ -289,7 +204,7 @@ class RuleExplanation:
     rule: str
     file: str
     line: int | None
-    verdict: Verdict
+    verdict: MatchOutcome
     reasons: tuple[str, ...]
     matchers: tuple[MatcherCheck, ...]
     would_run: RuleMatch | None
@@ -409,7 +324,7 @@ class RuleSet:
             reasons = [c.reason for c in checks if not c.ok]
             if not rule.status_ok(alert.status):
                 reasons.insert(0, f"alert status {alert.status} is not the rule's status {rule.rule.status}")
-            verdict: Verdict
+            verdict: MatchOutcome
             would_run: RuleMatch | None = None
             if not rule.rule.enabled:
                 verdict, reasons = "disabled", ["rule is disabled (enabled: false)", *reasons]
@@ -446,128 +361,3 @@ class RuleSet:
         except (TemplateError, ParamError) as exc:
             error = str(exc)
         return RuleMatch(rule, playbook.name, MappingProxyType(params), target, rule.version, playbook.version, error)
-
-
-# --- loading -------------------------------------------------------------------------------------
-
-
-def load_rules(
-    files: Iterable[tuple[Path, str]],
-    playbooks: Mapping[str, LoadedPlaybook] | None,
-    engine: TemplateEngine,
-) -> RuleSet:
-    """Load rule files (``(path, display_name)``, tried in the order given) and cross-check them.
-
-    With ``playbooks=None`` (the playbooks failed to load) only the rules themselves are checked,
-    so one ``check`` run still lists every error. Raises ConfigErrors with all problems.
-    """
-    errors: list[ConfigError] = []
-    loaded: list[LoadedRule] = []
-    first_seen: dict[str, str] = {}
-    for path, display in files:
-        try:
-            source = path.read_bytes()
-        except OSError as exc:
-            errors.append(ConfigError(display, None, "", f"cannot read: {exc.strerror}"))
-            continue
-        try:
-            rules, doc = _parse_file(source, display)
-        except ConfigErrors as exc:
-            errors.extend(exc.errors)
-            continue
-        for index, rule in enumerate(rules):
-            where = ("rules", index)
-            if rule.name in first_seen:
-                errors.append(
-                    doc.error((*where, "name"), f'duplicate rule name "{rule.name}" (first at {first_seen[rule.name]})')
-                )
-                continue
-            first_seen[rule.name] = f"{display}:{doc.line_of(where)}"
-            problems = _cross_check(doc, index, rule, playbooks, engine)
-            errors += problems
-            if not problems:
-                version = hashlib.sha256(
-                    json.dumps(rule.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
-                ).hexdigest()
-                matchers = tuple(parse_matcher_list(rule.match))
-                loaded.append(LoadedRule(rule, display, doc.line_of(where), len(loaded), matchers, version))
-    if errors or playbooks is None:
-        raise ConfigErrors(errors)
-    return RuleSet.build(loaded, playbooks, engine)
-
-
-def load_ruleset(rule_globs: Sequence[str], playbook_globs: Sequence[str], base_dir: Path) -> RuleSet:
-    """Playbooks and rules from globs relative to ``base_dir``; raises ConfigErrors listing every
-    problem in every file (what ``remediator check`` prints and reload refuses on)."""
-    engine = TemplateEngine()
-    playbook_files, errors = expand_globs(playbook_globs, base_dir)
-    rule_files, rule_glob_errors = expand_globs(rule_globs, base_dir)
-    errors += rule_glob_errors
-    playbooks: dict[str, LoadedPlaybook] | None
-    try:
-        playbooks = load_playbooks(playbook_files, engine)
-    except ConfigErrors as exc:
-        errors += exc.errors
-        playbooks = None
-    try:
-        ruleset = load_rules(rule_files, playbooks, engine)
-    except ConfigErrors as exc:
-        raise ConfigErrors([*errors, *exc.errors]) from None
-    if errors:
-        raise ConfigErrors(errors)
-    return ruleset
-
-
-def _parse_file(source: bytes, file: str) -> tuple[list[Rule], YamlDocument]:
-    doc = load_yaml(source, file)
-    if doc.data is None:
-        return [], doc  # an empty file is a file with no rules yet
-    try:
-        return RulesFile.model_validate(doc.data).rules, doc
-    except ValidationError as exc:
-        raise ConfigErrors(validation_errors(exc, doc)) from None
-
-
-def _cross_check(
-    doc: YamlDocument,
-    index: int,
-    rule: Rule,
-    playbooks: Mapping[str, LoadedPlaybook] | None,
-    engine: TemplateEngine,
-) -> list[ConfigError]:
-    where = ("rules", index)
-    errors: list[ConfigError] = []
-    templated = [(("params", name), value) for name, value in rule.params.items() if isinstance(value, str)]
-    for sub, source in [*templated, (("target",), rule.target)]:
-        try:
-            unknown = sorted(engine.undeclared_variables(source) - RULE_VARIABLES)
-        except TemplateError as exc:
-            errors.append(doc.error((*where, *sub), str(exc)))
-            continue
-        if unknown:
-            known = ", ".join(sorted(RULE_VARIABLES))
-            errors.append(doc.error((*where, *sub), f"unknown template variable {', '.join(unknown)} (known: {known})"))
-    if playbooks is None:
-        return errors
-    loaded = playbooks.get(rule.playbook)
-    if loaded is None:
-        known = ", ".join(sorted(playbooks)) or "none"
-        errors.append(doc.error((*where, "playbook"), f'unknown playbook "{rule.playbook}" (known: {known})'))
-        return errors
-    declared = loaded.playbook.params
-    for name, value in rule.params.items():
-        spec = declared.get(name)
-        if spec is None:
-            errors.append(
-                doc.error((*where, "params", name), f'param "{name}" is not declared by playbook "{rule.playbook}"')
-            )
-        elif not (isinstance(value, str) and "{" in value):
-            # A literal value can be checked now rather than refused at 3 a.m.
-            checked = check_param(spec, value)
-            if isinstance(checked, str):
-                errors.append(doc.error((*where, "params", name), checked))
-    for name, spec in declared.items():
-        if spec.is_required and name not in rule.params:
-            at = (*where, "params") if rule.params else where
-            errors.append(doc.error(at, f'playbook "{rule.playbook}" requires param "{name}"'))
-    return errors

@@ -28,27 +28,25 @@ from pathlib import Path
 from typing import Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from service.playbooks.playbook import ParamValue
+from service.alerts.webhook import AlertStatus
+from service.models import StrictModel
+from service.playbooks.params import ParamValue
 from service.rules.ruleset import Alert, NotificationContext, RuleMatch, RuleSet
 from service.yamlload import ConfigErrors, load_yaml_file, validation_errors
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TestAlert(_Model):
+class TestAlert(StrictModel):
     labels: dict[str, str]
     annotations: dict[str, str] = Field(default_factory=dict)
-    status: Literal["firing", "resolved"] = "firing"
+    status: AlertStatus = "firing"
     fingerprint: str = Field(default="", description="default: computed from the labels like Alertmanager")
     starts_at: datetime | None = None
     generator_url: str = ""
 
 
-class Expectation(_Model):
+class Expectation(StrictModel):
     rule: str
     playbook: str | None = None
     params: dict[str, ParamValue] | None = None
@@ -57,7 +55,7 @@ class Expectation(_Model):
     error: str | None = Field(default=None, description="expect this render/param error (substring)")
 
 
-class TestCase(_Model):
+class TestCase(StrictModel):
     name: str
     alert: TestAlert
     external_url: str = ""
@@ -75,7 +73,7 @@ class TestCase(_Model):
         return self
 
 
-class TestFile(_Model):
+class TestFile(StrictModel):
     tests: list[TestCase] = Field(min_length=1)
 
 

@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.rules.ruleset import Verdict
+from service.rules.ruleset import MatchOutcome
 
-ParamValue = str | int | float | bool  # service.playbooks.playbook.ParamValue, spelt out for the schema
+ParamValue = str | int | float | bool  # service.playbooks.params.ParamValue, spelt out for the schema
 
 
 class _Answer(BaseModel):
@@ -257,7 +257,7 @@ class RuleVerdict(_Answer):
     rule: str
     file: str
     line: int | None
-    verdict: Verdict
+    verdict: MatchOutcome
     reasons: list[str]
     matchers: list[MatcherCheck]
     would_run: WouldRun | None

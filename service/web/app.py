@@ -32,8 +32,9 @@ from service.metrics import Metrics, create_metrics
 from service.playbooks.templating import TemplateEngine
 from service.redaction import DEFAULT_PATTERNS, Redactor
 from service.reports.report import report_json
-from service.rules.checks import explain_alert, notification_alerts
-from service.rules.ruleset import RuleSet, load_ruleset
+from service.rules.explain import explain_alert, notification_alerts
+from service.rules.loading import load_ruleset
+from service.rules.ruleset import RuleSet
 from service.settings import Secrets, Settings
 from service.store import NotificationReceipt, SQLiteStore
 from service.web.access import OPERATOR_CHALLENGE, READ_CHALLENGE, as_bytes, bearer_is, may_read, same_secret

@@ -15,7 +15,8 @@ from support.memory_store import MemoryStore
 from service.alerts.webhook import parse
 from service.clock import FakeClock
 from service.flow.admission import StormGuard, Verdict, decide
-from service.rules.ruleset import Alert, RuleMatch, RuleSet, load_ruleset
+from service.rules.loading import load_ruleset
+from service.rules.ruleset import Alert, RuleMatch, RuleSet
 from service.store import DispatchStore, IntakeStore, NewExecution, SQLiteStore
 
 PLAYBOOK = """

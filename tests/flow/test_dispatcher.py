@@ -16,7 +16,7 @@ from service.clock import FakeClock
 from service.flow import dispatcher as dispatcher_module
 from service.flow.admission import StormGuard
 from service.flow.dispatcher import Dispatcher, DispatchSettings
-from service.rules.ruleset import load_ruleset
+from service.rules.loading import load_ruleset
 from service.store import DispatchStore, IntakeStore, NotificationReceipt, SQLiteStore, StoreError
 
 # Shadow mode: each dispatched alert records one decision and runs nothing, so counting decisions

@@ -14,7 +14,8 @@ from support.flow import poll
 
 from service.clock import SystemClock
 from service.flow.executor import Endpoints, Executor, RunRequest, TargetLocks
-from service.playbooks.playbook import LoadedPlaybook, playbook_from_source
+from service.playbooks.loading import playbook_from_source
+from service.playbooks.playbook import LoadedPlaybook
 from service.playbooks.templating import TemplateEngine
 from service.store import NewExecution, SQLiteStore
 

@@ -5,21 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from service.playbooks.playbook import (
-    ApprovalStep,
-    LoadedPlaybook,
-    ParamError,
-    RollingStep,
-    load_playbooks,
-    playbook_from_source,
-    rolling_items,
-    validate_params,
-)
+from service.playbooks.loading import load_playbooks, playbook_from_source
+from service.playbooks.params import ParamError, validate_params
+from service.playbooks.playbook import ApprovalStep, LoadedPlaybook, RollingStep, rolling_items
 from service.playbooks.templating import TemplateEngine
 from service.steps.exec import Spec as ExecSpec
 from service.yamlload import ConfigErrors
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "playbooks"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "playbooks"
 
 
 def load(text: str) -> LoadedPlaybook:

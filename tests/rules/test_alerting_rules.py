@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 AM_DIR = ROOT / "alertmanager"
 RULES = AM_DIR / "router-alerts.yml"
 FAST_RULES = AM_DIR / "router-alerts.fast.yml"

@@ -5,17 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from service.rules.checks import (
-    check_config,
-    coverage,
-    explain_payload,
-    format_explanation,
-    load_alerting_rules,
-    parse_alerts,
-)
+from service.rules.coverage import coverage, load_alerting_rules
+from service.rules.explain import explain_payload, format_explanation, parse_alerts
+from service.rules.loading import check_config
 from service.rules.ruleset import RuleSet
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 
 

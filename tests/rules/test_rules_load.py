@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from service.rules.ruleset import DEFAULT_TARGET, Alert, NotificationContext, RuleSet, load_ruleset
+from service.rules.loading import load_ruleset
+from service.rules.rule import DEFAULT_TARGET
+from service.rules.ruleset import Alert, NotificationContext, RuleSet
 from service.yamlload import ConfigErrors
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 FIXTURES = "tests/fixtures"
 PLAYBOOKS = [f"{FIXTURES}/playbooks/*.yaml"]
 BAD = f"{FIXTURES}/bad_rules"

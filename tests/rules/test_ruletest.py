@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from service.rules.ruleset import RuleSet, load_ruleset
+from service.rules.loading import load_ruleset
+from service.rules.ruleset import RuleSet
 from service.rules.ruletest import run_rule_tests
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 CASES = ROOT / "tests" / "fixtures" / "ruletests"
 
 

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 from test_alerting_rules import EXPECTED_ALERTS
 
-from service.rules.checks import check_config, coverage, load_alerting_rules
+from service.rules.coverage import coverage, load_alerting_rules
+from service.rules.loading import check_config
 from service.rules.ruleset import RuleSet
 from service.rules.ruletest import run_rule_tests
 from service.settings import load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent.parent
 ALERT_RULES = "alertmanager/router-alerts.yml"
 CLI_TIMEOUT_S = 60
 

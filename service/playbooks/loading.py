@@ -1,0 +1,215 @@
+"""Reading playbook files: the schema, then the checks a schema cannot make.
+
+Loading checks more than the schema: step names are unique, every template only reads known
+variables (``params.<declared>``, ``steps.<earlier step>``...), and a ``nats`` ``purge_stream``
+runs only after an ``approval`` in the same (or an enclosing) step list. Every problem is collected
+(file, line, field, message), not just the first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.playbooks.playbook import (
+    PLAYBOOK_VARIABLES,
+    ApprovalStep,
+    LoadedPlaybook,
+    Playbook,
+    RollingStep,
+)
+from service.playbooks.templating import TemplateEngine, TemplateError
+from service.steps import StepSpecBase
+from service.steps.nats import Spec as NatsSpec
+from service.yamlload import ConfigError, ConfigErrors, PathPart, YamlDocument, load_yaml
+from service.yamlload import validation_errors as _validation_errors
+
+# Keys of a step that are not templates: the discriminator, the step's own name, the rolling
+# variable name, and the condition (an expression, checked as one).
+_NOT_TEMPLATED = frozenset({"type", "name", "var", "when"})
+
+
+def playbook_from_source(source: bytes, file: str, engine: TemplateEngine) -> LoadedPlaybook:
+    """Parse, validate and cross-check one playbook file. Raises ConfigErrors with every problem."""
+    doc = load_yaml(source, file)
+    if not isinstance(doc.data, dict):
+        raise ConfigErrors([ConfigError(file, 1, "", "a playbook file must be a mapping")])
+    try:
+        playbook = Playbook.model_validate(doc.data)
+    except ValidationError as exc:
+        raise ConfigErrors(_validation_errors(exc, doc)) from None
+    errors = _cross_check(doc, playbook, engine)
+    if errors:
+        raise ConfigErrors(errors)
+    return LoadedPlaybook(playbook, file, hashlib.sha256(source).hexdigest())
+
+
+def load_playbooks(files: Iterable[tuple[Path, str]], engine: TemplateEngine) -> dict[str, LoadedPlaybook]:
+    """Load ``(path, display_name)`` files; names must be unique. Raises ConfigErrors with all."""
+    errors: list[ConfigError] = []
+    out: dict[str, LoadedPlaybook] = {}
+    for path, display in files:
+        try:
+            loaded = playbook_from_source(path.read_bytes(), display, engine)
+        except OSError as exc:
+            errors.append(ConfigError(display, None, "", f"cannot read: {exc.strerror}"))
+            continue
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        if loaded.name in out:
+            first = out[loaded.name].file
+            errors.append(ConfigError(display, 1, "name", f'duplicate playbook name "{loaded.name}" (also in {first})'))
+            continue
+        out[loaded.name] = loaded
+    if errors:
+        raise ConfigErrors(errors)
+    return out
+
+
+# --- cross-checks ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _StepAt:
+    path: tuple[PathPart, ...]
+    raw: Mapping[str, Any]
+    model: StepSpecBase
+    scope: frozenset[str]  # extra template variables (rolling vars)
+
+
+def _walk_steps(
+    steps: Sequence[StepSpecBase], raw: Sequence[Any], path: tuple[PathPart, ...], scope: frozenset[str]
+) -> Iterator[_StepAt]:
+    """Steps in document order, rolling sub-steps and checks included."""
+    for index, (model, raw_step) in enumerate(zip(steps, raw, strict=True)):
+        here = (*path, index)
+        yield _StepAt(here, raw_step, model, scope)
+        if isinstance(model, RollingStep):
+            inner = scope | {model.var}
+            yield from _walk_steps(model.steps, raw_step["steps"], (*here, "steps"), inner)
+            if model.check is not None:
+                yield from _walk_steps(
+                    model.check.checks, raw_step["check"]["checks"], (*here, "check", "checks"), inner
+                )
+
+
+def _all_steps(doc: YamlDocument, playbook: Playbook) -> list[_StepAt]:
+    data = doc.data
+    out = list(_walk_steps(playbook.steps, data["steps"], ("steps",), frozenset()))
+    if playbook.verify is not None:
+        out += _walk_steps(playbook.verify.checks, data["verify"]["checks"], ("verify", "checks"), frozenset())
+    if playbook.on_failure.steps:
+        out += _walk_steps(playbook.on_failure.steps, data["on_failure"]["steps"], ("on_failure", "steps"), frozenset())
+    return out
+
+
+def _cross_check(doc: YamlDocument, playbook: Playbook, engine: TemplateEngine) -> list[ConfigError]:
+    errors: list[ConfigError] = []
+    seen: dict[str, tuple[PathPart, ...]] = {}
+    for step in _all_steps(doc, playbook):
+        # References are checked against the names seen so far: a step can only read results
+        # of steps that ran before it (document order: steps, verify checks, on_failure steps).
+        errors += _check_templates(doc, playbook, engine, step, frozenset(seen))
+        if step.model.name is not None:
+            if step.model.name in seen:
+                first = doc.line_of(seen[step.model.name])
+                errors.append(
+                    doc.error((*step.path, "name"), f'duplicate step name "{step.model.name}" (first at line {first})')
+                )
+            else:
+                seen[step.model.name] = step.path
+    errors += _check_purges(doc, playbook.steps, ("steps",))
+    errors += _check_purges(doc, playbook.on_failure.steps, ("on_failure", "steps"))
+    if playbook.verify is not None:
+        for index, check in enumerate(playbook.verify.checks):
+            if isinstance(check, NatsSpec) and check.action == "purge_stream":
+                errors.append(
+                    doc.error(("verify", "checks", index, "action"), "a verification check must not purge a stream")
+                )
+    return errors
+
+
+def _check_templates(
+    doc: YamlDocument,
+    playbook: Playbook,
+    engine: TemplateEngine,
+    step: _StepAt,
+    earlier_steps: frozenset[str],
+) -> list[ConfigError]:
+    errors: list[ConfigError] = []
+    known = PLAYBOOK_VARIABLES | step.scope
+
+    def check(path: tuple[PathPart, ...], source: str, expression: bool) -> None:
+        try:
+            if expression:
+                names = engine.condition_variables(source)
+            else:
+                names = engine.undeclared_variables(source)
+            unknown = sorted(names - known)
+            if unknown:
+                errors.append(
+                    doc.error(
+                        path, f"unknown template variable {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+                    )
+                )
+                return
+            for param in sorted(engine.attributes_of(source, "params", expression=expression) - set(playbook.params)):
+                errors.append(doc.error(path, f"params.{param} is not a declared param"))
+            for name in sorted(engine.attributes_of(source, "steps", expression=expression) - earlier_steps):
+                errors.append(doc.error(path, f"steps.{name} does not name an earlier step"))
+        except TemplateError as exc:
+            errors.append(doc.error(path, str(exc)))
+
+    for key, value in step.raw.items():
+        if key == "when" and isinstance(value, str):
+            check((*step.path, key), value, True)
+        elif key not in _NOT_TEMPLATED and not (isinstance(step.model, RollingStep) and key in ("steps", "check")):
+            for path, text in _strings(value, (*step.path, key)):
+                check(path, text, False)
+    return errors
+
+
+def _strings(value: Any, path: tuple[PathPart, ...]) -> Iterator[tuple[tuple[PathPart, ...], str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _strings(item, (*path, index))
+
+
+def _is_gate(step: StepSpecBase) -> bool:
+    # An approval that may be skipped (when) or whose denial is ignored (allow_failure) gates nothing.
+    return isinstance(step, ApprovalStep) and step.when is None and not step.allow_failure
+
+
+def _check_purges(
+    doc: YamlDocument, steps: Sequence[StepSpecBase], path: tuple[PathPart, ...], approved: bool = False
+) -> list[ConfigError]:
+    """A purge needs an unconditional approval earlier in its own list or an enclosing one. An
+    approval inside a rolling step does not count after it (the items may be empty), nor does
+    one in the main steps for on_failure steps (they run when it was denied)."""
+    errors: list[ConfigError] = []
+    for index, step in enumerate(steps):
+        here = (*path, index)
+        if _is_gate(step):
+            approved = True
+        elif isinstance(step, NatsSpec) and step.action == "purge_stream" and not approved:
+            errors.append(
+                doc.error(
+                    (*here, "action"),
+                    "purge_stream needs an approval step before it in the same playbook "
+                    "(unconditional, without allow_failure)",
+                )
+            )
+        elif isinstance(step, RollingStep):
+            errors += _check_purges(doc, step.steps, (*here, "steps"), approved)
+    return errors
