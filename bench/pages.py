@@ -33,7 +33,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from service.settings import Secrets, Settings
-from service.store import timestamp
+from service.times import timestamp
 from service.web.app import RUNTIME, create_app
 
 BATCH = 5000

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from service.store import ExecutionRecord, timestamp
+from service.store import ExecutionRecord
+from service.times import timestamp
 
 ALERTNAMES = {"failed": "RemediationFailed", "approval": "RemediationApprovalPending"}
 _SUMMARY_CHARS = 1500

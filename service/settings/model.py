@@ -10,9 +10,10 @@ import re
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from service.alerts.matchers import MatcherError, parse_matcher
+from service.models import StrictModel
 from service.yamlload import (
     Duration,
     YamlDocument,
@@ -28,11 +29,7 @@ SECRET_ENV = {
 }
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class StoreSettings(_Section):
+class StoreSettings(StrictModel):
     path: Path = Path("var/remediator.db")
     synchronous: Literal["full", "normal"] = Field(
         default="full",
@@ -42,7 +39,7 @@ class StoreSettings(_Section):
     prune_interval_seconds: float = Field(default=3600.0, ge=10, le=86400)
 
 
-class WebhookAuthSettings(_Section):
+class WebhookAuthSettings(StrictModel):
     """Credentials Alertmanager's `http_config` sends (bearer and/or basic). Unset means no auth."""
 
     bearer_token_file: Path | None = None
@@ -50,13 +47,13 @@ class WebhookAuthSettings(_Section):
     basic_password_file: Path | None = None
 
 
-class OperatorSettings(_Section):
+class OperatorSettings(StrictModel):
     """The token that approves, denies and acknowledges; separate from the webhook's credentials."""
 
     token_file: Path | None = None
 
 
-class WebSettings(_Section):
+class WebSettings(StrictModel):
     """Who may read over HTTP, and whether POST /-/reload works without the operator token."""
 
     read_token_file: Path | None = Field(
@@ -67,7 +64,7 @@ class WebSettings(_Section):
     )
 
 
-class ServerSettings(_Section):
+class ServerSettings(StrictModel):
     """The HTTP server's connections: how long one may idle or dawdle, and how many may be open."""
 
     keepalive_timeout: Duration = Field(
@@ -96,7 +93,7 @@ class ServerSettings(_Section):
     )
 
 
-class LimitSettings(_Section):
+class LimitSettings(StrictModel):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_concurrent_executions: int = Field(default=8, ge=1, le=1000)
     storm_max_admissions: int = Field(default=20, ge=1)
@@ -110,7 +107,7 @@ class LimitSettings(_Section):
 _CHANNEL_NAME = r"^[a-z0-9][a-z0-9_-]*$"
 
 
-class ChannelSettings(_Section):
+class ChannelSettings(StrictModel):
     """One place escalations go. A webhook URL is often itself the secret (Slack's is), so it may
     come from `url_file` or the environment (`REMEDIATOR_CHANNEL_<NAME>_URL`) instead of `url`."""
 
@@ -140,14 +137,14 @@ class ChannelSettings(_Section):
         return self
 
 
-class LevelSettings(_Section):
+class LevelSettings(StrictModel):
     """Notify `channels` once the escalation has been open `delay` without an acknowledgement."""
 
     delay: Duration = Field(default=0.0, ge=0, le=30 * 86400)
     channels: list[str] = Field(min_length=1)
 
 
-class AlertmanagerAlertSettings(_Section):
+class AlertmanagerAlertSettings(StrictModel):
     """How the `RemediationFailed` alert is kept firing in Alertmanager while the escalation is open."""
 
     resend_interval: Duration = Field(default=60.0, gt=0, le=3600)
@@ -162,7 +159,7 @@ class AlertmanagerAlertSettings(_Section):
         return self
 
 
-class SilencePauseSettings(_Section):
+class SilencePauseSettings(StrictModel):
     """Alertmanager silences carrying `marker` pause automation for what their other matchers select."""
 
     marker: str = 'remediation="paused"'
@@ -180,7 +177,7 @@ class SilencePauseSettings(_Section):
         return marker
 
 
-class EscalationSettings(_Section):
+class EscalationSettings(StrictModel):
     channels: list[ChannelSettings] = Field(default_factory=list)
     levels: list[LevelSettings] = Field(
         default_factory=list, description="empty: every channel at once (one level, no delay)"
@@ -215,7 +212,7 @@ class EscalationSettings(_Section):
         return [(0.0, [c.name for c in self.channels])] if self.channels else []
 
 
-class Settings(_Section):
+class Settings(StrictModel):
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=9095, ge=0, le=65535)
     external_url: str = "http://127.0.0.1:9095"

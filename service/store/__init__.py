@@ -47,7 +47,6 @@ from service.store.records import (
     StepRecord,
     TargetHistory,
 )
-from service.store.rows import timestamp
 from service.store.schema import MIGRATIONS
 from service.store.sqlite import SQLiteStore
 
@@ -56,6 +55,7 @@ def new_store(path: Path, synchronous: Synchronous = "full") -> ServiceStore:
     """The store the service runs on. Callers hold it by the Protocols they use; which backend
     serves them is decided here (SQLite today; PostgreSQL for replicas is planned)."""
     return SQLiteStore(path, synchronous)
+
 
 __all__ = [
     "ACTIVE_STATES",
@@ -92,5 +92,4 @@ __all__ = [
     "Synchronous",
     "TargetHistory",
     "new_store",
-    "timestamp",
 ]

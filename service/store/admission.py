@@ -9,7 +9,8 @@ from typing import Any
 
 from service.store.engine import SQLiteEngine
 from service.store.records import TargetHistory
-from service.store.rows import ACTIVE_SQL, parse_time, timestamp
+from service.store.rows import ACTIVE_SQL
+from service.times import parse_timestamp, timestamp
 
 
 class AdmissionSQL(SQLiteEngine):
@@ -39,7 +40,7 @@ class AdmissionSQL(SQLiteEngine):
                 " AND mode = 'enforce' AND created_at > ?",
                 (rule, target, reset or ""),
             ).fetchone()[0]
-            return TargetHistory(runs, parse_time(last), active)
+            return TargetHistory(runs, parse_timestamp(last), active)
 
         return await self.read(select)
 

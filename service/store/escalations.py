@@ -17,7 +17,8 @@ from service.store.records import (
     OpenEscalation,
     OutboxMessage,
 )
-from service.store.rows import insert_event, parse_time, required_time, timestamp
+from service.store.rows import insert_event, required_time
+from service.times import parse_timestamp, timestamp
 
 _OUTBOX_PENDING = "delivered_at IS NULL AND superseded_at IS NULL AND abandoned_at IS NULL"
 
@@ -59,7 +60,7 @@ def _approval(row: Sequence[Any]) -> ApprovalRequest:
         prompt=row[3],
         requested_at=required_time(row[4]),
         deadline=required_time(row[5]),
-        decided_at=parse_time(row[6]),
+        decided_at=parse_timestamp(row[6]),
         decision=row[7],
         approver=row[8],
     )
@@ -179,7 +180,7 @@ class EscalationSQL(SQLiteEngine):
                     facts=json.loads(r["facts"]),
                     occurrence_id=r["occurrence_id"],
                     occurrence_status=r["occurrence_status"],
-                    occurrence_seen_at=parse_time(r["last_received_at"]),
+                    occurrence_seen_at=parse_timestamp(r["last_received_at"]),
                 )
                 for r in rows
             ]
@@ -197,7 +198,7 @@ class EscalationSQL(SQLiteEngine):
 
     async def next_delivery_at(self) -> datetime | None:
         return await self.read(
-            lambda conn: parse_time(
+            lambda conn: parse_timestamp(
                 conn.execute(f"SELECT min(next_attempt_at) FROM escalation_outbox WHERE {_OUTBOX_PENDING}").fetchone()[
                     0
                 ]

@@ -11,7 +11,8 @@ from typing import Any
 from service.store.engine import SQLiteEngine
 from service.store.errors import DuplicateExecution
 from service.store.records import TERMINAL_STATES, NewExecution, PriorRun, StepRecord
-from service.store.rows import ACTIVE_SQL, insert_event, timestamp
+from service.store.rows import ACTIVE_SQL, insert_event, required_time
+from service.times import timestamp
 
 REPEAT_EVENTS_KEPT = 10
 
@@ -170,7 +171,7 @@ class ExecutionSQL(SQLiteEngine):
                 " AND occurrence_run IS NOT NULL ORDER BY occurrence_run DESC LIMIT 1",
                 (occurrence_id, rule),
             ).fetchone()
-            return None if row is None else PriorRun(row[0], row[1], datetime.fromisoformat(row[2]), row[3])
+            return None if row is None else PriorRun(row[0], row[1], required_time(row[2]), row[3])
 
         return await self.read(select)
 

@@ -14,7 +14,7 @@ from pydantic_core import to_json
 from service.alerts.webhook import WebhookAlert, WebhookNotification
 from service.store.engine import SQLiteEngine
 from service.store.records import AlertEvent, NotificationReceipt, Occurrence
-from service.store.rows import parse_time, timestamp
+from service.times import parse_timestamp, timestamp
 
 _INSERT_NOTIFICATION = (
     "INSERT INTO notifications (received_at, receiver, status, group_key, external_url, alert_count, body)"
@@ -49,7 +49,7 @@ def _alert_time(value: datetime) -> tuple[datetime, str]:
 
 
 def _row_to_occurrence(row: sqlite3.Row) -> Occurrence:
-    starts_at = parse_time(row["starts_at"])
+    starts_at = parse_timestamp(row["starts_at"])
     assert starts_at is not None
     return Occurrence(
         id=row["occurrence_id"],
@@ -60,7 +60,7 @@ def _row_to_occurrence(row: sqlite3.Row) -> Occurrence:
         annotations=json.loads(row["annotations"]),
         generator_url=row["generator_url"],
         status=row["occurrence_status"],
-        ends_at=parse_time(row["ends_at"]),
+        ends_at=parse_timestamp(row["ends_at"]),
         receive_count=row["receive_count"],
     )
 

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from service.store.engine import SQLiteEngine
 from service.store.records import TERMINAL_STATES, PruneResult
-from service.store.rows import timestamp
+from service.times import timestamp
 
 
 class RetentionSQL(SQLiteEngine):

@@ -1,27 +1,20 @@
-"""Small helpers the SQL modules share: the stored text of a time, rows to values, the timeline insert."""
+"""Small helpers the SQL modules share: stored times (service.times), rows to values, the timeline insert."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from service.store.records import ACTIVE_STATES
-
-
-def timestamp(value: datetime) -> str:
-    """One text form for every stored time, so equal instants compare equal as text."""
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def parse_time(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value)
+from service.times import parse_timestamp
 
 
 def required_time(value: str) -> datetime:
-    parsed = parse_time(value)
+    """A NOT NULL time column."""
+    parsed = parse_timestamp(value)
     assert parsed is not None
     return parsed
 

@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from multidict import MultiMapping
 
 from service.errors import RequestError
-from service.store import ACTIVE_STATES, TERMINAL_STATES, timestamp
+from service.store import ACTIVE_STATES, TERMINAL_STATES
+from service.times import timestamp
 
 # "skipped" is what a shadow-mode decision records; the store has no constant naming it on its own.
 EXECUTION_STATES = (*ACTIVE_STATES, *sorted(TERMINAL_STATES | {"skipped"}))

@@ -17,7 +17,8 @@ from support.flow import alert_body
 
 from service.alerts.webhook import parse
 from service.clock import FakeClock
-from service.store import MIGRATIONS, SQLiteStore, timestamp
+from service.store import MIGRATIONS, SQLiteStore
+from service.times import timestamp
 
 
 def body_of(fingerprint: str, status: str = "firing") -> bytes:
