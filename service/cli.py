@@ -188,7 +188,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.format == "md":
         print(render_markdown(record, f"{settings.external_url}/executions/{args.id}"), end="")
     elif args.format == "html":
-        from service.web.pages import render_report_html  # the page templates load only for this format
+        from service.reports.html import render_report_html  # the page templates load only for this format
 
         print(render_report_html(record, settings.alertmanager_url, "", datetime.now(UTC)), end="")
     else:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pytest_aiohttp import AiohttpClient
+from support.app_client import AppClient, Client
 from support.realprocs import (
     AlertmanagerServer,
     NatsServer,
@@ -13,6 +16,24 @@ from support.realprocs import (
     RealProcesses,
     attach_logs,
 )
+
+from service.settings import Secrets, Settings
+from service.web.app import create_app
+
+# --- the app in process -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def app_client(aiohttp_client: AiohttpClient) -> AppClient:
+    """``await app_client(settings, secrets)``: a client of the app ``create_app`` builds, served in
+    process by pytest-aiohttp, which closes it when the test ends (tests/support/app_client.py)."""
+
+    async def start(settings: Settings, secrets: Secrets | None = None, **server_kwargs: Any) -> Client:
+        app = create_app(settings, secrets or Secrets(None, None, None))
+        return await aiohttp_client(app, server_kwargs=server_kwargs)
+
+    return start
+
 
 # --- real processes (tests/support/realprocs.py) ---------------------------------------------------------
 

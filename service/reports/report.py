@@ -1,4 +1,4 @@
-"""The execution report: one model (the stored record) rendered as JSON or Markdown.
+"""The execution report: one model (the stored record) rendered as JSON or Markdown (HTML: html.py).
 
 The Markdown is what a paged engineer reads: the outcome first, then what fired, what ran (each
 step with its output's tail), what verification measured, and the timeline. Every format is built
@@ -181,9 +181,16 @@ def _link(url: str) -> str:
     return f"{_code(url)} (not linked: not an http(s) URL)"
 
 
-def _tail(output: str) -> str:
+def output_tail(output: str) -> tuple[str, int]:
+    """The last lines of a step's output (where the error nearly always is) and how many were cut."""
     lines = output.rstrip("\n").splitlines()
-    tail = "\n".join(lines[-OUTPUT_TAIL_LINES:])[-OUTPUT_TAIL_CHARS:]
+    kept = lines[-OUTPUT_TAIL_LINES:]
+    text = "\n".join(kept)[-OUTPUT_TAIL_CHARS:]
+    return text, len(lines) - len(kept)
+
+
+def _tail(output: str) -> str:
+    tail, _cut = output_tail(output)
     if len(tail) < len(output.rstrip("\n")):
         return f"[... last {len(tail.splitlines())} lines ...]\n{tail}"
     return tail

@@ -50,11 +50,6 @@ def basic_password(credentials: str) -> bytes | None:
     return password if colon else None
 
 
-def bearer_is(request: web.BaseRequest, token: str) -> bool:
-    scheme, credentials = authorization(request)
-    return scheme == "bearer" and same_secret(credentials, token)
-
-
 def may_read(request: web.BaseRequest, read_token: str | None, operator_token: str | None) -> bool:
     """Whether the request may read; always when no read token is configured."""
     if read_token is None:

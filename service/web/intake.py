@@ -22,7 +22,7 @@ from service.alerts.webhook import describe_errors, parse
 from service.clock import Clock
 from service.errors import RequestError
 from service.metrics import Metrics
-from service.store import NotificationReceipt, SQLiteStore, StoreError
+from service.store import IntakeStore, NotificationReceipt, StoreError
 from service.web.access import as_bytes, same_secret
 
 log = logging.getLogger("remediator.intake")
@@ -76,7 +76,7 @@ class WebhookAuth:
 
 @dataclass(frozen=True)
 class Intake:
-    store: SQLiteStore
+    store: IntakeStore
     auth: WebhookAuth
     metrics: Metrics
     clock: Clock

@@ -7,50 +7,46 @@ import asyncio
 import base64
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from support.app_client import AppClient, Client
 from support.service_proc import ServiceProcess
 
 from service.settings import Secrets, Settings
 from service.store import NewExecution
-from service.web.app import RUNTIME, create_app
+from service.web.runtime import RUNTIME
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FIRING = (FIXTURES / "alertmanager" / "firing-nats-jetstream-unhealthy.json").read_bytes()
 JSON = {"Content-Type": "application/json"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 OPERATOR, READER, WEBHOOK = "op-secret-1", "rd-secret-2", "wh-secret-3"
 
-Client = TestClient[Any, Any]
 ClientFactory = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
-async def make_client(tmp_path: Path) -> AsyncIterator[ClientFactory]:
-    clients: list[Client] = []
+def make_client(tmp_path: Path, app_client: AppClient) -> ClientFactory:
+    made = 0
 
     async def make(secrets: Secrets | None = None, **settings: Any) -> Client:
+        nonlocal made
         config = Settings.model_validate(
             {
-                "store": {"path": str(tmp_path / f"store{len(clients)}.db")},
+                "store": {"path": str(tmp_path / f"store{made}.db")},
                 "rules": [str(FIXTURES / "rules" / "*.yaml")],
                 "playbooks": [str(FIXTURES / "playbooks" / "*.yaml")],
                 **settings,
             }
         )
-        client = TestClient(TestServer(create_app(config, secrets or Secrets(None, None, OPERATOR))))
-        await client.start_server()
-        clients.append(client)
-        return client
+        made += 1
+        return await app_client(config, secrets or Secrets(None, None, OPERATOR))
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
 def stored(client: Client) -> tuple[int, ...]:

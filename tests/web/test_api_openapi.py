@@ -24,7 +24,7 @@ from service.settings import Secrets, Settings
 from service.web.app import create_app
 from service.web.openapi import openapi_document
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 OPERATOR, READER = "openapi-operator-token", "openapi-read-token"
 EXAMPLES = 20
 

@@ -10,48 +10,42 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from support.app_client import AppClient, Client
 
 from service.settings import Secrets, Settings
-from service.web.app import RUNTIME, create_app
+from service.web.runtime import RUNTIME
 
-FIXTURES = Path(__file__).parent / "fixtures" / "alertmanager"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "alertmanager"
 FIRING = (FIXTURES / "firing-nats-jetstream-unhealthy.json").read_bytes()
 RESOLVED = (FIXTURES / "resolved-nats-jetstream-unhealthy.json").read_bytes()
 CAPTURED_HEADERS = json.loads((FIXTURES / "request-headers.json").read_text())
 JSON = {"Content-Type": "application/json"}
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+ClientFactory = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
-async def make_client(tmp_path: Path) -> AsyncIterator[ClientFactory]:
-    clients: list[TestClient[Any, Any]] = []
+def make_client(tmp_path: Path, app_client: AppClient) -> ClientFactory:
+    made = 0
 
-    async def make(
-        secrets: Secrets | None = None, basic_username: str | None = None, **settings: Any
-    ) -> TestClient[Any, Any]:
+    async def make(secrets: Secrets | None = None, basic_username: str | None = None, **settings: Any) -> Client:
+        nonlocal made
         config = Settings.model_validate(
             {
-                "store": {"path": str(tmp_path / f"store{len(clients)}.db")},
+                "store": {"path": str(tmp_path / f"store{made}.db")},
                 "rules": [],
                 "playbooks": [],
                 "webhook_auth": {"basic_username": basic_username},
                 **settings,
             }
         )
-        app = create_app(config, secrets or Secrets(None, None, None))
-        client = TestClient(TestServer(app))
-        await client.start_server()
-        clients.append(client)
-        return client
+        made += 1
+        return await app_client(config, secrets)
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
-def stored_counts(client: TestClient[Any, Any]) -> tuple[int, int, int]:
+def stored_counts(client: Client) -> tuple[int, int, int]:
     path = client.app[RUNTIME].store.path
     with sqlite3.connect(path) as conn:
         return tuple(  # type: ignore[return-value]

@@ -16,9 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.settings import Secrets, Settings
-from service.web.app import RUNTIME, create_app
+from service.web.app import create_app
+from service.web.runtime import RUNTIME
 
-FIRING = json.loads((Path(__file__).parent / "fixtures/alertmanager/firing-nats-jetstream-unhealthy.json").read_text())
+FIRING = json.loads(
+    (Path(__file__).parent.parent / "fixtures/alertmanager/firing-nats-jetstream-unhealthy.json").read_text()
+)
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

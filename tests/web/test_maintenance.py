@@ -2,50 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from support.app_client import AppClient, Client
 from support.flow import QUICK_PLAYBOOK, alert_body, poll, quick_rules, write_config
 
 from service.settings import Secrets, Settings
-from service.web.app import create_app
 
 OPERATOR = {"Authorization": "Bearer op-token"}
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+ClientFactory = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[ClientFactory]:
-    clients: list[TestClient[Any, Any]] = []
-
-    async def make(**limits: Any) -> TestClient[Any, Any]:
+def service(tmp_path: Path, app_client: AppClient) -> ClientFactory:
+    async def make(**limits: Any) -> Client:
         config = write_config(tmp_path, quick_rules(1), {"quick": QUICK_PLAYBOOK})
         config["limits"] = limits
         settings = Settings.model_validate(config)
-        client = TestClient(TestServer(create_app(settings, Secrets(None, None, "op-token"))))
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await app_client(settings, Secrets(None, None, "op-token"))
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
-async def runs(client: TestClient[Any, Any], n: int) -> list[dict[str, Any]] | None:
+async def runs(client: Client, n: int) -> list[dict[str, Any]] | None:
     rows = (await (await client.get("/api/v1/executions?limit=500")).json())["executions"]
     return sorted(rows, key=lambda r: r["created_at"]) if len(rows) >= n else None
 
 
-async def escalated(client: TestClient[Any, Any], execution_id: str) -> bool:
+async def escalated(client: Client, execution_id: str) -> bool:
     report = await (await client.get(f"/api/v1/executions/{execution_id}")).json()
     return any(e["kind"] == "escalation" for e in report["timeline"])
 
 
-async def post_alert(client: TestClient[Any, Any], n: int, instance: str = "node-1") -> None:
+async def post_alert(client: Client, n: int, instance: str = "node-1") -> None:
     body = alert_body(f"cccc{n:012x}", instance=instance)
     assert (await client.post("/hooks/alertmanager", json=body)).status == 200
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from html import unescape
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from support.app_client import AppClient, Client
 from support.flow import alert_body, poll, write_config
 
 from service.settings import Secrets, Settings
 from service.store import NewExecution
-from service.web.app import RUNTIME, create_app
+from service.web.runtime import RUNTIME
 
 TOKEN = "op-secret-token"
 PAYLOAD = '<script>alert(1)</script>" onmouseover="x'
@@ -57,14 +57,11 @@ steps:
     argv: ["{python}", "-c", "print('approved and ran')"]
 """
 
-Client = TestClient[Any, Any]
 ClientFactory = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[ClientFactory]:
-    clients: list[Client] = []
-
+def service(tmp_path: Path, app_client: AppClient) -> ClientFactory:
     async def make(playbook: str = FAILING, text: str = "after", token: str | None = TOKEN) -> Client:
         source = playbook.format(python=sys.executable, text=_yaml_string(text))
         name = re.search(r"^name: (\S+)", source, re.M)
@@ -73,14 +70,9 @@ async def service(tmp_path: Path) -> AsyncIterator[ClientFactory]:
         config["alertmanager_url"] = "http://127.0.0.1:9093"
         settings = Settings.model_validate(config)
         secrets = Secrets(webhook_bearer_token=None, webhook_basic_password=None, operator_token=token)
-        client = TestClient(TestServer(create_app(settings, secrets)))
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await app_client(settings, secrets)
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
 def _yaml_string(text: str) -> str:

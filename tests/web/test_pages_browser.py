@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, async_playwright, expect
+from support.app_client import AppClient, Client
 from support.flow import alert_body, poll, write_config
 
 from service.settings import Secrets, Settings
-from service.web.app import create_app
 
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = Path(__file__).resolve().parent.parent.parent / "test-artifacts"
 TOKEN = "browser-operator-token"
 CHROMIUM_ARGS = [
     "--headless",
@@ -93,14 +93,11 @@ async def fake_prometheus() -> AsyncIterator[str]:
 
 
 @pytest.fixture
-async def service(tmp_path: Path, fake_prometheus: str) -> AsyncIterator[TestClient[Any, Any]]:
+async def service(tmp_path: Path, fake_prometheus: str, app_client: AppClient) -> Client:
     playbook = PLAYBOOK.format(python=sys.executable, prometheus=fake_prometheus)
     settings = Settings.model_validate(write_config(tmp_path, RULES, {"drain": playbook}))
     secrets = Secrets(webhook_bearer_token=None, webhook_basic_password=None, operator_token=TOKEN)
-    client = TestClient(TestServer(create_app(settings, secrets), host="127.0.0.1"))
-    await client.start_server()
-    yield client
-    await client.close()
+    return await app_client(settings, secrets)
 
 
 @pytest.fixture
@@ -113,7 +110,7 @@ async def browser() -> AsyncIterator[Browser]:
         await launched.close()
 
 
-async def _state(client: TestClient[Any, Any], execution_id: str, states: set[str]) -> dict[str, Any] | None:
+async def _state(client: Client, execution_id: str, states: set[str]) -> dict[str, Any] | None:
     report = await (await client.get(f"/api/v1/executions/{execution_id}")).json()
     return report if report["execution"]["state"] in states else None
 
@@ -127,9 +124,7 @@ async def _screenshot(page: Page, name: str) -> Path:
     return path
 
 
-async def test_a_paged_engineer_approves_then_reads_the_escalation(
-    service: TestClient[Any, Any], browser: Browser
-) -> None:
+async def test_a_paged_engineer_approves_then_reads_the_escalation(service: Client, browser: Browser) -> None:
     client = service
     assert (await client.post("/hooks/alertmanager", json=alert_body(marker="b1"))).status == 200
 

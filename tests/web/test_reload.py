@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 from support.service_proc import ServiceProcess
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FIRING = (FIXTURES / "alertmanager" / "firing-nats-jetstream-unhealthy.json").read_bytes()
 FIRING_BODY = json.loads(FIRING)
 JSON = {"Content-Type": "application/json"}

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from flow.test_crash_recovery import kill_during_second_step  # tests/flow: a test module, not support
+from flow.test_crash_recovery import make_service as make_crash_recovery_service
 from support.service_proc import ServiceProcess, free_port
-from test_crash_recovery import kill_during_second_step
-from test_crash_recovery import make_service as make_crash_recovery_service
 
-FIRING = json.loads((Path(__file__).parent / "fixtures/alertmanager/firing-nats-jetstream-unhealthy.json").read_text())
+FIRING = json.loads(
+    (Path(__file__).parent.parent / "fixtures/alertmanager/firing-nats-jetstream-unhealthy.json").read_text()
+)
 JSON = {"Content-Type": "application/json"}
 
 

@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from aiohttp.test_utils import TestClient, TestServer
+from support.app_client import AppClient
 from support.flow import QUICK_PLAYBOOK, alert_body, poll, quick_rules, write_config
 from support.realprocs import AlertmanagerServer
 
 from service.alerts.matchers import parse_matcher
 from service.flow.silences import parse_silences
-from service.settings import Secrets, Settings
-from service.web.app import create_app
+from service.settings import Settings
 
 AM_CONFIG = """
 route:
@@ -51,7 +50,7 @@ def test_only_active_silences_with_the_marker_pause_and_their_other_matchers_sel
 
 
 async def test_a_remediation_silence_in_alertmanager_pauses_what_it_matches(
-    alertmanager_server: Callable[[str], AlertmanagerServer], tmp_path: Path
+    alertmanager_server: Callable[[str], AlertmanagerServer], tmp_path: Path, app_client: AppClient
 ) -> None:
     am = alertmanager_server(AM_CONFIG)
     now = datetime.now(UTC)
@@ -73,37 +72,33 @@ async def test_a_remediation_silence_in_alertmanager_pauses_what_it_matches(
 
         config = write_config(tmp_path, quick_rules(100), {"quick": QUICK_PLAYBOOK})
         config.update(alertmanager_url=am.url, silence_pause={"interval_seconds": 1})
-        client = TestClient(TestServer(create_app(Settings.model_validate(config), Secrets(None, None, None))))
-        await client.start_server()
-        try:
+        client = await app_client(Settings.model_validate(config))
 
-            async def silences() -> list[dict[str, Any]]:
-                return (await (await client.get("/api/v1/pauses")).json())["silences"]  # type: ignore[no-any-return]
+        async def silences() -> list[dict[str, Any]]:
+            return (await (await client.get("/api/v1/pauses")).json())["silences"]  # type: ignore[no-any-return]
 
-            [seen] = await poll(silences)
-            assert (seen["id"], seen["matchers"]) == (silence_id, ['instance="node-1"'])
+        [seen] = await poll(silences)
+        assert (seen["id"], seen["matchers"]) == (silence_id, ['instance="node-1"'])
 
-            async def runs(n: int) -> list[dict[str, Any]] | None:
-                rows = (await (await client.get("/api/v1/executions")).json())["executions"]
-                return sorted(rows, key=lambda r: r["created_at"]) if len(rows) >= n else None
+        async def runs(n: int) -> list[dict[str, Any]] | None:
+            rows = (await (await client.get("/api/v1/executions")).json())["executions"]
+            return sorted(rows, key=lambda r: r["created_at"]) if len(rows) >= n else None
 
-            assert (await client.post("/hooks/alertmanager", json=alert_body("a1", instance="node-1"))).status == 200
-            assert (await client.post("/hooks/alertmanager", json=alert_body("a2", instance="node-2"))).status == 200
-            first, second = await poll(lambda: runs(2))
-            assert first["refusal"] == "paused"
-            assert f"Alertmanager silence {silence_id} by alice" in first["reason"]
-            assert "NATS upgrade" in first["reason"]
-            assert second["state"] != "refused"
+        assert (await client.post("/hooks/alertmanager", json=alert_body("a1", instance="node-1"))).status == 200
+        assert (await client.post("/hooks/alertmanager", json=alert_body("a2", instance="node-2"))).status == 200
+        first, second = await poll(lambda: runs(2))
+        assert first["refusal"] == "paused"
+        assert f"Alertmanager silence {silence_id} by alice" in first["reason"]
+        assert "NATS upgrade" in first["reason"]
+        assert second["state"] != "refused"
 
-            async with session.delete(f"{am.url}/api/v2/silence/{silence_id}") as response:
-                assert response.status == 200
+        async with session.delete(f"{am.url}/api/v2/silence/{silence_id}") as response:
+            assert response.status == 200
 
-            async def cleared() -> bool:
-                return await silences() == []
+        async def cleared() -> bool:
+            return await silences() == []
 
-            await poll(cleared)
-            assert (await client.post("/hooks/alertmanager", json=alert_body("a3", instance="node-1"))).status == 200
-            rows = await poll(lambda: runs(3))
-            assert rows[2]["state"] != "refused"
-        finally:
-            await client.close()
+        await poll(cleared)
+        assert (await client.post("/hooks/alertmanager", json=alert_body("a3", instance="node-1"))).status == 200
+        rows = await poll(lambda: runs(3))
+        assert rows[2]["state"] != "refused"

@@ -7,37 +7,36 @@ import gc
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from support.app_client import AppClient, Client
 
 from service.settings import Secrets, Settings
-from service.web.app import MAX_SIMULATE_ALERTS, RUNTIME, create_app
+from service.web.api import MAX_SIMULATE_ALERTS
+from service.web.runtime import RUNTIME
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 FIRING = (FIXTURES / "alertmanager" / "firing-nats-jetstream-unhealthy.json").read_bytes()
 JSON = {"Content-Type": "application/json"}
 
 
-@pytest.fixture
-async def client(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
-    settings = Settings.model_validate(
+def fixture_settings(tmp_path: Path) -> Settings:
+    return Settings.model_validate(
         {
             "store": {"path": str(tmp_path / "store.db")},
             "rules": [str(FIXTURES / "rules" / "*.yaml")],
             "playbooks": [str(FIXTURES / "playbooks" / "*.yaml")],
         }
     )
-    test_client = TestClient(TestServer(create_app(settings, Secrets(None, None, None))))
-    await test_client.start_server()
-    yield test_client
-    await test_client.close()
 
 
-async def assert_nothing_stored_or_run(client: TestClient[Any, Any]) -> None:
+@pytest.fixture
+async def client(tmp_path: Path, app_client: AppClient) -> Client:
+    return await app_client(fixture_settings(tmp_path))
+
+
+async def assert_nothing_stored_or_run(client: Client) -> None:
     listing = await client.get("/api/v1/executions")
     assert listing.status == 200
     assert (await listing.json())["executions"] == []
@@ -46,7 +45,7 @@ async def assert_nothing_stored_or_run(client: TestClient[Any, Any]) -> None:
     assert counts == [0, 0]
 
 
-async def test_simulate_the_captured_notification(client: TestClient[Any, Any]) -> None:
+async def test_simulate_the_captured_notification(client: Client) -> None:
     response = await client.post("/api/v1/simulate", data=FIRING, headers=JSON)
     assert response.status == 200
     (alert,) = (await response.json())["alerts"]
@@ -81,7 +80,7 @@ def many_alerts(count: int) -> bytes:
     return json.dumps(body).encode()
 
 
-async def test_simulate_takes_a_webhook_body_only(client: TestClient[Any, Any]) -> None:
+async def test_simulate_takes_a_webhook_body_only(client: Client) -> None:
     # The same model as intake: a bare list of alerts is not what Alertmanager sends.
     alerts = [{"labels": {"alertname": "JetStreamConsumerBacklog", "stream": "DECIDE"}}]
     response = await client.post("/api/v1/simulate", data=json.dumps(alerts), headers=JSON)
@@ -100,9 +99,7 @@ async def test_simulate_takes_a_webhook_body_only(client: TestClient[Any, Any]) 
         (FIRING.replace(b'"fingerprint":"16ff7ec28276970a"', b'"fingerprint":7'), "alerts[0].fingerprint", ""),
     ],
 )
-async def test_bad_input_is_400_naming_the_field(
-    client: TestClient[Any, Any], body: bytes, field: str, message: str
-) -> None:
+async def test_bad_input_is_400_naming_the_field(client: Client, body: bytes, field: str, message: str) -> None:
     response = await client.post("/api/v1/simulate", data=body, headers=JSON)
     assert response.status == 400
     answer = await response.json()
@@ -112,7 +109,7 @@ async def test_bad_input_is_400_naming_the_field(
     await assert_nothing_stored_or_run(client)
 
 
-async def test_too_many_alerts_or_bytes_is_413(client: TestClient[Any, Any]) -> None:
+async def test_too_many_alerts_or_bytes_is_413(client: Client) -> None:
     response = await client.post("/api/v1/simulate", data=many_alerts(MAX_SIMULATE_ALERTS + 1), headers=JSON)
     assert response.status == 413
     assert f"at most {MAX_SIMULATE_ALERTS}" in (await response.json())["error"]
@@ -129,12 +126,12 @@ async def test_too_many_alerts_or_bytes_is_413(client: TestClient[Any, Any]) -> 
         ({"Content-Type": "application/json; charset=utf-16"}, FIRING.decode().encode("utf-16")),
     ],
 )
-async def test_not_utf8_json_is_415(client: TestClient[Any, Any], headers: dict[str, str], body: bytes) -> None:
+async def test_not_utf8_json_is_415(client: Client, headers: dict[str, str], body: bytes) -> None:
     response = await client.post("/api/v1/simulate", data=body, headers=headers)
     assert response.status == 415
 
 
-async def test_garbage_declared_gzip_is_400(client: TestClient[Any, Any]) -> None:
+async def test_garbage_declared_gzip_is_400(client: Client) -> None:
     response = await client.post(
         "/api/v1/simulate", data=b"not gzip at all", headers={**JSON, "Content-Encoding": "gzip"}
     )
@@ -142,7 +139,7 @@ async def test_garbage_declared_gzip_is_400(client: TestClient[Any, Any]) -> Non
     assert "cannot be read" in (await response.json())["error"]
 
 
-async def test_the_loop_answers_while_a_big_simulation_runs(client: TestClient[Any, Any]) -> None:
+async def test_the_loop_answers_while_a_big_simulation_runs(client: Client) -> None:
     gc.collect()
     gc.freeze()  # as `remediator serve` does with its start-up heap: here that heap is pytest's too
     body = many_alerts(MAX_SIMULATE_ALERTS)
@@ -164,21 +161,11 @@ async def test_the_loop_answers_while_a_big_simulation_runs(client: TestClient[A
 
 
 @pytest.fixture
-async def guarded(tmp_path: Path) -> AsyncIterator[TestClient[Any, Any]]:
-    settings = Settings.model_validate(
-        {
-            "store": {"path": str(tmp_path / "store.db")},
-            "rules": [str(FIXTURES / "rules" / "*.yaml")],
-            "playbooks": [str(FIXTURES / "playbooks" / "*.yaml")],
-        }
-    )
-    test_client = TestClient(TestServer(create_app(settings, Secrets(None, None, "op-token", read_token="rd-token"))))
-    await test_client.start_server()
-    yield test_client
-    await test_client.close()
+async def guarded(tmp_path: Path, app_client: AppClient) -> Client:
+    return await app_client(fixture_settings(tmp_path), Secrets(None, None, "op-token", read_token="rd-token"))
 
 
-async def test_a_read_token_guards_simulate(guarded: TestClient[Any, Any]) -> None:
+async def test_a_read_token_guards_simulate(guarded: Client) -> None:
     refused = await guarded.post("/api/v1/simulate", data=FIRING, headers=JSON)
     assert refused.status == 401
     assert "Bearer" in refused.headers["WWW-Authenticate"]
@@ -189,7 +176,7 @@ async def test_a_read_token_guards_simulate(guarded: TestClient[Any, Any]) -> No
         assert response.status == 200, token
 
 
-async def test_credentials_are_checked_before_the_body_is_read(guarded: TestClient[Any, Any]) -> None:
+async def test_credentials_are_checked_before_the_body_is_read(guarded: Client) -> None:
     # Headers promising a megabyte that never comes: the answer must not wait for it.
     reader, writer = await asyncio.open_connection(guarded.host, guarded.port)
     writer.write(

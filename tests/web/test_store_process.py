@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support.service_proc import ServiceProcess
 
-FIRING = (Path(__file__).parent / "fixtures/alertmanager/firing-nats-jetstream-unhealthy.json").read_bytes()
+FIRING = (Path(__file__).parent.parent / "fixtures/alertmanager/firing-nats-jetstream-unhealthy.json").read_bytes()
 
 
 @pytest.fixture
