@@ -2,9 +2,10 @@
 
 Alertmanager re-sends every firing alert on each group change and repeat_interval, retries on 5xx,
 and two replicas deliver the same alert twice: one occurrence must make one run. Beyond dedup, the
-rule's limits (cooldown, runs per window, concurrency per target) and a global storm guard keep
-automation from making an incident worse. Every decision carries a reason; refusals are recorded as
-executions in state `refused`, so they appear in reports and metrics like any run.
+rule's limits (cooldown, runs per window, the concurrency mode per target: service.flow.modes) and a
+global storm guard keep automation from making an incident worse. Every decision carries a reason;
+refusals are recorded as executions in state `refused`, so they appear in reports and metrics like
+any run.
 
 All state comes from the store (so limits hold across restarts) and time from the injected clock.
 A window of W seconds counts the runs created in (now - W, now]: a run leaves it exactly W after it
@@ -15,29 +16,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Literal
 
+from service.flow import modes
+from service.flow.verdict import Decision, Verdict
 from service.rules.ruleset import RuleMatch
 from service.store import TERMINAL_STATES, AdmissionStore
 
-Decision = Literal["run", "queue", "repeat", "refuse", "shadow"]
+__all__ = ["Decision", "StormGuard", "Verdict", "decide"]
 
 
 @dataclass(frozen=True)
 class StormGuard:
     max_admissions: int
     window_seconds: float
-
-
-@dataclass(frozen=True)
-class Verdict:
-    decision: Decision
-    reason: str  # a short machine-friendly key: cooldown, budget_spent, busy, storm, ...
-    detail: str  # one readable sentence for the report
-    existing_execution: str | None = None
-    # Which run of the rule for this occurrence a run, queue or shadow decision makes (the store's
-    # unique key: a decision that raced another one to the same number becomes a repeat).
-    occurrence_run: int = 1
 
 
 async def decide(
@@ -106,15 +97,7 @@ async def _limits(
             f"(max_runs {limits.max_runs}); a person must look",
         )
     if history.active:
-        if limits.concurrency == "single":
-            return Verdict("refuse", "busy", f"a run for {match.target} is already active (concurrency: single)")
-        if limits.concurrency == "parallel" and history.active >= limits.max_parallel:
-            return Verdict("refuse", "busy", f"{history.active} runs active for {match.target} (max_parallel)")
-        if limits.concurrency == "restart":
-            detail = f"restart mode: cancels the {history.active} active run(s) for {match.target}"
-            return Verdict("run", "restart", detail)
-        if limits.concurrency == "queued":
-            if history.active > limits.max_queue:
-                return Verdict("refuse", "queue_full", f"queue for {match.target} is full (max_queue)")
-            return Verdict("queue", "queued", f"queued behind {history.active} active run(s) for {match.target}")
+        busy = modes.when_active(match, history.active)
+        if busy is not None:
+            return busy
     return Verdict("run", "admitted", "admitted")

@@ -5,6 +5,10 @@ read back. The store's queue of undispatched events stays the source of truth: t
 it at start (an alert acknowledged just before a crash is dispatched after the restart), after a
 failed pass, when the hand-over overflowed, and when idle (an event whose hand-over was lost). It
 never runs on the request path: the webhook answer does not wait for any of this.
+
+An event whose dispatch fails stays queued and is retried (service.flow.retries); start-up recovery
+of the runs a crash left active is service.flow.recovery; what each concurrency mode does is
+service.flow.modes.
 """
 
 from __future__ import annotations
@@ -12,15 +16,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from service.clock import Clock
-from service.flow import admission
+from service.flow import admission, modes, recovery
 from service.flow.executor import Executor, RunRequest
+from service.flow.ports import DecisionObserver, Escalation, PauseSource
+from service.flow.retries import Retries
 from service.rules.ruleset import Alert, NotificationContext, RuleMatch, RuleSet
-from service.store import ACTIVE_STATES, AlertEvent, DispatchStore, DuplicateExecution, ExecutionRecord, NewExecution
+from service.store import AlertEvent, DispatchStore, DuplicateExecution, ExecutionState, NewExecution
 
 log = logging.getLogger("remediator.dispatcher")
 
@@ -28,12 +34,16 @@ _BATCH = 200
 _MARK_CHUNK = 20
 _IDLE_POLL_S = 5.0  # an event whose hand-over was lost waits at most this long
 _INBOX_LIMIT = 10_000  # past this, drop the hand-over and read the store's queue instead
-# An event whose dispatch failed stays in the store's queue and is tried again after 1, 2, 4 ... s
-# (at most 5 min apart); after _ESCALATE_AFTER failures a person is told, once, and retries go on.
-_RETRY_FIRST_S = 1.0
-_RETRY_MAX_S = 300.0
-_ESCALATE_AFTER = 5
-_MIN_WAIT_S = 0.05
+_MIN_WAIT_S = 0.05  # the shortest wait for a retry that is (about) due
+
+
+# The state an execution is recorded in for each decision but a repeat (which records none).
+_STATE_OF = {
+    "run": ExecutionState.QUEUED,
+    "queue": ExecutionState.QUEUED,
+    "refuse": ExecutionState.REFUSED,
+    "shadow": ExecutionState.SKIPPED,
+}
 
 
 def new_execution_id(clock: Clock) -> str:
@@ -47,90 +57,38 @@ class DispatchSettings:
     dry_run: bool
 
 
-@dataclass
-class _Retry:
-    """An event whose dispatch failed: how often, when to try again, whether a person was told."""
-
-    attempts: int
-    due: datetime
-    escalated: bool = False
-
-
 class Dispatcher:
     def __init__(
         self,
+        *,
         store: DispatchStore,
         rules: Callable[[], RuleSet],
         executor: Executor,
         clock: Clock,
         settings: DispatchSettings,
-        on_decision: Callable[[str, str, str], None],
-        escalate: Callable[[str, str, str], Awaitable[None]],
-        on_resolved: Callable[[int], Awaitable[object]],
-        silenced_by: Callable[[Mapping[str, str]], str | None] = lambda _labels: None,
+        escalation: Escalation,
+        decisions: DecisionObserver,
+        pauses: PauseSource | None = None,
     ) -> None:
         self._store = store
-        self._rules = rules
+        self._rules = rules  # the rules in force now (a reload replaces them)
         self._executor = executor
         self._clock = clock
         self._settings = settings
-        self._on_decision = on_decision
-        self._escalate = escalate
-        self._on_resolved = on_resolved  # closes the escalations of the resolved alert's runs
-        self._silenced_by = silenced_by  # the Alertmanager silence pausing automation for these labels
+        self._escalation = escalation
+        self._decisions = decisions
+        self._pauses = pauses  # e.g. the Alertmanager silences pausing automation for some labels
         self._wake = asyncio.Event()
         self._inbox: list[AlertEvent] = []
         self._rescan = True  # read the store's queue on the next pass
         # The ids the last read of the store's queue returned: the same events may also be handed
         # over, since a hand-over follows its commit, and must not be dispatched twice.
         self._scanned: set[int] = set()
-        self._retries: dict[int, _Retry] = {}  # by event id; the events stay undispatched in the store
+        self._retries = Retries()  # the events stay undispatched in the store meanwhile
 
     async def recover(self) -> None:
-        """Runs left active by a crash: resume those whose playbook declares its steps idempotent
-        (and has not changed since), mark the others `interrupted` and escalate them."""
-        for execution_id in await self._store.executions_in_state(ACTIVE_STATES):
-            record = await self._store.get_execution(execution_id)
-            assert record is not None
-            request = self._resumable(record)
-            now = self._clock.now()
-            if request is not None:
-                await self._store.add_event(execution_id, now, "resume", "resumed after a restart")
-                await self._store.set_state(execution_id, "queued", now, "resumed after a restart")
-                self._executor.start(request, queued=False)
-                log.warning("execution resumed after a restart", extra={"execution_id": execution_id})
-                continue
-            reason = (
-                "the remediator stopped while this execution was active; steps after the last recorded one did not run"
-            )
-            await self._store.set_state(execution_id, "interrupted", now, reason)
-            await self._escalate(execution_id, f"interrupted: {reason}", "critical")
-            log.warning("execution interrupted by a restart", extra={"execution_id": execution_id})
-
-    def _resumable(self, record: ExecutionRecord) -> RunRequest | None:
-        execution, occurrence = record.execution, record.occurrence
-        playbook = self._rules().playbooks.get(execution["playbook"])
-        rule = self._rules().get(execution["rule"])
-        if playbook is None or rule is None or occurrence is None:
-            return None
-        # resume what never started, or what the playbook promised is safe to repeat; and only with
-        # the playbook version the run was admitted with
-        never_started = execution["started_at"] is None and not record.steps
-        if not (never_started or playbook.playbook.idempotent) or playbook.version != execution["playbook_version"]:
-            return None
-        return RunRequest(
-            execution_id=execution["id"],
-            rule=execution["rule"],
-            playbook=playbook,
-            params=execution["params"],
-            target=execution["target"],
-            occurrence_id=occurrence["id"],
-            fingerprint=execution["fingerprint"],
-            labels=occurrence["labels"],
-            annotations=occurrence["annotations"],
-            generator_url=occurrence["generator_url"],
-            severity=rule.rule.severity,
-        )
+        """Runs left active by a crash: resumed or interrupted (service.flow.recovery)."""
+        await recovery.recover(self._store, self._rules, self._executor, self._clock, self._escalation)
 
     def wants(self, status: str, labels: Mapping[str, str]) -> bool:
         """Whether dispatching an alert could do anything beyond a firing -> resolved transition
@@ -164,9 +122,9 @@ class Dispatcher:
 
     def _idle_wait(self) -> float:
         """Seconds to wait for a hand-over before reading the queue: sooner when a retry is due."""
-        if not self._retries:
+        due = self._retries.next_due()
+        if due is None:
             return _IDLE_POLL_S
-        due = min(retry.due for retry in self._retries.values())
         return max(_MIN_WAIT_S, min(_IDLE_POLL_S, (due - self._clock.now()).total_seconds()))
 
     @property
@@ -204,18 +162,17 @@ class Dispatcher:
         done: list[int] = []
         dispatched = 0
         for event in events:
-            retry = self._retries.get(event.id)
-            if retry is not None and retry.due > self._clock.now():
+            if self._retries.waiting(event.id, self._clock.now()):
                 continue
             dispatched += 1
             try:
-                await self._dispatch(event, retrying=retry is not None)
+                await self._dispatch(event, retrying=self._retries.get(event.id) is not None)
             except Exception as exc:
                 # Not marked: the event stays in the store's queue (also across a restart) until a
                 # dispatch of it goes through.
                 await self._failed(event, exc)
                 continue
-            self._retries.pop(event.id, None)
+            self._retries.succeeded(event.id)
             done.append(event.id)
             # Marked in small chunks: a crash replays at most a chunk, and a replay is harmless
             # (dedup turns a replayed alert into a repeat of the run it already made).
@@ -227,21 +184,19 @@ class Dispatcher:
         return dispatched
 
     async def _failed(self, event: AlertEvent, exc: Exception) -> None:
-        previous = self._retries.get(event.id)
-        attempts = 1 if previous is None else previous.attempts + 1
-        delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2 ** (attempts - 1))
-        retry = _Retry(
-            attempts, self._clock.now() + timedelta(seconds=delay), previous is not None and previous.escalated
-        )
-        self._retries[event.id] = retry
+        retry = self._retries.failed(event.id, self._clock.now())
         log.error(
             "dispatch failed; the alert stays queued and is tried again",
             exc_info=exc,
-            extra={"fingerprint": event.occurrence.fingerprint, "attempts": attempts, "retry_in_s": delay},
+            extra={
+                "fingerprint": event.occurrence.fingerprint,
+                "attempts": retry.attempts,
+                "retry_in_s": retry.delay_s,
+            },
         )
-        if attempts >= _ESCALATE_AFTER and not retry.escalated:
+        if retry.to_escalate:
             try:
-                await self._escalate_stuck(event, attempts, exc)
+                await self._escalate_stuck(event, retry.attempts, exc)
             except Exception:  # the store is likely what fails: the log and the next tries remain
                 log.exception(
                     "could not escalate a failing dispatch", extra={"fingerprint": event.occurrence.fingerprint}
@@ -270,15 +225,15 @@ class Dispatcher:
                 alertname=occurrence.alertname,
                 mode="enforce",
                 params={},
-                state="refused",
+                state=ExecutionState.REFUSED,
                 reason=detail,
                 refusal="dispatch_failed",
                 occurrence_run=None,
             ),
             self._clock.now(),
         )
-        self._on_decision(rule, "refuse", "dispatch_failed")
-        await self._escalate(execution_id, f"refused: {detail}", "critical")
+        self._decisions.admission_decided(rule, "refuse", "dispatch_failed")
+        await self._escalation.escalate(execution_id, f"refused: {detail}", "critical")
 
     def _matches(self, event: AlertEvent) -> list[RuleMatch]:
         occurrence = event.occurrence
@@ -303,12 +258,12 @@ class Dispatcher:
     async def _resolved(self, occurrence_id: int) -> None:
         """The alert resolved: cancel its queued runs, and running ones whose playbook says so."""
         for execution_id, state, _playbook in await self._store.active_for_occurrence(occurrence_id):
-            if state == "queued" or self._executor.on_resolved(execution_id) == "cancel":
+            if state == ExecutionState.QUEUED or self._executor.on_resolved(execution_id) == "cancel":
                 if self._executor.cancel(execution_id):
                     await self._store.add_event(
                         execution_id, self._clock.now(), "resolved", "alert resolved: cancelled"
                     )
-        await self._on_resolved(occurrence_id)
+        await self._escalation.original_resolved(occurrence_id)  # closes the escalations of its runs
 
     async def _first_of_its_kind(self, match: RuleMatch, verdict: admission.Verdict, now: datetime) -> bool:
         """Escalate a tripped budget once per window for its target, and a storm once per storm:
@@ -329,6 +284,7 @@ class Dispatcher:
         if not match.ok:
             verdict = admission.Verdict("refuse", "bad_params", match.error or "render failed")
         else:
+            pause = self._pauses.pause_for(occurrence.labels) if self._pauses is not None else None
             verdict = await admission.decide(
                 self._store,
                 match,
@@ -336,9 +292,9 @@ class Dispatcher:
                 now,
                 self._settings.storm,
                 self._settings.dry_run,
-                self._silenced_by(occurrence.labels),
+                None if pause is None else pause.describe(),
             )
-        self._on_decision(rule.name, verdict.decision, verdict.reason)
+        self._decisions.admission_decided(rule.name, verdict.decision, verdict.reason)
         fields = {
             "rule": rule.name,
             "fingerprint": occurrence.fingerprint,
@@ -352,7 +308,7 @@ class Dispatcher:
                 await self._repeat(verdict.existing_execution, occurrence.receive_count, now)
             log.info("repeat", extra=fields)
             return
-        state = {"run": "queued", "queue": "queued", "refuse": "refused", "shadow": "skipped"}[verdict.decision]
+        state = _STATE_OF[verdict.decision]
         execution_id = new_execution_id(self._clock)
         try:
             await self._create(execution_id, match, event, verdict, state, now)
@@ -366,11 +322,11 @@ class Dispatcher:
             # a storm is escalated whatever the rule says: it is about all rules, not this one
             wanted = rule.escalate_on_refusal or verdict.reason == "storm"
             if wanted and await self._first_of_its_kind(match, verdict, now):
-                await self._escalate(execution_id, f"refused: {verdict.detail}", rule.severity)
+                await self._escalation.escalate(execution_id, f"refused: {verdict.detail}", rule.severity)
             return
         if verdict.decision == "shadow":
             return
-        if verdict.reason == "restart":
+        if modes.supersedes(verdict):
             for active in await self._store.active_for_target(rule.name, match.target):
                 if active != execution_id and self._executor.cancel(active):
                     await self._store.add_event(active, now, "restart", f"cancelled: superseded by {execution_id}")
@@ -389,8 +345,7 @@ class Dispatcher:
                 generator_url=occurrence.generator_url,
                 severity=rule.severity,
             ),
-            # in queued mode every run of the target takes its turn, the first one included
-            queued=rule.limits.concurrency == "queued",
+            queued=modes.takes_turns(match),
         )
 
     async def _repeat(self, execution_id: str, deliveries: int, now: datetime) -> None:
@@ -402,7 +357,7 @@ class Dispatcher:
         match: RuleMatch,
         event: AlertEvent,
         verdict: admission.Verdict,
-        state: str,
+        state: ExecutionState,
         now: datetime,
     ) -> None:
         occurrence = event.occurrence

@@ -1,6 +1,9 @@
-"""Step types that talk to the outside world, one module each.
+"""Step types, one module each: those that talk to the outside world, and the control steps
+(``service.steps.control``: wait, escalate, approval, rolling and the alert checks), which act on
+the run itself through the :class:`StepControl` the executor puts in their context. Every type is
+found by name in ``service.steps.registry``.
 
-The contract every step module follows (the executor and the verifier rely on it):
+The contract every I/O step module follows (the executor and the verifier rely on it):
 
 - ``Spec``: a pydantic model (``extra="forbid"``) subclassing :class:`StepSpecBase`, with a
   ``type: Literal["<name>"]`` discriminator. Templated fields are plain ``str``: the executor renders
@@ -13,9 +16,9 @@ The contract every step module follows (the executor and the verifier rely on it
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,7 +26,7 @@ DEFAULT_OUTPUT_LIMIT = 64 * 1024
 
 
 class StepSpecBase(BaseModel):
-    """Fields shared by every step (control flow is handled by the executor, not the step)."""
+    """Fields shared by every step (`when`, retries and `allow_failure` are the executor's to apply)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,6 +50,8 @@ class StepContext:
     nats_url: str = "nats://127.0.0.1:4222"
     nats_monitor_url: str = "http://127.0.0.1:8222"
     output_limit: int = DEFAULT_OUTPUT_LIMIT
+    generator_url: str = ""  # the alert's, where the alert_expr check finds its expression
+    control: StepControl | None = None  # the run executing the step: control steps need it
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,47 @@ class StepOutcome:
     exit_code: int | None = None
     data: Mapping[str, Any] = field(default_factory=dict)  # structured values for later templates/evidence
     duration_s: float = 0.0
+
+    @classmethod
+    def error(cls, summary: str) -> StepOutcome:
+        """The step could not be run at all (a template, a bug, an unknown type): why."""
+        return cls(ok=False, status="error", summary=summary)
+
+
+class StepControl(Protocol):
+    """What a control step may ask of the run executing it, and no more: the executor hands each
+    step its own, bound to the step's phase, name and template context. Parameters typed ``Any``
+    are the playbook format's own models (a nested step list, a ``verify`` block, a rolling step),
+    which this package does not import."""
+
+    @property
+    def phase(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+
+    def rolling_items(self, rolling: Any) -> list[str]:
+        """A rolling step's items, rendered in the step's template context."""
+        ...
+
+    async def run_steps(self, phase: str, steps: Sequence[Any], variables: Mapping[str, Any]) -> str | None:
+        """Run nested steps in order with `variables` added to the context: None, or why one failed."""
+        ...
+
+    async def verify(self, phase: str, verify: Any, variables: Mapping[str, Any]) -> str | None:
+        """Poll a verify block until it holds (None) or its time is up (why not)."""
+        ...
+
+    async def escalate(self, reason: str, severity: str) -> str:
+        """Escalate the run; returns the reason as published (redacted)."""
+        ...
+
+    async def approval(self, prompt: str, timeout_s: float) -> StepOutcome:
+        """Wait for a person's decision, or `timeout_s` (a denial)."""
+        ...
+
+    async def alert_status(self) -> str:
+        """The triggering alert's status now: firing or resolved."""
+        ...
 
 
 def tail(text: bytes | str, limit: int) -> str:

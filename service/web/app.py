@@ -12,7 +12,7 @@ import json
 import logging
 import signal
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from datetime import UTC
 
 from aiohttp import web
@@ -24,6 +24,7 @@ from service.escalation.escalator import Escalator, Policy
 from service.flow.admission import StormGuard
 from service.flow.dispatcher import Dispatcher, DispatchSettings
 from service.flow.executor import Endpoints, Executor
+from service.flow.ports import FlowMetrics
 from service.flow.retention import prune
 from service.flow.silences import SilenceWatcher
 from service.metrics import create_metrics
@@ -128,25 +129,21 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
     holder.load()  # the CLI refuses to serve with invalid rules; here a failure leaves /-/ready at 503
     escalator = Escalator(store, clock, Policy.from_settings(settings, secrets, clock), metrics)
 
-    def finished(rule: str, playbook: str, outcome: str, seconds: float) -> None:
-        metrics.executions.labels(rule, playbook, outcome).inc()
-        metrics.execution_duration_seconds.labels(rule, outcome).observe(seconds)
-
+    flow_metrics = FlowMetrics(metrics)
     executor = Executor(
-        store,
-        clock,
-        Endpoints(
+        store=store,
+        clock=clock,
+        endpoints=Endpoints(
             settings.prometheus_url,
             settings.alertmanager_url,
             settings.nats_url,
             settings.nats_monitor_url,
             settings.limits.output_limit_bytes,
         ),
-        TemplateEngine(),
-        escalator.escalate,
-        settings.limits.max_concurrent_executions,
-        finished,
-        approval_hooks=escalator,
+        engine=TemplateEngine(),
+        escalation=escalator,
+        max_concurrent=settings.limits.max_concurrent_executions,
+        observer=flow_metrics,
         redactor=Redactor(secrets.values(), (*DEFAULT_PATTERNS, *settings.redact_patterns)),
     )
     silences = (
@@ -158,23 +155,17 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         if settings.silence_pause is not None
         else None
     )
-
-    def silenced_by(labels: Mapping[str, str]) -> str | None:
-        pause = silences.pause_for(labels) if silences is not None else None
-        return None if pause is None else pause.describe()
-
     dispatcher = Dispatcher(
-        store,
-        holder.rules,
-        executor,
-        clock,
-        DispatchSettings(
+        store=store,
+        rules=holder.rules,
+        executor=executor,
+        clock=clock,
+        settings=DispatchSettings(
             StormGuard(settings.limits.storm_max_admissions, settings.limits.storm_window_seconds), settings.dry_run
         ),
-        lambda rule, decision, reason: metrics.admission_decisions.labels(rule, decision, reason).inc(),
-        escalator.escalate,
-        escalator.original_resolved,
-        silenced_by,
+        escalation=escalator,
+        decisions=flow_metrics,
+        pauses=silences,
     )
     runtime = Runtime(settings, secrets, clock, metrics, store, holder, escalator, executor, dispatcher, silences)
     app = web.Application(client_max_size=settings.limits.max_body_bytes)

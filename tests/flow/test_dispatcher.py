@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any, Protocol, cast
 
 import pytest
+from support.fake_escalation import RecordingEscalation
 from support.flow import QUICK_PLAYBOOK, alert_body, write_config
 from support.memory_store import MemoryStore
 
 from service.alerts.webhook import parse
 from service.clock import FakeClock
 from service.flow import dispatcher as dispatcher_module
+from service.flow import retries
 from service.flow.admission import StormGuard
 from service.flow.dispatcher import Dispatcher, DispatchSettings
 from service.rules.loading import load_ruleset
@@ -48,25 +50,21 @@ class Harness:
             SQLiteStore(root / "dispatch.db") if store_kind == "sqlite" else MemoryStore(root / "dispatch.db")
         )
         self.decisions: list[str] = []
-        self.escalations: list[tuple[str, str, str]] = []
-
-        async def escalate(execution_id: str, reason: str, severity: str) -> None:
-            self.escalations.append((execution_id, reason, severity))
-
-        async def resolved(_occurrence_id: int) -> None:
-            return None
-
+        self.escalation = RecordingEscalation()
+        self.escalations = self.escalation.escalations
         self.dispatcher = Dispatcher(
-            self.store,
-            lambda: ruleset,
-            cast(Any, None),  # shadow mode never reaches the executor
-            self.clock,
-            DispatchSettings(StormGuard(1000, 60), dry_run=False),
-            lambda _rule, decision, _reason: self.decisions.append(decision),
-            escalate,
-            resolved,
+            store=self.store,
+            rules=lambda: ruleset,
+            executor=cast(Any, None),  # shadow mode never reaches the executor
+            clock=self.clock,
+            settings=DispatchSettings(StormGuard(1000, 60), dry_run=False),
+            escalation=self.escalation,
+            decisions=self,
         )
         self.serial = 0
+
+    def admission_decided(self, rule: str, decision: str, reason: str) -> None:
+        self.decisions.append(decision)
 
     async def receive(self) -> NotificationReceipt:
         self.serial += 1
@@ -170,11 +168,11 @@ async def test_a_dispatch_that_keeps_failing_is_escalated_once_and_survives_a_re
     monkeypatch.setattr(harness.store, "create_execution", create_execution)
     stuck = await harness.receive()
     waits = []
-    for _ in range(dispatcher_module._ESCALATE_AFTER + 2):
+    for _ in range(retries.ESCALATE_AFTER + 2):
         harness.dispatcher.idle()
         assert await harness.dispatcher.dispatch_pending() == 1
         waits.append(harness.dispatcher._idle_wait())
-        harness.clock.advance(dispatcher_module._RETRY_MAX_S)  # whatever the backoff, the next try is due
+        harness.clock.advance(retries.RETRY_MAX_S)  # whatever the backoff, the next try is due
     assert waits[:4] == [1.0, 2.0, 4.0, dispatcher_module._IDLE_POLL_S]  # backoff; the idle read caps the wait
     [(execution_id, reason, severity)] = harness.escalations  # once, not once per try
     assert severity == "critical" and "dispatch failed 5 times" in reason and "disk I/O error" in reason

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.fake_escalation import RecordingEscalation
 from support.flow import poll
 
 from service.clock import SystemClock
-from service.flow.executor import Endpoints, Executor, RunRequest, TargetLocks
+from service.flow.executor import Endpoints, Executor, RunRequest
+from service.flow.modes import TargetLocks
 from service.playbooks.loading import playbook_from_source
 from service.playbooks.playbook import LoadedPlaybook
 from service.playbooks.templating import TemplateEngine
@@ -26,20 +28,19 @@ class Rig:
     def __init__(self, store: SQLiteStore) -> None:
         self.store = store
         self.engine = TemplateEngine()
-        self.escalations: list[tuple[str, str, str]] = []
+        self.escalation = RecordingEscalation()
+        self.escalations = self.escalation.escalations
         self.finished: list[tuple[str, str]] = []
-
-        async def escalate(execution_id: str, reason: str, severity: str) -> None:
-            self.escalations.append((execution_id, reason, severity))
-
         self.executor = Executor(
-            store,
-            SystemClock(),
-            Endpoints("http://127.0.0.1:1", "http://127.0.0.1:1", "nats://127.0.0.1:1", "http://127.0.0.1:1", 4096),
-            self.engine,
-            escalate,
+            store=store,
+            clock=SystemClock(),
+            endpoints=Endpoints(
+                "http://127.0.0.1:1", "http://127.0.0.1:1", "nats://127.0.0.1:1", "http://127.0.0.1:1", 4096
+            ),
+            engine=self.engine,
+            escalation=self.escalation,
             max_concurrent=4,
-            on_finished=lambda rule, playbook, outcome, seconds: self.finished.append((rule, outcome)),
+            observer=self,
         )
         self.serial = 0
 
@@ -91,6 +92,9 @@ class Rig:
         if wait:
             await task
         return {"id": execution_id, "task": task}
+
+    def execution_finished(self, rule: str, playbook: str, outcome: str, seconds: float) -> None:
+        self.finished.append((rule, outcome))
 
     async def record(self, execution_id: str) -> Any:
         return await self.store.get_execution(execution_id)

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import nats
 import pytest
+from support.fake_escalation import RecordingEscalation
 from support.realprocs import LOOPBACK, RealProcesses, free_port, require_binary
 
 from service.clock import SystemClock
@@ -271,27 +272,36 @@ async def clean(shared: tuple[Stack, str]) -> AsyncIterator[tuple[Stack, str]]:
 # --- running a playbook through the real Executor ---------------------------------------------
 
 
+class TimelineEscalation(RecordingEscalation):
+    """Escalations are collected by execution and put on the execution's timeline, as the service's
+    escalator does (channels are not under test)."""
+
+    def __init__(self, store: SQLiteStore, by_execution: dict[str, list[tuple[str, str]]]) -> None:
+        super().__init__()
+        self._store = store
+        self._by_execution = by_execution
+
+    async def escalate(self, execution_id: str, reason: str, severity: str) -> None:
+        self._by_execution.setdefault(execution_id, []).append((reason, severity))
+        await self._store.add_event(execution_id, SystemClock().now(), "escalation", reason, {"severity": severity})
+
+
 class Harness:
     def __init__(self, store: SQLiteStore, prometheus_url: str) -> None:
         self.store = store
         self.escalations: dict[str, list[tuple[str, str]]] = {}
 
-        # Escalations are collected here and put on the execution's timeline, as the service's
-        # escalator does (channels are not under test).
-        async def escalate(execution_id: str, reason: str, severity: str) -> None:
-            self.escalations.setdefault(execution_id, []).append((reason, severity))
-            await store.add_event(execution_id, SystemClock().now(), "escalation", reason, {"severity": severity})
-
         self.executor = Executor(
-            store,
-            SystemClock(),
+            store=store,
+            clock=SystemClock(),
             # the playbooks name NATS and the router through their params; a dead Prometheus port
             # when a test has none (its promql evidence then records the failure)
-            Endpoints(prometheus_url, "http://127.0.0.1:9", "nats://127.0.0.1:9", "http://127.0.0.1:9", 64 * 1024),
-            TemplateEngine(),
-            escalate,
-            4,
-            lambda *_: None,
+            endpoints=Endpoints(
+                prometheus_url, "http://127.0.0.1:9", "nats://127.0.0.1:9", "http://127.0.0.1:9", 64 * 1024
+            ),
+            engine=TemplateEngine(),
+            escalation=TimelineEscalation(store, self.escalations),
+            max_concurrent=4,
         )
 
     async def start(
