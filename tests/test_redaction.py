@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from support.app_client import AppClient
 from support.flow import alert_body, poll, write_config
 
 from service.redaction import MASK, Redactor
 from service.settings import Secrets, Settings, load_secrets
-from service.web.app import create_app
 
 
 def test_secret_values_and_default_patterns_are_masked() -> None:
@@ -32,7 +31,7 @@ def test_secret_values_and_default_patterns_are_masked() -> None:
     assert redactor.data({"k": ["op-secret-token", 3, {"op-secret-token": "x"}]}) == {"k": [MASK, 3, {MASK: "x"}]}
 
 
-async def test_step_output_is_stored_redacted(tmp_path: Path) -> None:
+async def test_step_output_is_stored_redacted(tmp_path: Path, app_client: AppClient) -> None:
     playbook = f"""
 name: leaky
 steps:
@@ -48,28 +47,24 @@ rules:
 """
     config = write_config(tmp_path, rules, {"leaky": playbook})
     config["redact_patterns"] = [r"ZZ-\d+"]
-    client = TestClient(TestServer(create_app(Settings.model_validate(config), Secrets(None, None, "op-secret-token"))))
-    await client.start_server()
-    try:
-        assert (await client.post("/hooks/alertmanager", json=alert_body())).status == 200
+    client = await app_client(Settings.model_validate(config), Secrets(None, None, "op-secret-token"))
+    assert (await client.post("/hooks/alertmanager", json=alert_body())).status == 200
 
-        async def done() -> dict[str, object] | None:
-            rows = (await (await client.get("/api/v1/executions")).json())["executions"]
-            if not rows or rows[0]["state"] not in ("succeeded", "failed", "escalated"):
-                return None
-            report: dict[str, object] = await (await client.get(f"/api/v1/executions/{rows[0]['id']}")).json()
-            return report
+    async def done() -> dict[str, object] | None:
+        rows = (await (await client.get("/api/v1/executions")).json())["executions"]
+        if not rows or rows[0]["state"] not in ("succeeded", "failed", "escalated"):
+            return None
+        report: dict[str, object] = await (await client.get(f"/api/v1/executions/{rows[0]['id']}")).json()
+        return report
 
-        report = await poll(done)
-        output = report["steps"][0]["output"]  # type: ignore[index]
-        assert "op-secret-token" not in output and "swordfish" not in output and "ZZ-1234" not in output
-        assert output.count(MASK) == 3
-    finally:
-        await client.close()
+    report = await poll(done)
+    output = report["steps"][0]["output"]  # type: ignore[index]
+    assert "op-secret-token" not in output and "swordfish" not in output and "ZZ-1234" not in output
+    assert output.count(MASK) == 3
 
 
 async def test_steps_inherit_only_an_allowlist_and_the_services_secrets_are_masked_even_when_inherited(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, app_client: AppClient
 ) -> None:
     (tmp_path / "operator.token").write_text("op-token-from-a-file\n")
     monkeypatch.setenv("REMEDIATOR_WEBHOOK_BEARER_TOKEN", "hook-token-from-env")
@@ -97,38 +92,34 @@ rules:
     settings = Settings.model_validate(config)
     secrets = load_secrets(settings)
     assert secrets.operator_token == "op-token-from-a-file"
-    client = TestClient(TestServer(create_app(settings, secrets)))
-    await client.start_server()
-    try:
-        body = alert_body()
-        hook = await client.post(
-            "/hooks/alertmanager", json=body, headers={"Authorization": "Bearer hook-token-from-env"}
-        )
-        assert hook.status == 200
+    client = await app_client(settings, secrets)
+    body = alert_body()
+    hook = await client.post("/hooks/alertmanager", json=body, headers={"Authorization": "Bearer hook-token-from-env"})
+    assert hook.status == 200
 
-        async def done() -> dict[str, Any] | None:
-            rows = (await (await client.get("/api/v1/executions")).json())["executions"]
-            if not rows or rows[0]["state"] not in ("succeeded", "failed", "escalated"):
-                return None
-            report: dict[str, Any] = await (await client.get(f"/api/v1/executions/{rows[0]['id']}")).json()
-            return report
+    async def done() -> dict[str, Any] | None:
+        rows = (await (await client.get("/api/v1/executions")).json())["executions"]
+        if not rows or rows[0]["state"] not in ("succeeded", "failed", "escalated"):
+            return None
+        report: dict[str, Any] = await (await client.get(f"/api/v1/executions/{rows[0]['id']}")).json()
+        return report
 
-        report = await poll(done)
-        outputs = {s["name"]: s["output"] for s in report["steps"]}
-        default, everything, listed = (json.loads(outputs[n]) for n in ("default", "everything", "listed"))
-        assert default["HOME"] == str(tmp_path)
-        assert "CLOUD_ACCESS_KEY" not in default and "COPIED_OPERATOR_TOKEN" not in default
-        assert listed["CLOUD_ACCESS_KEY"] == "cloud-key-1234" and "COPIED_OPERATOR_TOKEN" not in listed
-        assert everything["CLOUD_ACCESS_KEY"] == "cloud-key-1234"  # asked for: the operator's choice
-        assert everything["COPIED_OPERATOR_TOKEN"] == MASK  # a secret of the service's: masked even so
-        assert not any(k.startswith("REMEDIATOR_") and k != "REMEDIATOR_EXECUTION_ID" for k in everything)
-        assert outputs["token_file"] == MASK + "\n\n"
-        assert "op-token-from-a-file" not in json.dumps(report) and "hook-token-from-env" not in json.dumps(report)
-    finally:
-        await client.close()
+    report = await poll(done)
+    outputs = {s["name"]: s["output"] for s in report["steps"]}
+    default, everything, listed = (json.loads(outputs[n]) for n in ("default", "everything", "listed"))
+    assert default["HOME"] == str(tmp_path)
+    assert "CLOUD_ACCESS_KEY" not in default and "COPIED_OPERATOR_TOKEN" not in default
+    assert listed["CLOUD_ACCESS_KEY"] == "cloud-key-1234" and "COPIED_OPERATOR_TOKEN" not in listed
+    assert everything["CLOUD_ACCESS_KEY"] == "cloud-key-1234"  # asked for: the operator's choice
+    assert everything["COPIED_OPERATOR_TOKEN"] == MASK  # a secret of the service's: masked even so
+    assert not any(k.startswith("REMEDIATOR_") and k != "REMEDIATOR_EXECUTION_ID" for k in everything)
+    assert outputs["token_file"] == MASK + "\n\n"
+    assert "op-token-from-a-file" not in json.dumps(report) and "hook-token-from-env" not in json.dumps(report)
 
 
-async def test_a_failure_reason_quoting_a_step_is_redacted_on_the_run_and_its_escalation(tmp_path: Path) -> None:
+async def test_a_failure_reason_quoting_a_step_is_redacted_on_the_run_and_its_escalation(
+    tmp_path: Path, app_client: AppClient
+) -> None:
     """The run's reason, its timeline and the escalation quote the failed step's summary (here an
     error naming the program, whose path holds a secret): they are published as the output is."""
     playbook = """
@@ -148,22 +139,18 @@ rules:
     playbook: leaky
 """
     config = write_config(tmp_path, rules, {"leaky": playbook})
-    client = TestClient(TestServer(create_app(Settings.model_validate(config), Secrets(None, None, "op-secret-token"))))
-    await client.start_server()
-    try:
-        assert (await client.post("/hooks/alertmanager", json=alert_body())).status == 200
+    client = await app_client(Settings.model_validate(config), Secrets(None, None, "op-secret-token"))
+    assert (await client.post("/hooks/alertmanager", json=alert_body())).status == 200
 
-        async def done() -> dict[str, Any] | None:
-            rows = (await (await client.get("/api/v1/executions")).json())["executions"]
-            if not rows or rows[0]["state"] not in ("failed", "escalated"):
-                return None
-            report: dict[str, Any] = await (await client.get(f"/api/v1/executions/{rows[0]['id']}")).json()
-            return report
+    async def done() -> dict[str, Any] | None:
+        rows = (await (await client.get("/api/v1/executions")).json())["executions"]
+        if not rows or rows[0]["state"] not in ("failed", "escalated"):
+            return None
+        report: dict[str, Any] = await (await client.get(f"/api/v1/executions/{rows[0]['id']}")).json()
+        return report
 
-        report = await poll(done)
-        assert report["execution"]["state"] == "escalated"
-        text = json.dumps(report)
-        assert "could not start" in text and "about to use" in text
-        assert "op-secret-token" not in text
-    finally:
-        await client.close()
+    report = await poll(done)
+    assert report["execution"]["state"] == "escalated"
+    text = json.dumps(report)
+    assert "could not start" in text and "about to use" in text
+    assert "op-secret-token" not in text

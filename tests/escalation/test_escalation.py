@@ -28,7 +28,7 @@ from support.flow import alert_body, poll
 from support.realprocs import AlertmanagerServer, NatsServer
 
 from service.settings import Settings, SettingsError, load_secrets, load_settings
-from service.web.app import RUNTIME
+from service.web.runtime import RUNTIME
 
 AM_CONFIG = """
 route:

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
 from service.settings import Secrets, Settings
 from service.store import SQLiteStore
-from service.web.app import RUNTIME, create_app
+from service.web.runtime import RUNTIME
+from support.app_client import AppClient, Client
 from support.flow import poll, write_config
 from support.realprocs import free_port
 
@@ -86,7 +86,6 @@ async def receiver_fixture() -> AsyncIterator[Receiver]:
     await rx.stop()
 
 
-Client = TestClient[Any, Any]
 AppFactory = Callable[..., Awaitable[Client]]
 
 
@@ -96,19 +95,13 @@ def settings_for(root: Path, playbook_name: str, playbook: str, escalation: dict
 
 
 @pytest.fixture(name="apps")
-async def apps_fixture() -> AsyncIterator[AppFactory]:
-    """apps(settings) starts the service in process; every one still open is closed at the end."""
-    clients: list[Client] = []
+def apps_fixture(app_client: AppClient) -> AppFactory:
+    """apps(settings) starts the service in process (app_client); every one still open is closed at the end."""
 
     async def make(settings: Settings) -> Client:
-        client: Client = TestClient(TestServer(create_app(settings, Secrets(None, None, OPERATOR_TOKEN))))
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await app_client(settings, Secrets(None, None, OPERATOR_TOKEN))
 
-    yield make
-    for client in clients:
-        await client.close()
+    return make
 
 
 def store(client: Client) -> SQLiteStore:
