@@ -21,7 +21,7 @@ from service.rules.loading import check_config
 from service.rules.ruleset import RuleSet
 from service.rules.ruletest import run_rule_tests
 from service.settings import SettingsError, load_secrets, load_settings, open_access
-from service.store import ExecutionRecord, SQLiteStore, StoreError
+from service.store import ExecutionRecord, StoreError, new_store
 from service.web import httpserver
 from service.web.app import create_app
 from service.yamlload import ConfigErrors
@@ -159,7 +159,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 async def _read_record(path: Path, execution_id: str) -> ExecutionRecord | None:
-    store = SQLiteStore(path)
+    store = new_store(path)
     await store.open(own=False)  # the service may be running and owning it
     try:
         return await store.get_execution(execution_id)
