@@ -15,11 +15,13 @@ one branch of it:
     ├── RequestError                a request the web layer refuses (4xx)
     │   ├── web.intake.TooLarge         the body passed its cap
     │   ├── web.intake.Unreadable       the body cannot be read (bad gzip, cut short)
-    │   └── web.listing.QueryError      a list filter that makes no sense              (also ValueError)
+    │   ├── web.listing.QueryError      a list filter that makes no sense              (also ValueError)
+    │   └── web.operations.Refused      an operator action refused (401, 403, 404, 409)
     ├── StepError                   a step that could not do its work
     │   ├── flow.executor.StepFailed    a step failed (its outcome says how)
     │   ├── steps.promql.QueryError     Prometheus refused or failed a query
-    │   └── steps.exec_env.Unpassable   a value the kernel cannot pass to a program
+    │   ├── steps.exec_env.Unpassable   a value the kernel cannot pass to a program
+    │   └── (a control step run outside a run raises StepError itself)
     └── escalation.channels.DeliveryError   a channel did not take a message (it is retried)
 
 The ValueError subclasses stay ValueErrors because pydantic turns a ValueError raised while validating

@@ -18,7 +18,9 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support.realprocs import LOOPBACK, NatsServer, RealProcess, RealProcesses, free_port, http_get, poll_until
+from support.realprocs import LOOPBACK, NatsServer, RealProcess, RealProcesses, free_port, http_get
+
+from demo.processes import poll
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "test-admin-token-0123456789"
@@ -58,7 +60,7 @@ class Router:
             return err.code, json.loads(err.read())
 
     def wait_for(self, what: str, check: Callable[[], bool], timeout: float = WAIT_S) -> None:
-        poll_until(check, timeout, what)
+        poll(check, timeout, what)
 
 
 @pytest.fixture

@@ -14,13 +14,14 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import nats
 import pytest
-from support.realprocs import LOOPBACK, RealProcesses, free_port, http_get, poll_until, require_binary
+from support.realprocs import LOOPBACK, RealProcesses, free_port, http_get, require_binary
+
+from demo.processes import pid_alive, poll, stop_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "demo" / "scripts"
@@ -70,28 +71,6 @@ class Scripts:
         return f"http://{LOOPBACK}:{self.env['BEAMLINE_ROUTER_HTTP_PORT']}"
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-
-
-def kill_by_pid(pid: int) -> None:
-    """SIGTERM, then SIGKILL after a bounded wait."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and alive(pid):
-            time.sleep(0.05)  # poll interval while waiting for the process to exit
-        if not alive(pid):
-            return
-
-
 @pytest.fixture
 def scripts(tmp_path: Path) -> Iterator[Scripts]:
     require_binary("nats-server")
@@ -106,7 +85,7 @@ def scripts(tmp_path: Path) -> Iterator[Scripts]:
                 pid = int(pid_file.read_text())
                 cmdline = Path(f"/proc/{pid}/cmdline")
                 if cmdline.exists() and marker in cmdline.read_bytes().decode(errors="replace"):
-                    kill_by_pid(pid)
+                    stop_pid(pid)
 
 
 def test_nats_start_status_stop_cycle(scripts: Scripts) -> None:
@@ -115,7 +94,7 @@ def test_nats_start_status_stop_cycle(scripts: Scripts) -> None:
 
     assert "Started nats-server" in scripts.ok("nats_start.sh")
     pid = scripts.pid("nats")
-    assert alive(pid)
+    assert pid_alive(pid)
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     assert scripts.env["BEAMLINE_NATS_PORT"].encode() in cmdline and b"-js" in cmdline
     assert (scripts.state / "data" / "jetstream").is_dir()  # the runbook's data/jetstream
@@ -124,7 +103,7 @@ def test_nats_start_status_stop_cycle(scripts: Scripts) -> None:
     assert scripts.pid("nats") == pid
 
     assert f"Stopped nats-server (pid {pid})" in scripts.ok("nats_stop.sh")
-    assert not alive(pid)
+    assert not pid_alive(pid)
     assert not (scripts.state / "nats.pid").exists()
     result = scripts.run("nats_status.sh")
     assert (result.returncode, result.stdout) == (1, "Not Running\n")
@@ -151,7 +130,7 @@ def test_nats_stop_kills_a_server_ignoring_sigterm_and_never_a_stranger(scripts:
     stubborn = subprocess.Popen([sys.executable, "-c", ignore_term, str(stubborn_ready), "nats-server"])
     stranger = subprocess.Popen([sys.executable, "-c", ignore_term, str(stranger_ready)])
     try:
-        poll_until(lambda: stubborn_ready.exists() and stranger_ready.exists(), 10, "stubs ignoring SIGTERM")
+        poll(lambda: stubborn_ready.exists() and stranger_ready.exists(), 10, "stubs ignoring SIGTERM")
         (scripts.state / "nats.pid").write_text(f"{stubborn.pid}\n")
         result = scripts.run("nats_stop.sh", BEAMLINE_STOP_TIMEOUT="1")
         assert result.returncode == 0, result.stderr
@@ -189,7 +168,7 @@ def test_router_scripts_and_circuit_breaker_admin(scripts: Scripts) -> None:
         state: str = json.loads(scripts.ok("circuit_breaker.sh", "status", "tenant_a", "openai"))["state"]
         return state == "closed"
 
-    poll_until(closed_again, 15, "half-open breaker to close on a healthy provider")
+    poll(closed_again, 15, "half-open breaker to close on a healthy provider")
     assert json.loads(scripts.ok("circuit_breaker.sh", "force_recovery", "tenant_a", "openai"))["state"] == "closed"
 
     for args, message in (
@@ -210,7 +189,7 @@ def test_router_scripts_and_circuit_breaker_admin(scripts: Scripts) -> None:
     assert result.returncode == 1 and "HTTP 401" in result.stderr
 
     assert f"Stopped router (pid {pid})" in scripts.ok("router_stop.sh")
-    assert not alive(pid)
+    assert not pid_alive(pid)
     with pytest.raises(OSError):
         http_get(scripts.router_url + "/healthz", timeout=1)
     assert "not running" in scripts.ok("router_stop.sh")
@@ -248,7 +227,7 @@ def test_clean_state_restart_sequence(scripts: Scripts) -> None:
     scripts.ok("nats_start.sh")  # 4
     assert json.loads(scripts.ok("setup_nats_streams.sh"))["pending"] == 0  # 5
     scripts.ok("router_start.sh")  # 6
-    assert not alive(router_pid) and not alive(nats_pid)
+    assert not pid_alive(router_pid) and not pid_alive(nats_pid)
     assert scripts.pid("router") != router_pid
     for port in ("BEAMLINE_ROUTER_TCP_PORT", "BEAMLINE_ROUTER_HTTP_PORT"):  # 7
         socket.create_connection((LOOPBACK, int(scripts.env[port])), timeout=5).close()
@@ -256,5 +235,5 @@ def test_clean_state_restart_sequence(scripts: Scripts) -> None:
     def connected() -> bool:
         return b"router_nats_connection_status 1.0" in http_get(scripts.router_url + "/metrics")[1]
 
-    poll_until(connected, 15, "router connected to the fresh NATS")
+    poll(connected, 15, "router connected to the fresh NATS")
     assert scripts.ok("nats_status.sh") == "Running\n"

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 from support.app_client import AppClient
-from support.flow import alert_body, poll, write_config
+from support.flow import alert_body, newest_finished, poll, write_config
 
 from service.redaction import MASK, Redactor
 from service.settings import Secrets, Settings, load_secrets
@@ -50,14 +49,7 @@ rules:
     client = await app_client(Settings.model_validate(config), Secrets(None, None, "op-secret-token"))
     assert (await client.post("/hooks/alertmanager", json=alert_body())).status == 200
 
-    async def done() -> dict[str, object] | None:
-        rows = (await (await client.get("/api/v1/executions")).json())["executions"]
-        if not rows or rows[0]["state"] not in ("succeeded", "failed", "escalated"):
-            return None
-        report: dict[str, object] = await (await client.get(f"/api/v1/executions/{rows[0]['id']}")).json()
-        return report
-
-    report = await poll(done)
+    report = await poll(lambda: newest_finished(client))
     output = report["steps"][0]["output"]  # type: ignore[index]
     assert "op-secret-token" not in output and "swordfish" not in output and "ZZ-1234" not in output
     assert output.count(MASK) == 3
@@ -97,14 +89,7 @@ rules:
     hook = await client.post("/hooks/alertmanager", json=body, headers={"Authorization": "Bearer hook-token-from-env"})
     assert hook.status == 200
 
-    async def done() -> dict[str, Any] | None:
-        rows = (await (await client.get("/api/v1/executions")).json())["executions"]
-        if not rows or rows[0]["state"] not in ("succeeded", "failed", "escalated"):
-            return None
-        report: dict[str, Any] = await (await client.get(f"/api/v1/executions/{rows[0]['id']}")).json()
-        return report
-
-    report = await poll(done)
+    report = await poll(lambda: newest_finished(client))
     outputs = {s["name"]: s["output"] for s in report["steps"]}
     default, everything, listed = (json.loads(outputs[n]) for n in ("default", "everything", "listed"))
     assert default["HOME"] == str(tmp_path)
@@ -142,14 +127,7 @@ rules:
     client = await app_client(Settings.model_validate(config), Secrets(None, None, "op-secret-token"))
     assert (await client.post("/hooks/alertmanager", json=alert_body())).status == 200
 
-    async def done() -> dict[str, Any] | None:
-        rows = (await (await client.get("/api/v1/executions")).json())["executions"]
-        if not rows or rows[0]["state"] not in ("failed", "escalated"):
-            return None
-        report: dict[str, Any] = await (await client.get(f"/api/v1/executions/{rows[0]['id']}")).json()
-        return report
-
-    report = await poll(done)
+    report = await poll(lambda: newest_finished(client, ("failed", "escalated")))
     assert report["execution"]["state"] == "escalated"
     text = json.dumps(report)
     assert "could not start" in text and "about to use" in text

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
-from support.flow import alert_body, poll, write_config
+from support.app_client import AppClient, Client
+from support.flow import alert_body, executions, finished, poll, write_config
 
-from service.settings import Secrets, Settings
+from service.settings import Settings
 from service.store import REPEAT_EVENTS_KEPT
-from service.web.app import create_app
 
 RULES = """
 rules:
@@ -47,36 +46,19 @@ verify:
       argv: ["{python}", "-c", "import pathlib,sys; sys.exit(0 if pathlib.Path(sys.argv[1]).exists() else 1)", "{root}/{check}"]
 """
 
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+ClientFactory = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
-async def service(tmp_path: Path) -> AsyncIterator[ClientFactory]:
-    clients: list[TestClient[Any, Any]] = []
-
+def service(tmp_path: Path, app_client: AppClient) -> ClientFactory:
     async def make(
         delay: float = 0, within: float = 5, check: str = "{{ params.marker }}", concurrency: str = "queued"
-    ) -> TestClient[Any, Any]:
+    ) -> Client:
         playbook = PLAYBOOK.format(python=sys.executable, root=tmp_path, delay=delay, within=within, check=check)
         rules = RULES.format(concurrency=concurrency)
-        settings = Settings.model_validate(write_config(tmp_path, rules, {"touch": playbook}))
-        client = TestClient(TestServer(create_app(settings, Secrets(None, None, None))))
-        await client.start_server()
-        clients.append(client)
-        return client
+        return await app_client(Settings.model_validate(write_config(tmp_path, rules, {"touch": playbook})))
 
-    yield make
-    for client in clients:
-        await client.close()
-
-
-async def executions(client: TestClient[Any, Any]) -> list[dict[str, Any]]:
-    return (await (await client.get("/api/v1/executions")).json())["executions"]  # type: ignore[no-any-return]
-
-
-async def finished(client: TestClient[Any, Any], execution_id: str, states: set[str]) -> dict[str, Any] | None:
-    report = await (await client.get(f"/api/v1/executions/{execution_id}")).json()
-    return report if report["execution"]["state"] in states else None
+    return make
 
 
 async def test_a_fix_that_holds_succeeds_with_the_measured_values(service: ClientFactory, tmp_path: Path) -> None:
@@ -121,7 +103,7 @@ async def test_twenty_identical_notifications_make_one_execution(service: Client
     assert report["execution"]["state"] == "succeeded"
 
 
-async def _repeats(client: TestClient[Any, Any], execution_id: str, last: str) -> list[dict[str, Any]] | None:
+async def _repeats(client: Client, execution_id: str, last: str) -> list[dict[str, Any]] | None:
     """The repeat events once the last one ends with `last`."""
     report = await (await client.get(f"/api/v1/executions/{execution_id}")).json()
     repeats = [e for e in report["timeline"] if e["kind"] == "repeat"]

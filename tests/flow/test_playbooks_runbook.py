@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -26,8 +25,10 @@ import aiohttp
 import nats
 import pytest
 from support.fake_escalation import RecordingEscalation
+from support.flow import poll as poll_until_true
 from support.realprocs import LOOPBACK, RealProcesses, free_port, require_binary
 
+from demo.processes import pid_alive, stop_pid
 from service.clock import SystemClock
 from service.flow.executor import Endpoints, Executor, RunRequest
 from service.playbooks.loading import load_playbooks
@@ -40,7 +41,6 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 SCRIPTS = ROOT / "demo" / "scripts"
 SCRIPT_TIMEOUT_S = 60
 RUN_TIMEOUT_S = 90.0
-POLL_S = 0.05
 TERMINAL = {"succeeded", "failed", "escalated", "cancelled", "interrupted"}
 
 PLAYBOOKS: dict[str, LoadedPlaybook] = load_playbooks(
@@ -49,28 +49,6 @@ PLAYBOOKS: dict[str, LoadedPlaybook] = load_playbooks(
 
 
 # --- the demo stack, started by the runbook scripts -----------------------------------------------
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "zombie" not in status.read_text().lower()
-
-
-def _kill(pid: int) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(POLL_S)  # bounded wait for the process to exit
-        if not _alive(pid):
-            return
 
 
 class Stack:
@@ -127,7 +105,7 @@ class Stack:
                 pid = int(pid_file.read_text() or 0)
                 cmdline = Path(f"/proc/{pid}/cmdline")
                 if pid and cmdline.exists() and marker in cmdline.read_bytes().decode(errors="replace"):
-                    _kill(pid)
+                    stop_pid(pid)
 
     @property
     def router_url(self) -> str:
@@ -209,19 +187,10 @@ class Stack:
 
 
 async def poll(check: Callable[[], Awaitable[Any]], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    for _ in range(int(timeout / POLL_S) + 1):
-        try:
-            last = await check()
-        except (OSError, aiohttp.ClientError, AssertionError, nats.errors.Error) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        if time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(POLL_S)  # interval between probes, bounded by the deadline
-    raise AssertionError(f"{what} not met within {timeout}s (last: {last!r})")
+    """Servers coming up or going away answer with errors meanwhile: those count as not yet."""
+    return await poll_until_true(
+        check, timeout, what, retry_on=(OSError, aiohttp.ClientError, AssertionError, nats.errors.Error)
+    )
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:
@@ -455,7 +424,7 @@ async def test_nats_process_down_restarts_nats_and_the_router_reconnects(stack: 
     assert report.step("status")["output"].startswith("Running")
     assert "Stopped nats-server" in report.step("nats_stop")["output"]
     # side effects: a new nats-server process (new PID, new start time), healthy, router reconnected
-    assert stack.pid("nats") != old_pid and not _alive(old_pid)
+    assert stack.pid("nats") != old_pid and not pid_alive(old_pid)
     assert (await varz(stack))["start"] != old_start
     assert (await stack.get_json(f"{stack.monitor_url}/healthz"))["status"] == "ok"
     assert await router_connected(stack)
@@ -469,7 +438,7 @@ async def test_nats_process_down_recovers_a_crashed_server(stack: Stack, harness
     os.kill(crashed, signal.SIGKILL)  # the runbook's case: the NATS process itself died
 
     async def gone() -> bool:
-        return not _alive(crashed)
+        return not pid_alive(crashed)
 
     await poll(gone, what="nats-server gone")
 
@@ -478,7 +447,7 @@ async def test_nats_process_down_recovers_a_crashed_server(stack: Stack, harness
     assert report.state == "succeeded", report.explain()
     assert report.step("status")["output"].startswith("Not Running")
     assert not report.step("varz_before")["ok"]
-    assert _alive(stack.pid("nats")) and stack.pid("nats") != crashed
+    assert pid_alive(stack.pid("nats")) and stack.pid("nats") != crashed
     assert await router_connected(stack)
 
 
@@ -556,7 +525,7 @@ async def test_router_nats_flapping_diagnoses_then_restarts_router_nodes_one_at_
     assert any(node2 in e["message"] and "all checks hold" in e["message"] for e in checks)
     # side effects: both routers are new processes, connected to NATS
     assert stack.pid("router") != pids[0] and second.pid("router") != pids[1]
-    assert not _alive(pids[0]) and not _alive(pids[1])
+    assert not pid_alive(pids[0]) and not pid_alive(pids[1])
     assert await router_connected(stack) and await router_connected(second)
 
 
@@ -814,7 +783,7 @@ async def test_clean_state_restart_wipes_data_only_after_approval(stack: Stack, 
     denied = await h.report(execution_id)
     assert denied.state == "escalated", denied.explain()
     assert denied.names() == ["approve_wipe"]
-    assert (stack.pid("nats"), stack.pid("router")) == pids and _alive(pids[0]) and _alive(pids[1])
+    assert (stack.pid("nats"), stack.pid("router")) == pids and pid_alive(pids[0]) and pid_alive(pids[1])
     assert await stack.stream_messages() == messages
 
     # approved: wiped, streams re-created empty, everything back

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from support.shipped import EXPECTED_ALERTS
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 AM_DIR = ROOT / "alertmanager"
@@ -29,18 +30,6 @@ TOOL_TIMEOUT_S = 60
 
 PACKAGES = {"promtool": "prometheus", "amtool": "prometheus-alertmanager"}
 REMEDIATIONS = {"1A", "1B", "1C", "2", "4-latency", "4-429", "4-503", "4-stuck-queue", "notify-only"}
-EXPECTED_ALERTS = {
-    "NatsServerDown",
-    "NatsConnectionLost",
-    "RouterNatsConnectionFlapping",
-    "JetStreamConsumerBacklogRising",
-    "StuckQueue",
-    "CircuitBreakerOpen",
-    "HighLatency",
-    "RateLimited429",
-    "CircuitBreaker503",
-    "RouterDown",
-}
 
 
 def tool(name: str) -> str:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_alerting_rules import EXPECTED_ALERTS
+from support.shipped import EXPECTED_ALERTS
 
 from service.rules.coverage import coverage, load_alerting_rules
 from service.rules.loading import check_config

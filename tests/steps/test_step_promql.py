@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.realprocs import AlertmanagerServer, PrometheusServer, RealProcesses, free_port, http_get, poll_until
+from support.realprocs import AlertmanagerServer, PrometheusServer, RealProcesses, free_port, http_get
 
+from demo.processes import poll
 from service.steps import StepContext, StepOutcome
 from service.steps.promql import Spec, alert_expr_spec, expr_from_generator_url, run
 
@@ -200,7 +201,7 @@ async def test_alert_expr_until_the_alert_stops(
         found[:] = firing_alerts()
         return bool(found)
 
-    await asyncio.to_thread(poll_until, alert_arrived, 20, "GaugeHigh in Alertmanager")
+    await asyncio.to_thread(poll, alert_arrived, 20, "GaugeHigh in Alertmanager")
     spec = alert_expr_spec(found[0]["generatorURL"], timeout=3)
     assert spec.query == "remediator_test_gauge > 3"
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
+from support.app_client import Client
+
 T = TypeVar("T")
+SETTLED = ("succeeded", "failed", "escalated")
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "alertmanager"
 FIRING = json.loads((FIXTURES / "firing-nats-jetstream-unhealthy.json").read_text())
@@ -38,16 +41,30 @@ def alert_body(fingerprint: str = "16ff7ec28276970a", status: str = "firing", **
     return body
 
 
-async def poll(check: Callable[[], Awaitable[T | None]], timeout: float = 20.0, every: float = 0.05) -> T:
-    """The first truthy result of `check`, polled until `timeout`; AssertionError after."""
+async def poll(
+    check: Callable[[], Awaitable[T | None]],
+    timeout: float = 20.0,
+    what: str = "condition",
+    every: float = 0.05,
+    retry_on: tuple[type[BaseException], ...] = (),
+) -> T:
+    """The first truthy result of `check`, polled until `timeout`; AssertionError naming `what` after.
+    An exception in `retry_on` (a server not answering yet) counts as not yet."""
     deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+    last: object = None
+    for _ in range(int(timeout / every) + 2):
+        try:
+            result = await check()
+        except retry_on as exc:
+            last = exc
+        else:
+            if result:
+                return result
+            last = result
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(every)  # the interval between two probes, bounded by the deadline
+    raise AssertionError(f"{what} not met within {timeout}s (last: {last!r})")
 
 
 # A playbook that does nothing but succeed, and a rule for the captured alert with the given budget:
@@ -71,3 +88,20 @@ rules:
     params: {{node: "{{{{ labels.instance }}}}"}}
     limits: {{cooldown: 0, max_runs: {max_runs}, window: 1h, concurrency: parallel}}
 """
+
+
+async def executions(client: Client) -> list[dict[str, Any]]:
+    """The API's list of executions, newest first."""
+    return (await (await client.get("/api/v1/executions")).json())["executions"]  # type: ignore[no-any-return]
+
+
+async def finished(client: Client, execution_id: str, states: Collection[str]) -> dict[str, Any] | None:
+    """The execution's report once it is in one of `states` (for `poll`)."""
+    report = await (await client.get(f"/api/v1/executions/{execution_id}")).json()
+    return report if report["execution"]["state"] in states else None
+
+
+async def newest_finished(client: Client, states: Collection[str] = SETTLED) -> dict[str, Any] | None:
+    """The newest execution's report once it is in one of `states` (for `poll`)."""
+    rows = await executions(client)
+    return None if not rows else await finished(client, rows[0]["id"], states)

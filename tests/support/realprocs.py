@@ -22,8 +22,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from demo.processes import LOOPBACK, ChildProcess, free_port
-from demo.processes import poll as poll_until
+from demo.processes import LOOPBACK, ChildProcess, free_port, poll
 
 START_TIMEOUT_S = 30.0
 LOG_TAIL_BYTES = 20_000
@@ -79,7 +78,7 @@ class RealProcess(ChildProcess):
             raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
         super().start(cwd)
         try:
-            poll_until(self._ready, START_TIMEOUT_S, f"{self.name} to be ready at {self.ready_url}")
+            poll(self._ready, START_TIMEOUT_S, f"{self.name} to be ready at {self.ready_url}")
         except BaseException:
             self.stop()
             raise
@@ -188,7 +187,7 @@ class PrometheusServer(RealProcess):
             found[:] = self.query(expr)
             return bool(found)
 
-        poll_until(has_samples, timeout, f"samples for {expr!r} in Prometheus")
+        poll(has_samples, timeout, f"samples for {expr!r} in Prometheus")
         return found
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.realprocs import poll_until
 from support.service_proc import ServiceProcess
+
+from demo.processes import poll
 
 # Generous against CI jitter, far below aiohttp's idle timeout (set to 60 s below), which must not be what
 # cuts the slow clients off.
@@ -92,7 +93,7 @@ def test_a_client_trickling_its_headers_is_cut_off(start: Callable[..., ServiceP
         took = trickle_until_closed(sock, ENDLESS_HEADERS, CUT_OFF_WITHIN)
     assert READ_TIMEOUT - 0.5 <= took <= CUT_OFF_WITHIN
     assert healthy(service)
-    poll_until(lambda: bool(log_lines(service, "connection closed: its request did not arrive in time")), 5, "the log")
+    poll(lambda: bool(log_lines(service, "connection closed: its request did not arrive in time")), 5, "the log")
 
 
 def test_a_client_trickling_its_body_is_cut_off(start: Callable[..., ServiceProcess]) -> None:
@@ -126,8 +127,8 @@ def test_idle_connections_past_the_cap_make_room_for_new_ones(start: Callable[..
     try:
         assert healthy(service)
         # the oldest idle ones were closed to make room; the cap holds
-        poll_until(lambda: closed_by_server(idle[0]), 5, "the oldest idle connection to be closed")
-        poll_until(lambda: sum(not closed_by_server(s) for s in idle) <= 20, 5, "at most 20 connections open")
+        poll(lambda: closed_by_server(idle[0]), 5, "the oldest idle connection to be closed")
+        poll(lambda: sum(not closed_by_server(s) for s in idle) <= 20, 5, "at most 20 connections open")
     finally:
         for sock in idle:
             sock.close()
@@ -152,7 +153,7 @@ def test_past_the_cap_with_none_idle_new_connections_are_closed_at_once(
     try:
         for _ in range(30):
             with connect(service) as refused:
-                poll_until(lambda: closed_by_server(refused), 5, "a connection past the cap to be closed")
+                poll(lambda: closed_by_server(refused), 5, "a connection past the cap to be closed")
         assert not any(closed_by_server(sock) for sock in busy)
         # thirty refusals, one line (the rest are counted for the next one)
         [line] = log_lines(service, "connection refused: too many open connections, none idle")
@@ -199,7 +200,7 @@ def test_accept_errors_when_descriptors_run_out_are_logged_once_per_interval(
         with contextlib.suppress(TimeoutError):
             while len(idle) < 100 and not log_lines(service, EMFILE):
                 idle.append(socket.create_connection(("127.0.0.1", service.port), timeout=3))
-        poll_until(lambda: bool(log_lines(service, EMFILE)), 5, "accept to fail with EMFILE")
+        poll(lambda: bool(log_lines(service, EMFILE)), 5, "accept to fail with EMFILE")
         time.sleep(3)  # a flood's worth of retries: asyncio retries the accept every second
         [line] = log_lines(service, EMFILE)
         assert line["count"] == 1 and line["error"] == "Too many open files"
@@ -207,4 +208,4 @@ def test_accept_errors_when_descriptors_run_out_are_logged_once_per_interval(
     finally:
         for sock in idle:
             sock.close()
-    poll_until(lambda: healthy(service), 10, "the service to answer once the connections are gone")
+    poll(lambda: healthy(service), 10, "the service to answer once the connections are gone")

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from flow.test_crash_recovery import kill_during_second_step  # tests/flow: a test module, not support
-from flow.test_crash_recovery import make_service as make_crash_recovery_service
+from support.crash import kill_during_second_step
+from support.crash import make_service as make_crash_recovery_service
 from support.service_proc import ServiceProcess, free_port
 
 FIRING = json.loads(
