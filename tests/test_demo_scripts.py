@@ -147,6 +147,30 @@ def test_nats_stop_kills_a_server_ignoring_sigterm_and_never_a_stranger(scripts:
             proc.wait(5)
 
 
+def test_a_pid_file_is_removed_only_by_whoever_it_still_names(scripts: Scripts, tmp_path: Path) -> None:
+    """An interrupted run's script (its server died) must not delete the file of the server a later
+    run started: after that, nothing could stop the new one (nats_stop.sh finds no pid)."""
+    pid_file = tmp_path / "nats.pid"
+
+    def remove(pid: str) -> None:
+        command = 'source "$1"; remove_pidfile "$2" "$3"'
+        result = subprocess.run(
+            ["bash", "-c", command, "-", str(SCRIPTS / "_common.sh"), str(pid_file), pid],
+            env=scripts.env,
+            capture_output=True,
+            text=True,
+            timeout=SCRIPT_TIMEOUT_S,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+
+    pid_file.write_text("4242\n")  # the newer server's
+    remove("1717")  # the older script's own, dead server
+    assert pid_file.read_text() == "4242\n"
+    remove("4242")
+    assert not pid_file.exists()
+
+
 def test_router_scripts_and_circuit_breaker_admin(scripts: Scripts) -> None:
     scripts.ok("nats_start.sh")
     setup = json.loads(scripts.ok("setup_nats_streams.sh"))

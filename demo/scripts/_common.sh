@@ -86,11 +86,25 @@ pid_gone() {  # PID
     [[ "$state" == Z ]]
 }
 
+# The pid PIDFILE records, alive or not ("" when there is none).
+recorded_pid() {  # PIDFILE
+    [[ -f "$1" ]] && head -c 32 -- "$1" | tr -dc '0-9'
+    return 0
+}
+
+# Remove PIDFILE only while it still records PID: a script of an earlier, interrupted run must not
+# delete the file of the process a later run started (after which nothing could stop that one).
+remove_pidfile() {  # PIDFILE PID
+    if [[ "$(recorded_pid "$1")" == "$2" ]]; then
+        rm -f -- "$1"
+    fi
+}
+
 # SIGTERM, then SIGKILL after BEAMLINE_STOP_TIMEOUT; removes PIDFILE once the process is gone.
 stop_by_pidfile() {  # PIDFILE PATTERN NAME
     local pid
     if ! pid="$(live_pid "$1" "$2")"; then
-        rm -f -- "$1"
+        remove_pidfile "$1" "$(recorded_pid "$1")"
         echo "$3 is not running"
         return 0
     fi
@@ -100,7 +114,7 @@ stop_by_pidfile() {  # PIDFILE PATTERN NAME
         kill -KILL "$pid" 2>/dev/null || true
         wait_until 5 pid_gone "$pid" || die "$3 (pid $pid) survived SIGKILL"
     fi
-    rm -f -- "$1"
+    remove_pidfile "$1" "$pid"
     echo "Stopped $3 (pid $pid)"
 }
 

@@ -37,7 +37,7 @@ started() {
 }
 wait_until "$BEAMLINE_START_TIMEOUT" started || true
 if ! kill -0 "$pid" 2>/dev/null; then
-    rm -f -- "$NATS_PID_FILE"
+    remove_pidfile "$NATS_PID_FILE" "$pid"
     log_tail "$NATS_LOG"
     die "nats-server exited during start-up (log: $NATS_LOG)"
 fi

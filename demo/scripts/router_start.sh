@@ -38,7 +38,7 @@ started() {
 }
 wait_until "$BEAMLINE_START_TIMEOUT" started || true
 if ! kill -0 "$pid" 2>/dev/null; then
-    rm -f -- "$ROUTER_PID_FILE"
+    remove_pidfile "$ROUTER_PID_FILE" "$pid"
     log_tail "$ROUTER_LOG"
     die "router exited during start-up (log: $ROUTER_LOG)"
 fi
