@@ -22,7 +22,8 @@ one branch of it:
     │   ├── steps.promql.QueryError     Prometheus refused or failed a query
     │   ├── steps.exec_env.Unpassable   a value the kernel cannot pass to a program
     │   └── (a control step run outside a run raises StepError itself)
-    └── escalation.channels.DeliveryError   a channel did not take a message (it is retried)
+    ├── escalation.channels.DeliveryError   a channel did not take a message (it is retried)
+    └── flow.reconciler.AlertmanagerError   an Alertmanager did not answer a reconciliation pass
 
 The ValueError subclasses stay ValueErrors because pydantic turns a ValueError raised while validating
 into a validation error that names the field.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -25,7 +26,7 @@ class WebhookMetrics(Collector):
 
     def __init__(self, commit_buckets: Sequence[float]) -> None:
         self._requests: dict[int, int] = {}
-        self._alerts: dict[str, int] = {}
+        self._alerts: dict[tuple[str, str], int] = {}  # (status, source)
         self._commit_bounds = (*sorted(commit_buckets), float("inf"))
         self._commit_counts = [0] * len(self._commit_bounds)
         self._commit_sum = 0.0
@@ -33,8 +34,9 @@ class WebhookMetrics(Collector):
     def count_request(self, code: int) -> None:
         self._requests[code] = self._requests.get(code, 0) + 1
 
-    def count_alert(self, status: str) -> None:
-        self._alerts[status] = self._alerts.get(status, 0) + 1
+    def count_alert(self, status: str, source: str = "webhook") -> None:
+        key = (status, source)
+        self._alerts[key] = self._alerts.get(key, 0) + 1
 
     def observe_commit(self, seconds: float) -> None:
         self._commit_counts[bisect_left(self._commit_bounds, seconds)] += 1  # bucket `le`: value <= bound
@@ -48,10 +50,12 @@ class WebhookMetrics(Collector):
             requests.add_metric([str(code)], count)
         yield requests
         alerts = CounterMetricFamily(
-            "remediator_alerts_received", "Alerts accepted and stored, by alert status.", labels=["status"]
+            "remediator_alerts_received",
+            "Alerts accepted and stored, by alert status and by how they came (webhook or reconcile).",
+            labels=["status", "source"],
         )
-        for status, count in sorted(self._alerts.items()):
-            alerts.add_metric([status], count)
+        for (status, source), count in sorted(self._alerts.items()):
+            alerts.add_metric([status, source], count)
         yield alerts
         cumulative, buckets = 0, []
         for bound, count in zip(self._commit_bounds, self._commit_counts, strict=True):
@@ -65,6 +69,40 @@ class WebhookMetrics(Collector):
         )
 
 
+class ReconcileMetrics:
+    """The reconciler's passes and what each configured Alertmanager answered (a bounded label set:
+    the configured URLs)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.passes = Counter(
+            "remediator_reconcile_passes",
+            "Reconciliation passes, by result: ok (every Alertmanager answered) or error.",
+            ["result"],
+            registry=registry,
+        )
+        self.alertmanager_up = Gauge(
+            "remediator_alertmanager_up",
+            "Whether the last request of the reconciler to this Alertmanager succeeded (1) or not (0).",
+            ["url"],
+            registry=registry,
+        )
+        self.last_success = Gauge(
+            "remediator_reconcile_last_success_timestamp_seconds",
+            "When the last pass that every Alertmanager answered finished.",
+            registry=registry,
+        )
+        for result in ("ok", "error"):
+            self.passes.labels(result)
+
+    def alertmanager_answered(self, url: str, up: bool) -> None:
+        self.alertmanager_up.labels(url).set(1 if up else 0)
+
+    def pass_finished(self, ok: bool, at: datetime) -> None:
+        self.passes.labels("ok" if ok else "error").inc()
+        if ok:
+            self.last_success.set(at.timestamp())
+
+
 @dataclass(frozen=True)
 class Metrics:
     registry: CollectorRegistry
@@ -76,6 +114,7 @@ class Metrics:
     execution_duration_seconds: Histogram
     escalation_deliveries: Counter
     escalation_delivery_failures: Counter
+    reconcile: ReconcileMetrics
 
 
 def create_metrics() -> Metrics:
@@ -129,4 +168,5 @@ def create_metrics() -> Metrics:
             ["channel"],
             registry=registry,
         ),
+        reconcile=ReconcileMetrics(registry),
     )

@@ -177,6 +177,28 @@ class SilencePauseSettings(StrictModel):
         return marker
 
 
+class ReconcileSettings(StrictModel):
+    """The reconciler: Alertmanager's active alerts read back periodically, so a change no webhook
+    brought (a re-fire inside one group interval, alerts sent while the service was down, a
+    silenced alert that resolved) is still seen (docs/architecture.md, "Reconciliation")."""
+
+    enabled: bool = True
+    interval: Duration = Field(
+        default=5.0, gt=0, le=3600, description="between passes while a rule-matched alert is firing"
+    )
+    idle_interval: Duration = Field(default=30.0, gt=0, le=86400, description="between passes otherwise")
+    timeout: Duration = Field(default=5.0, gt=0, le=300, description="each request to an Alertmanager")
+    start_timeout: Duration = Field(
+        default=10.0, ge=0, le=600, description="the pass made before the service serves gives up after this"
+    )
+
+    @model_validator(mode="after")
+    def _idle_not_faster(self) -> Self:
+        if self.idle_interval < self.interval:
+            raise ValueError("idle_interval must be at least interval")
+        return self
+
+
 class EscalationSettings(StrictModel):
     channels: list[ChannelSettings] = Field(default_factory=list)
     levels: list[LevelSettings] = Field(
@@ -212,6 +234,12 @@ class EscalationSettings(StrictModel):
         return [(0.0, [c.name for c in self.channels])] if self.channels else []
 
 
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value.rstrip("/")
+
+
 class Settings(StrictModel):
     listen_host: str = "127.0.0.1"
     listen_port: int = Field(default=9095, ge=0, le=65535)
@@ -232,6 +260,11 @@ class Settings(StrictModel):
     )
     prometheus_url: str = "http://127.0.0.1:9090"
     alertmanager_url: str = "http://127.0.0.1:9093"
+    alertmanager_urls: list[str] = Field(
+        default_factory=list,
+        description="every Alertmanager of an HA pair or cluster, for reconciliation; empty: [alertmanager_url]",
+    )
+    reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     nats_url: str = "nats://127.0.0.1:4222"
     nats_monitor_url: str = "http://127.0.0.1:8222"
     redact_patterns: list[str] = Field(
@@ -244,9 +277,19 @@ class Settings(StrictModel):
     @field_validator("external_url", "prometheus_url", "alertmanager_url", "nats_monitor_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
-        return value.rstrip("/")
+        return _http_url(value)
+
+    @field_validator("alertmanager_urls")
+    @classmethod
+    def _http_urls(cls, values: list[str]) -> list[str]:
+        urls = [_http_url(value) for value in values]
+        if len(set(urls)) != len(urls):
+            raise ValueError("each Alertmanager must be listed once")
+        return urls
+
+    def reconcile_urls(self) -> list[str]:
+        """The Alertmanagers the reconciler reads: `alertmanager_urls`, or `alertmanager_url` alone."""
+        return list(self.alertmanager_urls) or [self.alertmanager_url]
 
     @field_validator("redact_patterns")
     @classmethod

@@ -6,8 +6,8 @@ crosses that line (`write`/`read` are for this package, tests and benchmarks).
 
 - engine.py: connections, the ownership lock, group commit (one writer, one fsync for many posts)
 - schema.py: versioned migrations
-- intake.py, executions.py, admission.py, escalations.py, reads.py, retention.py: the SQL of one
-  concern each, as mixins of the engine; sqlite.py composes them into `SQLiteStore`
+- intake.py, reconcile.py, executions.py, admission.py, escalations.py, reads.py, retention.py: the
+  SQL of one concern each, as mixins of the engine; sqlite.py composes them into `SQLiteStore`
 - records.py: the values in and out; errors.py: what it raises
 """
 
@@ -23,6 +23,7 @@ from service.store.protocols import (
     ExecutionStore,
     IntakeStore,
     MaintenanceStore,
+    ReconcileStore,
     ReportStore,
     RetentionStore,
     ServiceStore,
@@ -40,6 +41,7 @@ from service.store.records import (
     NewExecution,
     NotificationReceipt,
     Occurrence,
+    OccurrenceSource,
     OpenEscalation,
     OutboxMessage,
     PriorRun,
@@ -78,10 +80,12 @@ __all__ = [
     "NewExecution",
     "NotificationReceipt",
     "Occurrence",
+    "OccurrenceSource",
     "OpenEscalation",
     "OutboxMessage",
     "PriorRun",
     "PruneResult",
+    "ReconcileStore",
     "ReportStore",
     "RetentionStore",
     "SQLiteStore",

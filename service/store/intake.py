@@ -13,8 +13,9 @@ from pydantic_core import to_json
 
 from service.alerts.webhook import WebhookAlert, WebhookNotification
 from service.store.engine import SQLiteEngine
-from service.store.records import AlertEvent, NotificationReceipt, Occurrence
-from service.times import parse_timestamp, timestamp
+from service.store.records import AlertEvent, NotificationReceipt, Occurrence, OccurrenceSource
+from service.store.rows import occurrence_row
+from service.times import timestamp
 
 _INSERT_NOTIFICATION = (
     "INSERT INTO notifications (received_at, receiver, status, group_key, external_url, alert_count, body)"
@@ -23,14 +24,23 @@ _INSERT_NOTIFICATION = (
 
 
 # A re-send of a known occurrence updates it; previous_status = status keeps the status before this
-# delivery, since SET reads the row as it was.
+# delivery, since SET reads the row as it was. Status moves forward only: a "firing" for an
+# occurrence already resolved (an Alertmanager HA pair's late second copy, a stale re-send) leaves
+# it resolved, with the ends_at, labels and annotations of its resolve; the delivery still counts
+# (receive_count, last_received_at). RETURNING reads the row as this statement left it, so a firing
+# delivery that returns "resolved" was stale. `source` is written on insert only.
+_STALE = "(status = 'resolved' AND excluded.status = 'firing')"
 _UPSERT_OCCURRENCE = (
     "INSERT INTO occurrences (fingerprint, starts_at, alertname, labels, annotations, generator_url, status,"
-    " ends_at, first_received_at, last_received_at, receive_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)"
-    " ON CONFLICT (fingerprint, starts_at) DO UPDATE SET previous_status = status, status = excluded.status,"
-    " ends_at = excluded.ends_at, labels = excluded.labels, annotations = excluded.annotations,"
+    " ends_at, first_received_at, last_received_at, receive_count, source)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)"
+    " ON CONFLICT (fingerprint, starts_at) DO UPDATE SET previous_status = status,"
+    f" status = CASE WHEN {_STALE} THEN status ELSE excluded.status END,"
+    f" ends_at = CASE WHEN {_STALE} THEN ends_at ELSE excluded.ends_at END,"
+    f" labels = CASE WHEN {_STALE} THEN labels ELSE excluded.labels END,"
+    f" annotations = CASE WHEN {_STALE} THEN annotations ELSE excluded.annotations END,"
     " last_received_at = excluded.last_received_at, receive_count = receive_count + 1"
-    " RETURNING id, previous_status, receive_count"
+    " RETURNING id, previous_status, receive_count, status, source"
 )
 
 
@@ -48,23 +58,6 @@ def _alert_time(value: datetime) -> tuple[datetime, str]:
     return utc, timestamp(utc)
 
 
-def _row_to_occurrence(row: sqlite3.Row) -> Occurrence:
-    starts_at = parse_timestamp(row["starts_at"])
-    assert starts_at is not None
-    return Occurrence(
-        id=row["occurrence_id"],
-        fingerprint=row["fingerprint"],
-        starts_at=starts_at,
-        alertname=row["alertname"],
-        labels=json.loads(row["labels"]),
-        annotations=json.loads(row["annotations"]),
-        generator_url=row["generator_url"],
-        status=row["occurrence_status"],
-        ends_at=parse_timestamp(row["ends_at"]),
-        receive_count=row["receive_count"],
-    )
-
-
 class IntakeSQL(SQLiteEngine):
     async def record_notification(
         self,
@@ -72,10 +65,14 @@ class IntakeSQL(SQLiteEngine):
         body: bytes,
         received_at: datetime,
         wanted: Sequence[bool] | None = None,
+        source: OccurrenceSource = "webhook",
     ) -> NotificationReceipt:
         """Store the notification and each alert's delivery. ``wanted[i]`` says whether a rule wants
         alert i (None: assume every one): an alert no rule wants, and which is not a firing ->
-        resolved transition, has nothing to dispatch and is stored as dispatched at receipt."""
+        resolved transition, has nothing to dispatch and is stored as dispatched at receipt. So has
+        a stale "firing" for an occurrence already resolved, which leaves it resolved (status moves
+        forward only). ``source`` is how an occurrence this notification brings first came (a
+        webhook, or the reconciler); an occurrence already stored keeps its own."""
         received = timestamp(received_at)
         notification_row = (
             received,
@@ -108,6 +105,7 @@ class IntakeSQL(SQLiteEngine):
                 ends_at_text,
                 received,
                 received,
+                source,
             )
             occurrences.append((alert, starts_at, ends_at, row, rule_wants))
 
@@ -116,8 +114,12 @@ class IntakeSQL(SQLiteEngine):
             assert notification_id is not None
             events = []
             for alert, starts_at, ends_at, row, rule_wants in occurrences:
-                occurrence_id, previous_status, receive_count = conn.execute(_UPSERT_OCCURRENCE, row).fetchone()
-                pending = rule_wants or (alert.status == "resolved" and previous_status == "firing")
+                occurrence_id, previous_status, receive_count, status, first_source = conn.execute(
+                    _UPSERT_OCCURRENCE, row
+                ).fetchone()
+                # a stale firing left the occurrence resolved: nothing to decide, never a run
+                stale = alert.status == "firing" and status == "resolved"
+                pending = not stale and (rule_wants or (alert.status == "resolved" and previous_status == "firing"))
                 event_id = conn.execute(
                     _INSERT_ALERT_EVENT,
                     (notification_id, occurrence_id, alert.status, previous_status, None if pending else received),
@@ -136,6 +138,7 @@ class IntakeSQL(SQLiteEngine):
                     status=alert.status,
                     ends_at=ends_at,
                     receive_count=receive_count,
+                    source=first_source,
                 )
                 events.append(
                     AlertEvent(
@@ -165,7 +168,7 @@ class IntakeSQL(SQLiteEngine):
             rows = conn.execute(
                 "SELECT e.id, e.notification_id, e.status AS event_status, e.previous_status,"
                 " o.id AS occurrence_id, o.fingerprint, o.starts_at, o.alertname, o.labels, o.annotations,"
-                " o.generator_url, o.status AS occurrence_status, o.ends_at, o.receive_count,"
+                " o.generator_url, o.status AS occurrence_status, o.ends_at, o.receive_count, o.source,"
                 " n.body"
                 " FROM alert_events e JOIN occurrences o ON o.id = e.occurrence_id"
                 " JOIN notifications n ON n.id = e.notification_id"
@@ -181,7 +184,7 @@ class IntakeSQL(SQLiteEngine):
                         notification_id=row["notification_id"],
                         status=row["event_status"],
                         previous_status=row["previous_status"],
-                        occurrence=_row_to_occurrence(row),
+                        occurrence=occurrence_row(row),
                         common_labels=body.get("commonLabels", {}),
                         external_url=body.get("externalURL", ""),
                     )

@@ -22,6 +22,8 @@ from service.store.records import (
     NewEscalation,
     NewExecution,
     NotificationReceipt,
+    Occurrence,
+    OccurrenceSource,
     OpenEscalation,
     OutboxMessage,
     PriorRun,
@@ -53,7 +55,17 @@ class IntakeStore(Protocol):
         body: bytes,
         received_at: datetime,
         wanted: Sequence[bool] | None = None,
+        source: OccurrenceSource = "webhook",
     ) -> NotificationReceipt: ...
+
+
+class ReconcileStore(Protocol):
+    """The reconciler's reads: what the store knows of Alertmanager's active alerts, and what it
+    thinks is still firing. What it finds goes in through IntakeStore, with source="reconcile"."""
+
+    async def occurrence_statuses(self, keys: Sequence[tuple[str, datetime]]) -> dict[tuple[str, datetime], str]: ...
+
+    async def firing_occurrences(self, limit: int) -> list[Occurrence]: ...
 
 
 class AdmissionStore(Protocol):
@@ -196,6 +208,7 @@ class RetentionStore(Protocol):
 class ServiceStore(
     StoreLifecycle,
     IntakeStore,
+    ReconcileStore,
     DispatchStore,
     ExecutionStore,
     EscalationStore,

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 
 class ExecutionState(StrEnum):
@@ -46,6 +46,11 @@ ACTIVE_STATES = (
 )
 
 
+# How an occurrence first reached the store: a webhook delivery, or the reconciler finding it among
+# Alertmanager's active alerts (no webhook brought it).
+OccurrenceSource = Literal["webhook", "reconcile"]
+
+
 @dataclass(frozen=True)
 class Occurrence:
     id: int
@@ -58,6 +63,7 @@ class Occurrence:
     status: str
     ends_at: datetime | None
     receive_count: int
+    source: OccurrenceSource = "webhook"  # how it first came; later deliveries never change it
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from service.store.records import ACTIVE_STATES
+from service.store.records import ACTIVE_STATES, Occurrence
 from service.times import parse_timestamp
 
 
@@ -20,6 +20,24 @@ def required_time(value: str) -> datetime:
 
 
 ACTIVE_SQL = ", ".join(f"'{state}'" for state in ACTIVE_STATES)
+
+
+def occurrence_row(row: sqlite3.Row) -> Occurrence:
+    """An occurrence from a row of `occurrences` selected with `id AS occurrence_id` and
+    `status AS occurrence_status` (so a join with alert_events can name both)."""
+    return Occurrence(
+        id=row["occurrence_id"],
+        fingerprint=row["fingerprint"],
+        starts_at=required_time(row["starts_at"]),
+        alertname=row["alertname"],
+        labels=json.loads(row["labels"]),
+        annotations=json.loads(row["annotations"]),
+        generator_url=row["generator_url"],
+        status=row["occurrence_status"],
+        ends_at=parse_timestamp(row["ends_at"]),
+        receive_count=row["receive_count"],
+        source=row["source"],
+    )
 
 
 def execution_row(row: sqlite3.Row) -> dict[str, Any]:

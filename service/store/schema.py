@@ -220,6 +220,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE UNIQUE INDEX executions_one_run_per_occurrence ON executions(rule, occurrence_id, occurrence_run)",
     ),
+    (
+        # How each occurrence first came: by a webhook delivery or found by the reconciler in
+        # Alertmanager's active alerts. Set when the occurrence is first inserted, never changed.
+        "ALTER TABLE occurrences ADD COLUMN source TEXT NOT NULL DEFAULT 'webhook'",
+        # The reconciler's question "which occurrences does the store think are firing", oldest
+        # first: a partial index holds only those, a small fraction of the table.
+        "CREATE INDEX occurrences_firing ON occurrences(starts_at, id) WHERE status = 'firing'",
+    ),
 )
 
 

@@ -14,17 +14,20 @@ import signal
 import threading
 from collections.abc import AsyncIterator
 from datetime import UTC
+from typing import Literal
 
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from service.alerts.matchers import parse_matcher
+from service.alerts.webhook import WebhookNotification
 from service.clock import Clock, SystemClock
 from service.escalation.escalator import Escalator, Policy
 from service.flow.admission import StormGuard
 from service.flow.dispatcher import Dispatcher, DispatchSettings
 from service.flow.executor import Endpoints, Executor
 from service.flow.ports import FlowMetrics
+from service.flow.reconciler import ReconcileConfig, Reconciler
 from service.flow.retention import prune
 from service.flow.silences import SilenceWatcher
 from service.metrics import create_metrics
@@ -33,7 +36,7 @@ from service.redaction import DEFAULT_PATTERNS, Redactor
 from service.settings import Secrets, Settings
 from service.store import NotificationReceipt, new_store
 from service.web.api import add_api_routes
-from service.web.intake import Intake, WebhookAuth
+from service.web.intake import Intake, WebhookAuth, deliver
 from service.web.openapi import openapi_document
 from service.web.pages import add_page_routes
 from service.web.runtime import INTAKE, OPENAPI, RUNTIME, SCHEDULER, SIMULATIONS, RulesHolder, Runtime
@@ -41,7 +44,10 @@ from service.web.runtime import INTAKE, OPENAPI, RUNTIME, SCHEDULER, SIMULATIONS
 log = logging.getLogger("remediator.app")
 
 # RUNTIME too: benchmarks and tests reach into the app they built through it.
-__all__ = ["RUNTIME", "create_app"]
+__all__ = ["RECONCILER", "RUNTIME", "create_app"]
+
+# The reconciler, when reconcile.enabled (tests reach it to run a pass).
+RECONCILER = web.AppKey("reconciler", Reconciler)
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -89,6 +95,24 @@ async def _escalation_ctx(app: web.Application) -> AsyncIterator[None]:
     """The outbox worker and the levels: after the store opens, before the flow escalates."""
     async with app[RUNTIME].escalator.running(app[SCHEDULER]):
         yield
+
+
+async def _reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Before the flow starts and before the service serves: one pass over Alertmanager's active
+    alerts (bounded by reconcile.start_timeout; an Alertmanager that cannot be reached is logged and
+    does not stop the start), then a pass every interval in the background."""
+    reconciler = app.get(RECONCILER)
+    task = None
+    if reconciler is not None:
+        result = await reconciler.run_once()
+        if result is not None and result.failed:
+            log.warning("start-up reconciliation: Alertmanager not read", extra={"alertmanagers": list(result.failed)})
+        task = asyncio.create_task(reconciler.run(result), name="reconciler")
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def _flow_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -176,7 +200,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
     def committed(receipt: NotificationReceipt) -> None:
         dispatcher.submit(receipt.events)
 
-    app[INTAKE] = Intake(
+    app[INTAKE] = intake = Intake(
         store=store,
         auth=WebhookAuth(
             bearer_token=secrets.webhook_bearer_token,
@@ -189,7 +213,28 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         wants=dispatcher.wants,
         on_committed=committed,
     )
-    app.cleanup_ctx.extend([_store_ctx, _scheduler_ctx, _escalation_ctx, _silences_ctx, _flow_ctx, _sighup_ctx])
+    if settings.reconcile.enabled:
+
+        async def reconciled(notification: WebhookNotification, body: bytes, source: Literal["reconcile"]) -> object:
+            return await deliver(intake, notification, body, source)
+
+        app[RECONCILER] = Reconciler(
+            store=store,
+            wants=dispatcher.wants,
+            deliver=reconciled,
+            clock=clock,
+            config=ReconcileConfig(
+                urls=tuple(settings.reconcile_urls()),
+                interval=settings.reconcile.interval,
+                idle_interval=settings.reconcile.idle_interval,
+                timeout=settings.reconcile.timeout,
+                start_timeout=settings.reconcile.start_timeout,
+            ),
+            observer=metrics.reconcile,
+        )
+    app.cleanup_ctx.extend(
+        [_store_ctx, _scheduler_ctx, _escalation_ctx, _silences_ctx, _reconcile_ctx, _flow_ctx, _sighup_ctx]
+    )
     add_api_routes(app)
     add_page_routes(app)
     return app

@@ -1,5 +1,7 @@
 """`POST /hooks/alertmanager`: authenticate, check, validate, commit, answer.
 
+`deliver` is the part after validation, which the reconciler's deliveries go through too.
+
 The answer is 200 only once the notification and each of its alerts are durably committed, so an
 acknowledged alert is never lost; 503 when the store cannot commit (Alertmanager retries on 5xx);
 4xx for requests that retrying cannot fix. Nothing is stored for a rejected request.
@@ -18,11 +20,11 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from service.alerts.webhook import describe_errors, parse
+from service.alerts.webhook import WebhookNotification, describe_errors, parse
 from service.clock import Clock
 from service.errors import RequestError
 from service.metrics import Metrics
-from service.store import IntakeStore, NotificationReceipt, StoreError
+from service.store import IntakeStore, NotificationReceipt, OccurrenceSource, StoreError
 from service.web.access import as_bytes, same_secret
 
 log = logging.getLogger("remediator.intake")
@@ -149,22 +151,34 @@ async def handle(intake: Intake, request: web.Request) -> web.Response:
     except ValidationError as exc:
         details = describe_errors(exc)
         return _error(400, "invalid Alertmanager webhook payload: " + details[0]["field"], details)
-    # An in-memory index lookup (microseconds), asked here rather than by the dispatcher so that an
-    # alert no rule wants is stored as dispatched in the same commit instead of costing a second one.
-    wanted = [intake.wants(alert.status, alert.labels) for alert in notification.alerts]
-    started = time.perf_counter()
     try:
-        receipt = await intake.store.record_notification(notification, body, intake.clock.now(), wanted)
+        receipt = await deliver(intake, notification, body)
     except StoreError as exc:
         log.error("could not store notification", extra={"error": str(exc), "group_key": notification.groupKey})
         return _error(503, "the store cannot commit right now; retry", headers={"Retry-After": "5"})
-    intake.metrics.webhook.observe_commit(time.perf_counter() - started)
-    for alert in notification.alerts:
-        intake.metrics.webhook.count_alert(alert.status)
-    intake.on_committed(receipt)
     # Formatted directly, not through json.dumps: this is the one answer on the hot path.
     return web.Response(
         body=b'{"status": "accepted", "notification_id": %d, "alerts": %d}'
         % (receipt.notification_id, receipt.alert_count),
         content_type="application/json",
     )
+
+
+async def deliver(
+    intake: Intake, notification: WebhookNotification, body: bytes, source: OccurrenceSource = "webhook"
+) -> NotificationReceipt:
+    """A validated notification from either way alerts arrive — a webhook, or the reconciler reading
+    Alertmanager (service.flow.reconciler) — committed, counted and handed to the dispatcher.
+
+    Raises StoreError when the store cannot commit: nothing was stored or handed over then.
+    """
+    # An in-memory index lookup (microseconds), asked here rather than by the dispatcher so that an
+    # alert no rule wants is stored as dispatched in the same commit instead of costing a second one.
+    wanted = [intake.wants(alert.status, alert.labels) for alert in notification.alerts]
+    started = time.perf_counter()
+    receipt = await intake.store.record_notification(notification, body, intake.clock.now(), wanted, source=source)
+    intake.metrics.webhook.observe_commit(time.perf_counter() - started)
+    for alert in notification.alerts:
+        intake.metrics.webhook.count_alert(alert.status, source)
+    intake.on_committed(receipt)
+    return receipt

@@ -23,6 +23,8 @@ AM_DIR = ROOT / "alertmanager"
 RULES = AM_DIR / "router-alerts.yml"
 FAST_RULES = AM_DIR / "router-alerts.fast.yml"
 RULE_TESTS = AM_DIR / "router-alerts.test.yml"
+SELF_RULES = AM_DIR / "remediator-alerts.yml"  # the remediator's own alerts (for people)
+SELF_RULE_TESTS = AM_DIR / "remediator-alerts.test.yml"
 AM_CONFIG = AM_DIR / "alertmanager.yml"
 PROM_CONFIG = AM_DIR / "prometheus.yml"
 RUNBOOK = ROOT / "docs" / "runbook" / "T-OPS-04-recovery-runbook.md"  # the project keeps its own copy
@@ -66,6 +68,17 @@ def test_promtool_rule_unit_tests_pass() -> None:
     result = run([tool("promtool"), "test", "rules", str(RULE_TESTS)], cwd=AM_DIR)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+def test_the_remediators_own_alerts_check_and_pass_their_unit_tests() -> None:
+    result = run([tool("promtool"), "check", "rules", str(SELF_RULES)])
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = run([tool("promtool"), "test", "rules", str(SELF_RULE_TESTS)], cwd=AM_DIR)
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = load(AM_CONFIG)
+    people = {m for r in config["route"]["routes"] if r["receiver"] == "people" for m in r["matchers"]}
+    for rule in alert_rules(SELF_RULES):
+        assert f'alertname="{rule["alert"]}"' in people, f"{rule['alert']} must reach people, not the remediator"
 
 
 def test_rule_unit_tests_catch_a_broken_rule(tmp_path: Path) -> None:

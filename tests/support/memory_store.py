@@ -1,12 +1,12 @@
-"""An in-memory store written against the Protocols in service/store/protocols.py (IntakeStore and
-DispatchStore, which includes AdmissionStore): the admission and dispatcher tests run on it as well
-as on SQLite, which shows those Protocols are all the flow needs of a store."""
+"""An in-memory store written against the Protocols in service/store/protocols.py (IntakeStore,
+ReconcileStore and DispatchStore, which includes AdmissionStore): the admission and dispatcher tests
+run on it as well as on SQLite, which shows those Protocols are all the flow needs of a store."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from service.store import (
     NewExecution,
     NotificationReceipt,
     Occurrence,
+    OccurrenceSource,
     PriorRun,
     StoreError,
     TargetHistory,
@@ -76,6 +77,7 @@ class MemoryStore:
         body: bytes,
         received_at: datetime,
         wanted: Sequence[bool] | None = None,
+        source: OccurrenceSource = "webhook",
     ) -> NotificationReceipt:
         self._require_open()
         notification_id = next(self._notification_ids)
@@ -84,20 +86,35 @@ class MemoryStore:
             key = (alert.fingerprint, alert.startsAt)
             known = self._occurrences.get(key)
             previous_status = None if known is None else known.status
-            occurrence = Occurrence(
-                id=next(self._occurrence_ids) if known is None else known.id,
-                fingerprint=alert.fingerprint,
-                starts_at=alert.startsAt,
-                alertname=alert.labels.get("alertname", ""),
-                labels=alert.labels,
-                annotations=alert.annotations,
-                generator_url=alert.generatorURL,
-                status=alert.status,
-                ends_at=alert.ends_at,
-                receive_count=1 if known is None else known.receive_count + 1,
-            )
+            # status moves forward only: a firing for an occurrence already resolved is stale
+            stale = known is not None and known.status == "resolved" and alert.status == "firing"
+            if known is None:
+                occurrence = Occurrence(
+                    id=next(self._occurrence_ids),
+                    fingerprint=alert.fingerprint,
+                    starts_at=alert.startsAt,
+                    alertname=alert.labels.get("alertname", ""),
+                    labels=alert.labels,
+                    annotations=alert.annotations,
+                    generator_url=alert.generatorURL,
+                    status=alert.status,
+                    ends_at=alert.ends_at,
+                    receive_count=1,
+                    source=source,
+                )
+            elif stale:
+                occurrence = replace(known, receive_count=known.receive_count + 1)
+            else:
+                occurrence = replace(
+                    known,
+                    labels=alert.labels,
+                    annotations=alert.annotations,
+                    status=alert.status,
+                    ends_at=alert.ends_at,
+                    receive_count=known.receive_count + 1,
+                )
             self._occurrences[key] = occurrence
-            pending = rule_wants or (alert.status == "resolved" and previous_status == "firing")
+            pending = not stale and (rule_wants or (alert.status == "resolved" and previous_status == "firing"))
             event = AlertEvent(
                 id=next(self._event_ids),
                 notification_id=notification_id,
@@ -111,6 +128,18 @@ class MemoryStore:
             if pending:
                 events.append(event)
         return NotificationReceipt(notification_id, len(notification.alerts), tuple(events))
+
+    # --- ReconcileStore ---------------------------------------------------------------------------
+
+    async def occurrence_statuses(self, keys: Sequence[tuple[str, datetime]]) -> dict[tuple[str, datetime], str]:
+        self._require_open()
+        # datetimes of one instant are equal and hash alike, whatever their zone
+        return {key: self._occurrences[key].status for key in keys if key in self._occurrences}
+
+    async def firing_occurrences(self, limit: int) -> list[Occurrence]:
+        self._require_open()
+        firing = [o for o in self._occurrences.values() if o.status == "firing"]
+        return sorted(firing, key=lambda o: (o.starts_at, o.id))[:limit]
 
     # --- DispatchStore ----------------------------------------------------------------------------
 

@@ -295,7 +295,7 @@ async def test_health_ready_and_metrics(make_client: ClientFactory) -> None:
     text = await (await client.get("/metrics")).text()
     assert 'remediator_webhook_requests_total{code="200"} 2.0' in text
     assert 'remediator_webhook_requests_total{code="400"} 1.0' in text
-    assert 'remediator_alerts_received_total{status="firing"} 1.0' in text
-    assert 'remediator_alerts_received_total{status="resolved"} 1.0' in text
+    assert 'remediator_alerts_received_total{source="webhook",status="firing"} 1.0' in text
+    assert 'remediator_alerts_received_total{source="webhook",status="resolved"} 1.0' in text
     assert "remediator_store_commit_seconds_count 2.0" in text
     assert 'remediator_build_info{version="' in text

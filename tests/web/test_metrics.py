@@ -15,6 +15,8 @@ def _samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     for code in (200, 200, 400, 503):
         metrics.webhook.count_request(code)
     metrics.webhook.count_alert("firing")
+    metrics.webhook.count_alert("firing", "reconcile")
+    metrics.webhook.count_alert("firing", "reconcile")
     text = generate_latest(metrics.registry).decode()
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
@@ -44,5 +46,7 @@ def test_request_and_alert_counters_by_label() -> None:
     assert samples[("remediator_webhook_requests_total", (("code", "200"),))] == 2
     assert samples[("remediator_webhook_requests_total", (("code", "400"),))] == 1
     assert samples[("remediator_webhook_requests_total", (("code", "503"),))] == 1
-    assert samples[("remediator_alerts_received_total", (("status", "firing"),))] == 1
-    assert ("remediator_alerts_received_total", (("status", "resolved"),)) not in samples
+    received = "remediator_alerts_received_total"
+    assert samples[(received, (("source", "webhook"), ("status", "firing")))] == 1
+    assert samples[(received, (("source", "reconcile"), ("status", "firing")))] == 2
+    assert (received, (("source", "webhook"), ("status", "resolved"))) not in samples
