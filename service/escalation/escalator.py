@@ -119,10 +119,12 @@ class Escalator:
 
     async def original_resolved(self, occurrence_id: int) -> int:
         """The alert behind the executions resolved: close their escalations (approvals stay open:
-        a run still waits on them). The periodic pass does the same; calling this is just sooner."""
+        a run still waits on them), by the same rule as the periodic pass: only those opened before
+        the resolve was recorded (a run that escalated after its alert had resolved, as one a restart
+        interrupted while the alert resolved, still failed: someone should hear so)."""
         closed = 0
         for escalation in await self._store.open_escalations():
-            if escalation.occurrence_id == occurrence_id and escalation.kind != "approval":
+            if escalation.occurrence_id == occurrence_id and _resolved_since_opened(escalation):
                 closed += await self._close(escalation, "closed", "alertmanager", "the original alert resolved")
         return closed
 
