@@ -206,33 +206,16 @@ class Dispatcher:
 
     async def _escalate_stuck(self, event: AlertEvent, attempts: int, exc: Exception) -> None:
         """Tell a person that an acknowledged alert cannot be acted on: a refused execution (so it
-        shows in the pages and reports) for the first rule it matches, escalated critical."""
-        occurrence = event.occurrence
+        shows in the pages and reports) for the first rule it matches, escalated critical. An alert
+        no rule matches any more (a reload) has nothing to act on: its next try just succeeds."""
         match = next(iter(self._matches(event)), None)
-        rule = match.rule.rule.name if match is not None else "(dispatch)"
+        if match is None:
+            return
         detail = f"dispatch failed {attempts} times ({type(exc).__name__}: {exc}); still retrying"
+        verdict = admission.Verdict("refuse", "dispatch_failed", detail)
         execution_id = new_execution_id(self._clock)
-        await self._store.create_execution(
-            NewExecution(
-                id=execution_id,
-                rule=rule,
-                rule_version=match.rule_version if match is not None else "",
-                playbook=match.playbook if match is not None else "",
-                playbook_version=match.playbook_version if match is not None else "",
-                target=match.target if match is not None else "",
-                occurrence_id=occurrence.id,
-                fingerprint=occurrence.fingerprint,
-                alertname=occurrence.alertname,
-                mode="enforce",
-                params={},
-                state=ExecutionState.REFUSED,
-                reason=detail,
-                refusal="dispatch_failed",
-                occurrence_run=None,
-            ),
-            self._clock.now(),
-        )
-        self._decisions.admission_decided(rule, "refuse", "dispatch_failed")
+        await self._create(execution_id, match, event, verdict, ExecutionState.REFUSED, self._clock.now())
+        self._decisions.admission_decided(match.rule.rule.name, "refuse", "dispatch_failed")
         await self._escalation.escalate(execution_id, f"refused: {detail}", "critical")
 
     def _matches(self, event: AlertEvent) -> list[RuleMatch]:
