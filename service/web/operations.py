@@ -63,8 +63,11 @@ def person_name(*given: str | None) -> str:
 
 
 async def decide(runtime: Runtime, execution_id: str, approved: bool, who: str) -> Decided:
-    """Approve or deny the execution's pending approval; Refused 409 when none is pending."""
+    """Approve or deny the execution's pending approval; Refused 404 when there is no such execution,
+    409 when none of its approvals is pending."""
     if not runtime.executor.approvals.decide(execution_id, approved, who):
+        if await runtime.store.get_execution(execution_id) is None:
+            raise Refused(404, "no such execution")
         decided = [a for a in await runtime.store.approvals_for(execution_id) if a.decision is not None]
         error = "no approval is pending for this execution"
         if decided:

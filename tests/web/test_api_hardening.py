@@ -340,6 +340,28 @@ async def test_api_refusals_are_json(make_client: ClientFactory) -> None:
         assert (await response.json())["status"] == "error"
 
 
+async def test_every_operator_action_on_an_unknown_execution_is_404(make_client: ClientFactory) -> None:
+    client = await make_client()
+    await seed(client)
+    bearer = {"Authorization": f"Bearer {OPERATOR}"}
+    for action in ("approve", "deny", "ack"):
+        response = await client.post(f"/api/v1/executions/nope/{action}", headers=bearer)
+        assert response.status == 404, action
+        assert (await response.json())["error"] == "no such execution"
+    # a known execution with nothing pending is still a conflict, not "missing"
+    assert (await client.post("/api/v1/executions/ex-0/deny", headers=bearer)).status == 409
+
+
+async def test_the_api_refuses_the_filters_the_index_refuses_naming_them(make_client: ClientFactory) -> None:
+    client = await make_client()
+    for query, named in (({"state": "bogus"}, "state"), ({"since": "yesterday"}, "since")):
+        for path in ("/", "/api/v1/executions"):
+            response = await client.get(path, params=query)
+            assert response.status == 400, (path, query)
+            text = await response.text()
+            assert (json.loads(text)["error"] if path != "/" else text).startswith(named), text
+
+
 # --- aiohttp's own answer to a request it cannot parse (the real server, as `remediator serve` runs) ---
 
 
