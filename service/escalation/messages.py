@@ -6,17 +6,18 @@ where the report is); each channel turns a `Notice` into its own payload (channe
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from service.reports.headline import failure_of
+from service.reports.report import report_steps
 from service.store import ExecutionRecord
 from service.times import timestamp
 
 ALERTNAMES = {"failed": "RemediationFailed", "approval": "RemediationApprovalPending"}
 _SUMMARY_CHARS = 1500
-_STEPS_SHOWN = 8
 
 
 @dataclass(frozen=True)
@@ -98,14 +99,16 @@ def escalation_facts(
 def _summary(
     record: ExecutionRecord, reason: str, facts: Mapping[str, Any], approval: tuple[str, datetime] | None
 ) -> str:
-    """One paragraph: what fired, what ran, why it escalated, and where the report is."""
+    """One paragraph: what fired, what ran (the steps that succeeded, then the one that failed), why it
+    escalated (with the last line the failing step wrote to stderr), and where the report is. The
+    pages and reports say the same (service.reports.headline)."""
     execution = record.execution
     instance = (record.occurrence or {}).get("labels", {}).get("instance")
     text = f"{execution['alertname']} fired" + (f" on {instance}" if instance else "")
     text += f" (rule {execution['rule']}, target {execution['target']})."
-    steps = _steps_text(record.steps)
-    if steps:
-        text += f" The remediator ran playbook {execution['playbook']}: {steps}."
+    failure = failure_of(report_steps(record.steps)) if record.steps else None
+    if failure is not None:
+        text += f" The remediator ran playbook {execution['playbook']}: {failure.progress}."
     else:
         text += f" No step of playbook {execution['playbook']} ran."
     if approval is not None:
@@ -115,16 +118,7 @@ def _summary(
             f" {facts['approve_url']} or {facts['deny_url']} with the operator token), or it is denied."
         )
     else:
-        text += f" It escalated because {reason.rstrip('.')}."
+        why = reason.rstrip(".")
+        text += f" It escalated because {failure.why(why) if failure is not None else why}."
     text += f" Report: {facts['report_url']}"
     return text if len(text) <= _SUMMARY_CHARS else text[: _SUMMARY_CHARS - 1] + "…"
-
-
-def _steps_text(steps: Sequence[Mapping[str, Any]]) -> str:
-    """Each step's last attempt, in order: "stop ok, purge failed"."""
-    last: dict[str, str] = {}
-    for step in steps:
-        last[str(step["name"])] = str(step["status"])
-    shown = [f"{name} {status}" for name, status in list(last.items())[:_STEPS_SHOWN]]
-    more = len(last) - len(shown)
-    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")

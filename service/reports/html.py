@@ -22,6 +22,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import jinja2
 
+from service.reports.headline import failed_run
 from service.reports.report import output_tail, report_json
 from service.steps.promql import format_labels
 from service.store import ACTIVE_STATES, ExecutionRecord
@@ -63,6 +64,7 @@ def page_environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["number"] = show_number
+    env.filters["moment"] = lambda value: show_time(value, precise=True)
     return env
 
 
@@ -113,9 +115,13 @@ def parse_time(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)  # the form says UTC
 
 
-def show_time(value: str | datetime | None) -> str:
+def show_time(value: str | datetime | None, precise: bool = False) -> str:
+    """A time in UTC, date included (a saved page is read later, elsewhere); `precise`: to the millisecond."""
     parsed = parse_time(value) if isinstance(value, str) else value
-    return "" if parsed is None else parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    if parsed is None:
+        return ""
+    text = parsed.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f" if precise else "%Y-%m-%d %H:%M:%S")
+    return (text[:-3] if precise else text) + "Z"
 
 
 def show_number(value: float) -> str:
@@ -229,8 +235,10 @@ def detail_context(
     can_decide: bool,
     can_ack: bool,
     result: str | None,
+    next_steps: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """What the detail template shows, from the report model (``report_json``)."""
+    """What the detail template shows, from the report model (``report_json``). ``next_steps``: what
+    approving the pending approval runs, in order."""
     execution, alert = report["execution"], report["alert"]
     events = report["timeline"]
     steps = []
@@ -249,6 +257,7 @@ def detail_context(
         for e in events
         if e["kind"] in ("escalation", "approval")
     ]
+    failure = failed_run(execution, report["steps"])
     labels: Mapping[str, str] = alert["labels"] if alert else {}
     annotations: Mapping[str, str] = alert["annotations"] if alert else {}
     return {
@@ -263,6 +272,9 @@ def detail_context(
         "silence_url": silence_url(alertmanager_url, labels) if labels else None,
         "fired_since": show_time(alert["starts_at"]) if alert else "",
         "fired_age": age(alert["starts_at"], now) if alert else "",
+        "why": failure.why(execution["reason"]) if failure is not None else execution["reason"],
+        "progress": failure.progress if failure is not None else "",
+        "generated": show_time(now),
         "took": show_duration(_seconds_between(execution["started_at"], execution["finished_at"])),
         "steps": steps,
         "polls": polls,
@@ -280,12 +292,26 @@ def detail_context(
         ],
         "timeline": events,
         "runbook": runbook,
+        "approval": _pending_approval(report["approvals"], now),
+        "next_steps": list(next_steps),
         "active": execution["state"] in ACTIVE_STATES,
         "can_decide": can_decide,
         "can_ack": can_ack,
         "result": RESULTS.get(result or ""),
         "result_ok": result in ACTIONS,
     }
+
+
+def _pending_approval(approvals: Sequence[Mapping[str, Any]], now: datetime) -> dict[str, str] | None:
+    """The pending approval's deadline, in UTC and as the time left."""
+    pending = next((a for a in approvals if a["decided_at"] is None), None)
+    if pending is None:
+        return None
+    deadline = pending["deadline"] if isinstance(pending["deadline"], datetime) else parse_time(pending["deadline"])
+    assert deadline is not None
+    left = (deadline - now).total_seconds()
+    remaining = f"{show_duration(left)} left" if left > 0 else f"passed {show_duration(-left)} ago"
+    return {"step": str(pending["step"]), "deadline": show_time(deadline), "remaining": remaining}
 
 
 # --- the index and maintenance page models ---------------------------------------------------------

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from service.reports.headline import failed_run
 from service.store import ExecutionRecord
 
 # The tail is what the page needs (the error is nearly always at the end); the JSON has it all.
@@ -32,23 +33,39 @@ def report_json(record: ExecutionRecord) -> dict[str, Any]:
     return {
         "execution": record.execution,
         "alert": record.occurrence,
-        "steps": record.steps,
+        "steps": report_steps(record.steps),
         "timeline": record.events,
         "escalations": record.escalations,
         "approvals": record.approvals,
     }
 
 
+def report_steps(steps: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The steps as the report shows them: `output` as the program's streams interleaved, and a
+    process's `stdout` and `stderr` each on its own (null for a step that is no process, and for runs
+    recorded before the streams were kept apart). The step keeps them in its data."""
+    shown = []
+    for step in steps:
+        data = dict(step["data"])
+        streams = {name: data.pop(name) if isinstance(data.get(name), str) else None for name in ("stdout", "stderr")}
+        shown.append({**step, **streams, "data": data})
+    return shown
+
+
 def render_markdown(record: ExecutionRecord, report_url: str) -> str:
     """A readable Markdown report of one execution."""
     execution = record.execution
+    failure = failed_run(execution, report_steps(record.steps))
     lines = [
         f"# {_text(execution['alertname'])} on {_text(execution['target'])}: {execution['state']}",
         "",
         f"**Outcome:** {_outcome(execution)}  ",
-        f"**Report:** {report_url}",
-        "",
     ]
+    if failure is not None:
+        if failure.stderr_line:
+            lines.append(f"**Its stderr ended:** {_code(failure.stderr_line)}  ")
+        lines.append(f"**What it did:** {_text(failure.progress)}  ")
+    lines += [f"**Report:** {report_url}", ""]
     lines += _what_fired(record)
     lines += _steps(record.steps)
     lines += _verification(record.events)
@@ -119,18 +136,30 @@ def _steps(steps: list[dict[str, Any]]) -> list[str]:
 
 
 def _verification(events: list[dict[str, Any]]) -> list[str]:
+    """A row per poll, identical consecutive ones as one ("3-21 (x19)"): a long wait reads as one line."""
     polls = [e for e in events if e["kind"] == "verify"]
     lines = ["## Verification", ""]
     if not polls:
         return [*lines, "No verification poll ran.", ""]
-    rows = []
+    runs: list[tuple[tuple[str, str, str], list[dict[str, Any]]]] = []
     for event in polls:
         data = event["data"]
         checks = "; ".join(
             f"{c['check']}: {'ok' if c['ok'] else 'FAILED'} ({c['summary']})" for c in data.get("checks", [])
         )
-        held = "yes" if data.get("held") else "no"
-        rows.append((event["at"], str(data.get("phase", "")), str(data.get("poll", "")), held, checks))
+        said = (str(data.get("phase", "")), "yes" if data.get("held") else "no", checks)
+        if runs and runs[-1][0] == said:
+            runs[-1][1].append(event)
+        else:
+            runs.append((said, [event]))
+    rows = []
+    for (phase, held, checks), run in runs:
+        first, last = run[0], run[-1]
+        at = first["at"] if len(run) == 1 else f"{first['at']} to {last['at']}"
+        poll = str(first["data"].get("poll", ""))
+        if len(run) > 1:
+            poll += f"-{last['data'].get('poll', '')} (x{len(run)})"
+        rows.append((at, phase, poll, held, checks))
     return lines + _rows(("at", "phase", "poll", "held", "checks"), rows) + [""]
 
 

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal, NamedTuple
 
 from pydantic import Field, field_validator
@@ -74,18 +75,39 @@ _GROUP_POLL_S = 0.05
 
 
 class _Collector(asyncio.Protocol):
-    """Feeds the child's merged stdout/stderr into a tail buffer as it arrives."""
+    """Feeds one of the child's streams into its own tail buffer and into the merged one (the output
+    as a terminal would have shown it) as it arrives."""
 
-    def __init__(self, buffer: TailBuffer, closed: asyncio.Future[None]) -> None:
-        self._buffer = buffer
+    def __init__(self, merged: TailBuffer, own: TailBuffer, closed: asyncio.Future[None]) -> None:
+        self._merged = merged
+        self._own = own
         self.closed = closed
 
     def data_received(self, data: bytes) -> None:
-        self._buffer.feed(data)
+        self._merged.feed(data)
+        self._own.feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, collector: _Collector, reader: BinaryIO) -> asyncio.ReadTransport:
+    transport, _ = await loop.connect_read_pipe(lambda: collector, reader)
+    return transport
+
+
+@dataclass(frozen=True)
+class _Capture:
+    """The tails kept of a child's output: both streams as they interleaved, and each on its own."""
+
+    merged: TailBuffer
+    stdout: TailBuffer
+    stderr: TailBuffer
+
+    @classmethod
+    def bounded(cls, limit: int) -> _Capture:
+        return cls(TailBuffer(limit), TailBuffer(limit), TailBuffer(limit))
 
 
 def _signal_group(pgid: int, sig: int) -> bool:
@@ -127,13 +149,18 @@ class _Ended(NamedTuple):
 
 
 async def _supervise(
-    proc: asyncio.subprocess.Process, reader: BinaryIO, buffer: TailBuffer, time_limit: float
+    proc: asyncio.subprocess.Process, readers: tuple[BinaryIO, BinaryIO], capture: _Capture, time_limit: float
 ) -> _Ended:
-    """Collect output while waiting for the program; kill its group on timeout."""
+    """Collect stdout and stderr while waiting for the program; kill its group on timeout."""
     loop = asyncio.get_running_loop()
-    collector = _Collector(buffer, loop.create_future())
-    transport, _ = await loop.connect_read_pipe(lambda: collector, reader)
+    collectors = [
+        _Collector(capture.merged, capture.stdout, loop.create_future()),
+        _Collector(capture.merged, capture.stderr, loop.create_future()),
+    ]
+    transports = []
     try:
+        for collector, reader in zip(collectors, readers, strict=True):
+            transports.append(await _connect(loop, collector, reader))
         killed_with = None
         try:
             async with asyncio.timeout(time_limit):
@@ -141,13 +168,15 @@ async def _supervise(
         except TimeoutError:
             killed_with = await _kill_group(proc)
             rc = proc.returncode
+        closed = asyncio.gather(*(collector.closed for collector in collectors))
         try:
-            await asyncio.wait_for(asyncio.shield(collector.closed), DRAIN_GRACE_S)
+            await asyncio.wait_for(asyncio.shield(closed), DRAIN_GRACE_S)
         except TimeoutError:
             return _Ended(rc, killed_with, output_open=True)
         return _Ended(rc, killed_with, output_open=False)
     finally:
-        transport.close()
+        for transport in transports:
+            transport.close()
 
 
 async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
@@ -163,15 +192,16 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
         spec.argv, spec.env, inherited_env(spec.inherit_env, os.environ), ctx.labels, ctx.annotations, ctx.execution_id
     )
     noted = child.summary_note()
-    buffer = TailBuffer(ctx.output_limit)
-    read_fd, write_fd = os.pipe()
-    with os.fdopen(read_fd, "rb", buffering=0) as reader:
+    capture = _Capture.bounded(ctx.output_limit)
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    with os.fdopen(out_read, "rb", buffering=0) as out_reader, os.fdopen(err_read, "rb", buffering=0) as err_reader:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *spec.argv,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
+                stdout=out_write,
+                stderr=err_write,
                 cwd=spec.cwd,
                 env=child.env,
                 start_new_session=True,  # its own process group, so a timeout can kill all it started
@@ -185,13 +215,22 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
                 duration_s=time.monotonic() - started,
             )
         finally:
-            os.close(write_fd)  # only the child holds the write end, so EOF comes when it is done
+            # only the child holds the write ends, so EOF comes when it is done
+            os.close(out_write)
+            os.close(err_write)
         try:
-            rc, killed_with, output_open = await _supervise(proc, reader, buffer, spec.timeout)
+            rc, killed_with, output_open = await _supervise(proc, (out_reader, err_reader), capture, spec.timeout)
         except asyncio.CancelledError:  # the execution was cancelled: nothing it started may outlive it
             _signal_group(proc.pid, signal.SIGKILL)
             raise
-    data: dict[str, Any] = {"exit_code": rc, "pid": proc.pid, "output_bytes": buffer.total, **_env_notes(child)}
+    data: dict[str, Any] = {
+        "exit_code": rc,
+        "pid": proc.pid,
+        "output_bytes": capture.merged.total,
+        "stdout": capture.stdout.text(),
+        "stderr": capture.stderr.text(),
+        **_env_notes(child),
+    }
     # A daemon started without redirecting its output keeps our pipe open; say so, as its later
     # writes now fail (redirect a daemon's output to a file).
     held_open = " (a background process still held its output open)" if output_open else ""
@@ -204,7 +243,7 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
             ok=False,
             status="timeout",
             summary=f"{program} still running after {spec.timeout:g}s: process group killed ({killed_with}){noted}",
-            output=buffer.text(),
+            output=capture.merged.text(),
             exit_code=rc,
             data=data,
             duration_s=duration,
@@ -216,7 +255,7 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
         ok=ok,
         status="ok" if ok else "failed",
         summary=f"{program} {how}{expected}{held_open}{noted}",
-        output=buffer.text(),
+        output=capture.merged.text(),
         exit_code=rc,
         data=data,
         duration_s=duration,

@@ -150,6 +150,7 @@ async def _detail(request: web.Request) -> web.Response:
         return _html(request, "missing.html", {"execution_id": execution_id}, status=404)
     report = report_json(record)
     escalations = await runtime.store.escalations_for(execution_id)
+    pending = next((a["step"] for a in report["approvals"] if a["decided_at"] is None), None)
     context = detail_context(
         report,
         escalations=escalations,
@@ -159,6 +160,7 @@ async def _detail(request: web.Request) -> web.Response:
         can_decide=runtime.executor.approvals.pending(execution_id),
         can_ack=any(e["state"] == "open" for e in escalations),
         result=request.query.get("result"),
+        next_steps=[] if pending is None else _after(runtime, report["execution"], pending),
     )
     return _html(request, "detail.html", context)
 
@@ -166,6 +168,23 @@ async def _detail(request: web.Request) -> web.Response:
 def _runbook(runtime: Runtime, playbook: str) -> str:
     loaded = runtime.rules.current.playbooks.get(playbook) if runtime.rules.current else None
     return loaded.playbook.runbook if loaded else ""
+
+
+def _after(runtime: Runtime, execution: Mapping[str, Any], approval_step: str) -> list[str]:
+    """The playbook's steps after `approval_step`, "name (type)" in order, then its verification: what
+    approving runs. Empty when the version loaded now is not the one running (a reload changed it)."""
+    rules = runtime.rules.current
+    loaded = rules.playbooks.get(execution["playbook"]) if rules else None
+    if loaded is None or loaded.version != execution["playbook_version"]:
+        return []
+    steps = loaded.playbook.steps
+    # named as the executor names them: an unnamed step is "steps-<n>-<type>"
+    names = [step.name or f"steps-{index + 1}-{step.type}" for index, step in enumerate(steps)]
+    if approval_step not in names:
+        return []  # inside a rolling step: its own order applies
+    start = names.index(approval_step) + 1
+    after = [f"{name} ({step.type})" for name, step in zip(names[start:], steps[start:], strict=True)]
+    return after + (["verification"] if loaded.playbook.verify is not None else [])
 
 
 async def _action(request: web.Request) -> web.StreamResponse:

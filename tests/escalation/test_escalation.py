@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ from support.escalation import (  # noqa: F401 (fixtures)
 from support.flow import alert_body, poll
 from support.realprocs import AlertmanagerServer, NatsServer
 
+from service.escalation.messages import Links, escalation_facts
 from service.settings import Settings, SettingsError, load_secrets, load_settings
+from service.store import ExecutionRecord
 from service.web.runtime import RUNTIME
 
 AM_CONFIG = """
@@ -90,7 +93,7 @@ async def test_a_failed_verification_fires_in_alertmanager_and_an_ack_resolves_i
     assert alert["annotations"]["report_url"] == f"http://127.0.0.1:9095/executions/{run['id']}"
     summary = alert["annotations"]["summary"]
     assert summary.startswith("NatsJetStreamUnhealthy fired on 127.0.0.1:19101 (rule jetstream")
-    assert "ran playbook fails-verification: poke ok" in summary
+    assert "ran playbook fails-verification: poke succeeded" in summary
     assert "verification did not hold within 0.3s" in summary
     assert alert["status"]["state"] == "active"
 
@@ -356,3 +359,30 @@ async def test_a_level_due_while_the_service_was_down_is_sent_after_the_restart(
     await apps(settings)
     await poll(lambda: _delivered_count(receiver, run["id"], 3))
     assert sorted((p, b.get("level")) for p, b in receiver.bodies) == [("/chat", None), ("/hook", 0), ("/hook", 1)]
+
+
+def test_a_failed_runs_message_says_what_ran_and_the_last_line_of_its_stderr() -> None:
+    def step(name: str, status: str, stderr: str) -> dict[str, Any]:
+        data = {"stdout": "", "stderr": stderr}
+        return {"phase": "steps", "name": name, "status": status, "ok": status == "ok", "data": data}
+
+    execution = {
+        "id": "ex-1",
+        "alertname": "RouterHighMemory",
+        "rule": "router-memory",
+        "playbook": "router-restart",
+        "target": "r1",
+        "state": "running",  # the escalation opens before the final state is written
+    }
+    record = ExecutionRecord(
+        execution=execution,
+        steps=[step("router_stop", "ok", ""), step("router_start", "failed", "booting\nERROR: port 9000 in use\n")],
+        events=[],
+        occurrence=None,
+    )
+    reason = 'step "router_start" failed: router_start.sh exited 1, expected 0'
+    facts = escalation_facts(
+        record, "failed", reason, "page", datetime(2026, 11, 27, tzinfo=UTC), None, Links("http://x"), {}
+    )
+    assert "ran playbook router-restart: router_stop succeeded, router_start failed." in facts["summary"]
+    assert f"It escalated because {reason} (stderr: ERROR: port 9000 in use)." in facts["summary"]

@@ -45,6 +45,7 @@ def step(output: str) -> dict[str, Any]:
         "summary": "exit 0",
         "output": output,
         "exit_code": 0,
+        "data": {},
     }
 
 
@@ -88,11 +89,70 @@ def test_json_is_the_api_shape() -> None:
     assert report_json(rec) == {
         "execution": rec.execution,
         "alert": None,
-        "steps": rec.steps,
+        "steps": [{**rec.steps[0], "stdout": None, "stderr": None}],
         "timeline": [],
         "escalations": [],
         "approvals": [],
     }
+
+
+def exec_step(name: str, status: str, stdout: str = "", stderr: str = "", attempt: int = 1) -> dict[str, Any]:
+    return {
+        **step(stdout + stderr),
+        "name": name,
+        "attempt": attempt,
+        "ok": status == "ok",
+        "status": status,
+        "data": {"exit_code": 0 if status == "ok" else 1, "stdout": stdout, "stderr": stderr},
+    }
+
+
+def failed_record() -> ExecutionRecord:
+    steps = [
+        exec_step("router_stop", "ok", stdout="stopped\n"),
+        exec_step("router_start", "failed", stdout="starting\n", stderr="warming up\nERROR: port 9000 in use\n\n"),
+        exec_step("router_start", "failed", stdout="starting\n", stderr="ERROR: port 9000 still in use\n", attempt=2),
+    ]
+    rec = record(steps, [])
+    rec.execution.update(state="escalated", reason='step "router_start" failed: router_start.sh exited 1, expected 0')
+    return rec
+
+
+def test_json_keeps_stdout_and_stderr_apart_beside_the_merged_output() -> None:
+    [stop, first, last] = report_json(failed_record())["steps"]
+    assert (last["stdout"], last["stderr"]) == ("starting\n", "ERROR: port 9000 still in use\n")
+    assert last["output"] == "starting\nERROR: port 9000 still in use\n"  # kept for compatibility
+    assert last["data"] == {"exit_code": 1}  # the streams are fields of their own, not repeated in data
+
+
+def test_a_failed_runs_headline_says_why_from_stderr_and_what_ran_before() -> None:
+    text = render_markdown(failed_record(), "http://x/executions/ex-9")
+    assert "**Its stderr ended:** `ERROR: port 9000 still in use`" in text
+    assert "**What it did:** router\\_stop succeeded, router\\_start failed" in text
+    succeeded = record([exec_step("router_stop", "ok")], [])
+    succeeded.execution["state"] = "succeeded"
+    assert "What it did" not in render_markdown(succeeded, "http://x")
+
+
+def test_identical_consecutive_polls_collapse_into_one_row() -> None:
+    def poll(n: int, summary: str, held: bool = False) -> dict[str, Any]:
+        check = {"check": "alert", "ok": held, "summary": summary}
+        at = f"2026-11-27T19:54:{n:02d}.000000+00:00"
+        return {
+            "at": at,
+            "kind": "verify",
+            "message": "",
+            "data": {"poll": n, "phase": "verify", "held": held, "checks": [check]},
+        }
+
+    events = [poll(n, "firing") for n in range(1, 20)] + [poll(20, "resolved", held=True)]
+    text = render_markdown(record([], events), "http://x")
+    rows = [line for line in text.splitlines() if "| alert: " in line]
+    assert rows == [
+        "| 2026-11-27T19:54:01.000000+00:00 to 2026-11-27T19:54:19.000000+00:00 | verify | 1-19 (x19) | no"
+        " | alert: FAILED (firing) |",
+        "| 2026-11-27T19:54:20.000000+00:00 | verify | 20 | yes | alert: ok (resolved) |",
+    ]
 
 
 FORGED = "disk full\n## Verification\n[click](http://evil) <script>alert(1)</script> ![x](http://evil/i.png)"

@@ -74,6 +74,15 @@ async def test_stdout_and_stderr_both_captured() -> None:
     out = await run(py(code), ctx())
     assert out.ok
     assert out.output == "to out\nto err\n"
+    # each stream also on its own, so a report can say what went to stderr
+    assert (out.data["stdout"], out.data["stderr"]) == ("to out\n", "to err\n")
+
+
+async def test_each_stream_keeps_its_own_bounded_tail() -> None:
+    code = "import sys\nfor i in range(5000): print('out %05d' % i)\nprint('ERROR: port 9000 in use', file=sys.stderr)"
+    out = await run(py(code), ctx(output_limit=1000))
+    assert out.data["stderr"] == "ERROR: port 9000 in use\n"
+    assert out.data["stdout"].endswith("out 04999\n") and len(out.data["stdout"]) < 1100
 
 
 async def test_output_keeps_a_bounded_tail() -> None:

@@ -212,6 +212,34 @@ async def test_detail_of_a_failed_and_escalated_execution(service: ClientFactory
     assert "acknowledged" in _text(html.split('id="escalations"')[1]) and "<strong>bob</strong>" in html
 
 
+STOP_THEN_FAIL = """
+name: stop-then-fail
+steps:
+  - name: router_stop
+    type: exec
+    argv: ["{python}", "-c", "print('stopped')"]
+  - name: router_start
+    type: exec
+    argv: ["{python}", "-c", "import sys; print('starting'); sys.exit('ERROR: port 9000 in use ' + sys.argv[1])", {text}]
+"""
+
+
+async def test_a_failed_step_says_why_from_its_stderr_and_what_ran_before(service: ClientFactory) -> None:
+    client = await service(playbook=STOP_THEN_FAIL, text="(by pid 42)")
+    run = await _run(client, alert_body(marker="s1"), {"escalated"})
+    html = await _page(client, f"/executions/{run['id']}")
+    why = _text(html.split('id="why"')[1].split("</p>")[0])
+    assert why.startswith('> Why: step "router_start" failed:')
+    assert why.endswith("(stderr: ERROR: port 9000 in use (by pid 42))")
+    assert _text(html.split('id="progress"')[1].split("</p>")[0]) == (
+        "> What it did: router_stop succeeded, router_start failed"
+    )
+    report = await (await client.get(f"/api/v1/executions/{run['id']}")).json()
+    start = report["steps"][-1]
+    assert (start["stdout"], start["stderr"]) == ("starting\n", "ERROR: port 9000 in use (by pid 42)\n")
+    assert "stderr" not in start["data"]
+
+
 async def test_a_missing_execution_is_a_404_page(service: ClientFactory) -> None:
     client = await service()
     assert "No execution" in await _page(client, "/executions/nope", status=404)
@@ -222,6 +250,9 @@ async def test_approve_and_deny_forms_take_the_token_from_the_form(service: Clie
     run = await _run(client, alert_body(marker="a1"), {"awaiting_approval"})
     page = await _page(client, f"/executions/{run['id']}")
     assert 'id="approve"' in page and 'type="password"' in page and TOKEN not in page
+    # when it times out (UTC, and how long is left) and what approving runs
+    assert re.search(r"Decide before \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \((59|60)\.\d s left\)", _text(page))
+    assert _text(page.split('id="next-steps"')[1].split("</ol>")[0]) == "> after (exec)"
 
     async def act(action: str, token: str) -> str:
         response = await client.post(
