@@ -20,7 +20,7 @@ from service.rules.explain import explain_payload, format_explanation
 from service.rules.loading import check_config
 from service.rules.ruleset import RuleSet
 from service.rules.ruletest import run_rule_tests
-from service.settings import SettingsError, load_secrets, load_settings, open_access
+from service.settings import Settings, SettingsError, load_secrets, load_settings, open_access
 from service.store import ExecutionRecord, StoreError, new_store
 from service.web import httpserver
 from service.web.app import create_app
@@ -190,10 +190,22 @@ def _report(args: argparse.Namespace) -> int:
     elif args.format == "html":
         from service.reports.html import render_report_html  # the page templates load only for this format
 
-        print(render_report_html(record, settings.alertmanager_url, "", datetime.now(UTC)), end="")
+        runbook = _runbook(settings, record.execution["playbook"])
+        print(render_report_html(record, settings.alertmanager_url, runbook, datetime.now(UTC)), end="")
     else:
         print(json.dumps(report_json(record), indent=2, default=str))
     return 0
+
+
+def _runbook(settings: Settings, playbook: str) -> str:
+    """The runbook reference of the playbook as the config loads it now (as the pages show it); "" when
+    the rules and playbooks do not load, which is said on stderr."""
+    ruleset, errors = check_config(_globs(settings.rules), _globs(settings.playbooks), settings.base_dir)
+    if ruleset is None:
+        _errors([f"remediator: no runbook reference: the rules and playbooks do not load ({len(errors)} error(s))"])
+        return ""
+    loaded = ruleset.playbooks.get(playbook)
+    return loaded.playbook.runbook if loaded else ""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -245,6 +245,9 @@ def test_report_json_and_markdown(config: Path) -> None:
     assert page.stdout.startswith("<!doctype html>") or page.stdout.lstrip().lower().startswith("<!doctype html>")
     assert "no pid" in page.stdout and "NatsJetStreamUnhealthy" in page.stdout
     assert "<form" not in page.stdout  # a file has nobody to post to
+    assert "runbook <strong>T-OPS-04 §1A</strong>" in page.stdout  # the playbook's, as the config loads it
+    assert "2026-11-27 19:54:00.000Z" in page.stdout  # times with their date, in UTC
+    assert "this page was made at" in page.stdout
 
 
 def test_report_on_a_missing_id_exits_1(config: Path) -> None:

@@ -143,7 +143,9 @@ class Step(_Record):
     ok: bool
     status: str
     summary: str
-    output: str
+    output: str = Field(description="the tail of what the step printed: stdout and stderr interleaved")
+    stdout: str | None = Field(description="an exec step's stdout tail; null for other steps and older runs")
+    stderr: str | None = Field(description="an exec step's stderr tail; null for other steps and older runs")
     exit_code: int | None
     data: dict[str, Any]
 

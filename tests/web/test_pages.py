@@ -238,6 +238,8 @@ async def test_a_failed_step_says_why_from_its_stderr_and_what_ran_before(servic
     start = report["steps"][-1]
     assert (start["stdout"], start["stderr"]) == ("starting\n", "ERROR: port 9000 in use (by pid 42)\n")
     assert "stderr" not in start["data"]
+    schema = (await (await client.get("/api/v1/openapi.json")).json())["components"]["schemas"]["Step"]
+    assert {"output", "stdout", "stderr"} <= set(schema["properties"])
 
 
 async def test_a_missing_execution_is_a_404_page(service: ClientFactory) -> None:
