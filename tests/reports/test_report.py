@@ -119,7 +119,7 @@ def failed_record() -> ExecutionRecord:
 
 
 def test_json_keeps_stdout_and_stderr_apart_beside_the_merged_output() -> None:
-    [stop, first, last] = report_json(failed_record())["steps"]
+    last = report_json(failed_record())["steps"][-1]
     assert (last["stdout"], last["stderr"]) == ("starting\n", "ERROR: port 9000 still in use\n")
     assert last["output"] == "starting\nERROR: port 9000 still in use\n"  # kept for compatibility
     assert last["data"] == {"exit_code": 1}  # the streams are fields of their own, not repeated in data
