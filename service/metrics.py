@@ -103,6 +103,29 @@ class ReconcileMetrics:
             self.last_success.set(at.timestamp())
 
 
+class UnmatchedMetrics:
+    """Alerts no rule matched, by alertname: the first MAX_ALERTNAMES names seen get a series each,
+    later ones count as "other", so a flood of new alertnames cannot grow the scrape without bound."""
+
+    MAX_ALERTNAMES = 50
+    OTHER = "other"
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.counter = Counter(
+            "remediator_alerts_unmatched",
+            "Alert occurrences no rule matched, counted when first received, by alertname "
+            f'(the first {self.MAX_ALERTNAMES} names; later ones as "{self.OTHER}").',
+            ["alertname"],
+            registry=registry,
+        )
+        self._named: set[str] = set()
+
+    def count(self, alertname: str) -> None:
+        if alertname not in self._named and len(self._named) < self.MAX_ALERTNAMES:
+            self._named.add(alertname)
+        self.counter.labels(alertname if alertname in self._named else self.OTHER).inc()
+
+
 @dataclass(frozen=True)
 class Metrics:
     registry: CollectorRegistry
@@ -115,6 +138,7 @@ class Metrics:
     escalation_deliveries: Counter
     escalation_delivery_failures: Counter
     reconcile: ReconcileMetrics
+    unmatched: UnmatchedMetrics
 
 
 def create_metrics() -> Metrics:
@@ -169,4 +193,5 @@ def create_metrics() -> Metrics:
             registry=registry,
         ),
         reconcile=ReconcileMetrics(registry),
+        unmatched=UnmatchedMetrics(registry),
     )

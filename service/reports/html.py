@@ -329,6 +329,22 @@ def index_rows(rows: Sequence[Mapping[str, Any]], now: datetime) -> list[dict[st
     ]
 
 
+def unmatched_rows(alerts: Sequence[Mapping[str, Any]], now: datetime) -> list[dict[str, Any]]:
+    """The alerts no rule matched, as the index lists them: labels but the alertname, times in UTC."""
+    return [
+        {
+            **alert,
+            "other_labels": ", ".join(
+                f'{name}="{value}"' for name, value in sorted(alert["labels"].items()) if name != "alertname"
+            ),
+            "first": show_time(alert["first_received_at"]),
+            "last": show_time(alert["last_received_at"]),
+            "age": age(alert["last_received_at"], now),
+        }
+        for alert in alerts
+    ]
+
+
 def maintenance_context(pauses: Sequence[Mapping[str, Any]], rules: list[str], result: str) -> dict[str, Any]:
     """What the maintenance template shows: the active pauses, the rules to pick from, an action's result."""
     return {

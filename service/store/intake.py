@@ -28,13 +28,15 @@ _INSERT_NOTIFICATION = (
 # occurrence already resolved (an Alertmanager HA pair's late second copy, a stale re-send) leaves
 # it resolved, with the ends_at, labels and annotations of its resolve; the delivery still counts
 # (receive_count, last_received_at). RETURNING reads the row as this statement left it, so a firing
-# delivery that returns "resolved" was stale. `source` is written on insert only.
+# delivery that returns "resolved" was stale. `source` is written on insert only; `matched` once set
+# stays set (some rule wanted a delivery of the occurrence).
 _STALE = "(status = 'resolved' AND excluded.status = 'firing')"
 _UPSERT_OCCURRENCE = (
     "INSERT INTO occurrences (fingerprint, starts_at, alertname, labels, annotations, generator_url, status,"
-    " ends_at, first_received_at, last_received_at, receive_count, source)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)"
+    " ends_at, first_received_at, last_received_at, receive_count, source, matched)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
     " ON CONFLICT (fingerprint, starts_at) DO UPDATE SET previous_status = status,"
+    " matched = max(matched, excluded.matched),"
     f" status = CASE WHEN {_STALE} THEN status ELSE excluded.status END,"
     f" ends_at = CASE WHEN {_STALE} THEN ends_at ELSE excluded.ends_at END,"
     f" labels = CASE WHEN {_STALE} THEN labels ELSE excluded.labels END,"
@@ -72,7 +74,8 @@ class IntakeSQL(SQLiteEngine):
         resolved transition, has nothing to dispatch and is stored as dispatched at receipt. So has
         a stale "firing" for an occurrence already resolved, which leaves it resolved (status moves
         forward only). ``source`` is how an occurrence this notification brings first came (a
-        webhook, or the reconciler); an occurrence already stored keeps its own."""
+        webhook, or the reconciler); an occurrence already stored keeps its own. The receipt names the
+        alerts no rule wants whose occurrence this notification brought first."""
         received = timestamp(received_at)
         notification_row = (
             received,
@@ -106,6 +109,7 @@ class IntakeSQL(SQLiteEngine):
                 received,
                 received,
                 source,
+                int(rule_wants),
             )
             occurrences.append((alert, starts_at, ends_at, row, rule_wants))
 
@@ -113,7 +117,8 @@ class IntakeSQL(SQLiteEngine):
             notification_id = conn.execute(_INSERT_NOTIFICATION, notification_row).lastrowid
             assert notification_id is not None
             events = []
-            for alert, starts_at, ends_at, row, rule_wants in occurrences:
+            unmatched = []
+            for index, (alert, starts_at, ends_at, row, rule_wants) in enumerate(occurrences):
                 occurrence_id, previous_status, receive_count, status, first_source = conn.execute(
                     _UPSERT_OCCURRENCE, row
                 ).fetchone()
@@ -125,6 +130,8 @@ class IntakeSQL(SQLiteEngine):
                     (notification_id, occurrence_id, alert.status, previous_status, None if pending else received),
                 ).lastrowid
                 assert event_id is not None
+                if not rule_wants and receive_count == 1:
+                    unmatched.append(index)
                 if not pending:
                     continue
                 occurrence = Occurrence(
@@ -151,7 +158,7 @@ class IntakeSQL(SQLiteEngine):
                         external_url=notification.externalURL,
                     )
                 )
-            return NotificationReceipt(notification_id, len(occurrences), tuple(events))
+            return NotificationReceipt(notification_id, len(occurrences), tuple(events), tuple(unmatched))
 
         return await self.write(insert)
 

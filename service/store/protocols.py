@@ -172,7 +172,8 @@ class EscalationStore(Protocol):
 
 
 class ReportStore(Protocol):
-    """The API and the pages: one execution whole, the list, the per-rule figures."""
+    """The API and the pages: one execution whole, the list, the per-rule figures, the alerts no rule
+    matched."""
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None: ...
 
@@ -181,6 +182,8 @@ class ReportStore(Protocol):
     ) -> list[dict[str, Any]]: ...
 
     async def rule_figures(self) -> list[dict[str, Any]]: ...
+
+    async def unmatched_alerts(self, limit: int) -> list[dict[str, Any]]: ...
 
     async def escalations_for(self, execution_id: str) -> list[dict[str, Any]]: ...
 

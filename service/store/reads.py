@@ -50,6 +50,19 @@ class ReadSQL(EscalationSQL):
         approvals = [dataclasses.asdict(a) for a in await self.approvals_for(execution_id)]
         return dataclasses.replace(record, escalations=await self.escalations_for(execution_id), approvals=approvals)
 
+    async def unmatched_alerts(self, limit: int) -> list[dict[str, Any]]:
+        """The alerts no rule wanted (any delivery of), the most recently received first."""
+
+        def select(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            rows = conn.execute(
+                "SELECT alertname, fingerprint, labels, status, starts_at, first_received_at, last_received_at,"
+                " receive_count FROM occurrences WHERE matched = 0 ORDER BY last_received_at DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [{**dict(row), "labels": json.loads(row["labels"])} for row in rows]
+
+        return await self.read(select)
+
     async def list_executions(
         self, limit: int = 50, offset: int = 0, filters: Mapping[str, str] | None = None
     ) -> list[dict[str, Any]]:

@@ -81,12 +81,14 @@ class AlertEvent:
 
 @dataclass(frozen=True)
 class NotificationReceipt:
-    """What one committed notification became: its row, how many alerts it held, and the events
-    the dispatcher has to see (those stored as already dispatched are not among them)."""
+    """What one committed notification became: its row, how many alerts it held, the events the
+    dispatcher has to see (those stored as already dispatched are not among them), and which of its
+    alerts (by position) no rule wants and were first received now."""
 
     notification_id: int
     alert_count: int
     events: tuple[AlertEvent, ...]
+    new_unmatched: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -228,6 +228,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # first: a partial index holds only those, a small fraction of the table.
         "CREATE INDEX occurrences_firing ON occurrences(starts_at, id) WHERE status = 'firing'",
     ),
+    (
+        # Whether a rule wanted any delivery of the occurrence (1) or none so far (0): the index page
+        # lists the alerts no rule matched, newest first, off a partial index of those only. Rows
+        # from before count as matched.
+        "ALTER TABLE occurrences ADD COLUMN matched INTEGER NOT NULL DEFAULT 1",
+        "CREATE INDEX occurrences_unmatched ON occurrences(last_received_at) WHERE matched = 0",
+    ),
 )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from service.alerts.webhook import WebhookNotification, describe_errors, parse
+from service.alerts.webhook import WebhookAlert, WebhookNotification, describe_errors, parse
 from service.clock import Clock
 from service.errors import RequestError
 from service.metrics import Metrics
@@ -180,5 +180,18 @@ async def deliver(
     intake.metrics.webhook.observe_commit(time.perf_counter() - started)
     for alert in notification.alerts:
         intake.metrics.webhook.count_alert(alert.status, source)
+    for index in receipt.new_unmatched:
+        _unmatched(intake, notification.alerts[index], source)
     intake.on_committed(receipt)
     return receipt
+
+
+def _unmatched(intake: Intake, alert: WebhookAlert, source: OccurrenceSource) -> None:
+    """An alert no rule matches is acknowledged like any other, then nothing acts on it: say so once
+    per occurrence (its re-sends are not repeated), in the log, /metrics and the index page."""
+    alertname = alert.labels.get("alertname", "")
+    intake.metrics.unmatched.count(alertname)
+    log.info(
+        "no rule matches the alert",
+        extra={"alertname": alertname, "fingerprint": alert.fingerprint, "status": alert.status, "source": source},
+    )

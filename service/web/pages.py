@@ -15,7 +15,14 @@ import jinja2
 from aiohttp import web
 from multidict import MultiMapping
 
-from service.reports.html import detail_context, index_rows, maintenance_context, page_environment, show_duration
+from service.reports.html import (
+    detail_context,
+    index_rows,
+    maintenance_context,
+    page_environment,
+    show_duration,
+    unmatched_rows,
+)
 from service.reports.report import report_json
 from service.web import operations
 from service.web.access import READ_CHALLENGE
@@ -25,6 +32,7 @@ from service.web.openapi import FORM, INDEX_PAGE_SIZE
 from service.web.runtime import RUNTIME, Runtime
 
 PAGE_SIZE = 50
+UNMATCHED_SHOWN = 20  # the most recent alerts no rule matched, under the executions
 # The action forms are a token and a few short fields: bodies are capped far below the webhook's.
 MAX_FORM_BYTES = 16 * 1024
 MAX_FORM_FIELDS = 20
@@ -122,6 +130,7 @@ async def _index(request: web.Request) -> web.Response:
     # One row more than shown tells whether an older page exists without counting the whole table.
     rows = await runtime.store.list_executions(page.limit + 1, page.offset, page.filters)
     figures = await runtime.store.rule_figures()
+    unmatched = await runtime.store.unmatched_alerts(UNMATCHED_SHOWN)
     now = runtime.clock.now()
     return _html(
         request,
@@ -129,6 +138,8 @@ async def _index(request: web.Request) -> web.Response:
         {
             "rows": index_rows(rows[: page.limit], now),
             "figures": figures,
+            "unmatched": unmatched_rows(unmatched, now),
+            "unmatched_shown": UNMATCHED_SHOWN,
             "form": page.form,
             "states": EXECUTION_STATES,
             "rules": [rule.name for rule in runtime.rules.current.rules] if runtime.rules.current else [],

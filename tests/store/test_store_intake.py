@@ -79,6 +79,23 @@ async def test_an_alert_no_rule_wants_is_stored_as_dispatched_unless_it_resolved
             assert conn.execute("SELECT receive_count, status FROM occurrences").fetchall() == [(4, "resolved")]
 
 
+async def test_unmatched_alerts_are_the_occurrences_no_rule_wanted_a_delivery_of(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with opened(tmp_path / "s.db") as store:
+        news = []
+        for fingerprint, wanted in (("dd01", False), ("dd02", False), ("dd01", False), ("dd02", True), ("dd03", True)):
+            body = body_of(fingerprint)
+            receipt = await store.record_notification(parse(body), body, clock.now(), wanted=[wanted])
+            news.append(receipt.new_unmatched)
+            clock.advance(1)
+        # said once per occurrence: when it first came and no rule wanted it
+        assert news == [(0,), (0,), (), (), ()]
+        # dd02 was wanted after a reload: matched from then on
+        [unmatched] = await store.unmatched_alerts(10)
+        assert (unmatched["fingerprint"], unmatched["receive_count"]) == ("dd01", 2)
+        assert unmatched["labels"]["alertname"] == "NatsJetStreamUnhealthy"
+
+
 async def test_a_store_from_the_previous_schema_is_upgraded_in_place(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with sqlite3.connect(path, isolation_level=None) as conn:

@@ -105,8 +105,9 @@ async def test_a_store_from_before_the_key_numbers_its_runs(tmp_path: Path) -> N
     occurrence_id = await _occurrence(store)
     await store.close()
     conn = sqlite3.connect(path)
-    conn.executescript(  # back to schema 7: undo migrations 9 (occurrence source) and 8 (the key)
-        "DROP INDEX occurrences_firing; ALTER TABLE occurrences DROP COLUMN source;"
+    conn.executescript(  # back to schema 7: undo migrations 10 (matched), 9 (occurrence source) and 8 (the key)
+        "DROP INDEX occurrences_unmatched; ALTER TABLE occurrences DROP COLUMN matched;"
+        " DROP INDEX occurrences_firing; ALTER TABLE occurrences DROP COLUMN source;"
         " DROP INDEX executions_one_run_per_occurrence; ALTER TABLE executions DROP COLUMN occurrence_run"
     )
     for n, created in enumerate(("2026-01-01T00:00:00", "2026-01-01T01:00:00")):

@@ -50,3 +50,21 @@ def test_request_and_alert_counters_by_label() -> None:
     assert samples[(received, (("source", "webhook"), ("status", "firing")))] == 1
     assert samples[(received, (("source", "reconcile"), ("status", "firing")))] == 2
     assert (received, (("source", "webhook"), ("status", "resolved"))) not in samples
+
+
+def test_unmatched_alerts_are_counted_by_alertname_with_a_bounded_label_set() -> None:
+    metrics = create_metrics()
+    limit = metrics.unmatched.MAX_ALERTNAMES
+    for n in range(limit + 10):
+        metrics.unmatched.count(f"Alert{n}")
+    metrics.unmatched.count("Alert0")  # a name already counted keeps its own series
+    text = generate_latest(metrics.registry).decode()
+    counts = {
+        sample.labels["alertname"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "remediator_alerts_unmatched_total"
+    }
+    assert len(counts) == limit + 1
+    assert (counts["Alert0"], counts["Alert1"], counts["other"]) == (2, 1, 10)
+    assert f"Alert{limit}" not in counts

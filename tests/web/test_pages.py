@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
 from collections.abc import Awaitable, Callable
@@ -181,6 +182,24 @@ async def test_index_shows_per_rule_figures(service: ClientFactory) -> None:
     assert "alpha 2 1 1 1 40.0 s" in figures
     # beta: ex-0 (10 s) and ex-6 (70 s) succeeded, ex-2 refused, ex-4 escalated; median of 10 and 70
     assert "beta 3 2 1 1 40.0 s" in figures
+
+
+async def test_an_alert_no_rule_matches_is_logged_counted_and_listed(
+    service: ClientFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await service()
+    with caplog.at_level(logging.INFO, logger="remediator.intake"):
+        for _ in range(2):  # Alertmanager re-sends it: one occurrence, said once
+            body = alert_body(fingerprint="d15cf011", alertname="DiskFull", marker="u1")
+            assert (await client.post("/hooks/alertmanager", json=body)).status == 200
+    said = [r for r in caplog.records if r.getMessage() == "no rule matches the alert"]
+    assert [(r.alertname, r.fingerprint, r.status) for r in said] == [("DiskFull", "d15cf011", "firing")]  # type: ignore[attr-defined]
+    metrics = await (await client.get("/metrics")).text()
+    assert 'remediator_alerts_unmatched_total{alertname="DiskFull"} 1.0' in metrics
+    await _run(client, alert_body(marker="m1"), {"escalated"})  # one a rule matches is not listed
+    listed = _text((await _page(client, "/")).split('id="unmatched"')[1].split("</table>")[0])
+    assert "DiskFull firing" in listed and "2 time(s) since" in listed and 'marker="u1"' in listed
+    assert "NatsJetStreamUnhealthy" not in listed
 
 
 # --- detail ---------------------------------------------------------------------------------------
