@@ -14,16 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from service import __version__, logs
+from service.flow.admission import would_admit
 from service.reports.report import render_markdown, report_json
 from service.rules.coverage import CoverageReport, coverage, load_alerting_rules
-from service.rules.explain import explain_payload, format_explanation
+from service.rules.explain import explain_alert, format_explanation, parse_alerts
 from service.rules.loading import check_config
-from service.rules.ruleset import RuleSet
+from service.rules.ruleset import Alert, NotificationContext, RuleSet
 from service.rules.ruletest import run_rule_tests
 from service.settings import Settings, SettingsError, load_secrets, load_settings, open_access
 from service.store import ExecutionRecord, StoreError, new_store
 from service.web import httpserver
-from service.web.app import create_app
+from service.web.app import create_app, dispatch_settings
 from service.yamlload import ConfigErrors
 
 log = logging.getLogger("remediator")
@@ -87,6 +88,10 @@ def _load_rules(config: Path | None) -> RuleSet | None:
     except SettingsError as exc:
         _errors([exc])
         return None
+    return _rules_of(settings)
+
+
+def _rules_of(settings: Settings) -> RuleSet | None:
     ruleset, errors = check_config(_globs(settings.rules), _globs(settings.playbooks), settings.base_dir)
     if ruleset is None:
         _errors(errors)
@@ -143,19 +148,64 @@ def _read_json(path: str) -> Any:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    ruleset = _load_rules(args.config)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        _errors([exc])
+        return 1
+    ruleset = _rules_of(settings)
     if ruleset is None:
         return 1
     try:
-        result = explain_payload(ruleset, _read_json(args.alerts))
+        alerts, context = parse_alerts(_read_json(args.alerts))
     except OSError as exc:
         _errors([f"{args.alerts}: cannot read: {exc.strerror}"])
         return 1
     except ValueError as exc:  # bad JSON (JSONDecodeError) or a payload parse_alerts refuses
         _errors([f"{args.alerts}: {exc}"])
         return 1
+    try:
+        explained = asyncio.run(_explain_with_admission(settings, ruleset, alerts, context))
+    except StoreError as exc:
+        _errors([f"remediator: {exc}"])
+        return 1
+    result = {"alerts": explained}
     print(json.dumps(result, indent=2) if args.json else format_explanation(result), end="\n" if args.json else "")
     return 0
+
+
+async def _explain_with_admission(
+    settings: Settings, ruleset: RuleSet, alerts: Sequence[Alert], context: NotificationContext
+) -> list[dict[str, Any]]:
+    """Each alert explained, with whether admission would let each run start right now, read from the
+    store the config names (opened read-only, beside a running service); without a store, not asked.
+    Alertmanager silences are the service's to watch: not consulted here."""
+    path = settings.resolve(settings.store.path)
+    explained = []
+    store = new_store(path) if path.is_file() else None  # opening none would create an empty one
+    if store is not None:
+        await store.open(own=False)
+    try:
+        for alert in alerts:
+            matches = ruleset.match(alert, context)
+            entry = explain_alert(ruleset, alert, context, matches)
+            if store is None:
+                entry["admission"], entry["admission_note"] = None, f"no store (none at {path})"
+            else:
+                now, guard = datetime.now(UTC), dispatch_settings(settings)
+                entry["admission"] = [
+                    {
+                        "rule": m.rule.name,
+                        **(await would_admit(store, m, now, guard.storm, guard.dry_run, None)).to_dict(),
+                    }
+                    for m in matches
+                    if m.ok
+                ]
+            explained.append(entry)
+    finally:
+        if store is not None:
+            await store.close()
+    return explained
 
 
 async def _read_record(path: Path, execution_id: str) -> ExecutionRecord | None:

@@ -133,7 +133,30 @@ def test_explain_names_the_failing_matcher(config: Path) -> None:
     lines = result.stdout.splitlines()
     assert "  matched     nats-jetstream-unhealthy  (rules/nats.yaml:2)" in lines
     assert '      - label alertname="NatsJetStreamUnhealthy" does not match ="NatsDown"' in lines
-    assert lines[-1] == "  => nats-jetstream-unhealthy: nats-restart on '127.0.0.1:19101' [enforce]"
+    assert lines[-2] == "  => nats-jetstream-unhealthy: nats-restart on '127.0.0.1:19101' [enforce]"
+    assert lines[-1] == f"  admission not evaluated: no store (none at {config.parent}/r.db)"
+    assert not (config.parent / "r.db").exists()
+
+
+async def _store_with_a_pause(path: Path) -> None:
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        await store.add_pause("*", "127.0.0.1:19101", "disk swap", "alice", datetime.now(UTC), None)
+    finally:
+        await store.close()
+
+
+def test_explain_says_whether_admission_would_let_the_run_start_now(config: Path) -> None:
+    asyncio.run(_store_with_a_pause(config.parent / "r.db"))
+    result = remediator("explain", "--config", str(config), str(FIRING))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        "  admission now: nats-jetstream-unhealthy: refuse (paused): automation paused for rule *,"
+        " target 127.0.0.1:19101 by alice: disk swap"
+    )
+    as_json = json.loads(remediator("explain", "--config", str(config), "--json", str(FIRING)).stdout)
+    assert [(a["decision"], a["reason"]) for a in as_json["alerts"][0]["admission"]] == [("refuse", "paused")]
 
 
 def test_explain_json_from_stdin_with_a_list_of_alerts(config: Path) -> None:

@@ -22,7 +22,7 @@ from service.flow.verdict import Decision, Verdict
 from service.rules.ruleset import RuleMatch
 from service.store import TERMINAL_STATES, AdmissionStore
 
-__all__ = ["Decision", "StormGuard", "Verdict", "decide"]
+__all__ = ["Decision", "StormGuard", "Verdict", "decide", "would_admit"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,16 @@ async def decide(
             return Verdict("repeat", "duplicate", f"occurrence already handled by execution {prior.id}", prior.id)
     verdict = await _limits(store, match, now, storm, dry_run, silenced_by)
     return verdict if prior is None else replace(verdict, occurrence_run=prior.occurrence_run + 1)
+
+
+async def would_admit(
+    store: AdmissionStore, match: RuleMatch, now: datetime, storm: StormGuard, dry_run: bool, silenced_by: str | None
+) -> Verdict:
+    """What admission would decide now for a new occurrence of this match, reading the store and
+    writing nothing (``simulate``, ``remediator explain``): the same pauses, shadow mode, storm guard,
+    cooldown, budget and concurrency as :func:`decide`; only dedup, which needs a stored occurrence,
+    is left out."""
+    return await _limits(store, match, now, storm, dry_run, silenced_by)
 
 
 async def _limits(

@@ -267,7 +267,6 @@ class Dispatcher:
         if not match.ok:
             verdict = admission.Verdict("refuse", "bad_params", match.error or "render failed")
         else:
-            pause = self._pauses.pause_for(occurrence.labels) if self._pauses is not None else None
             verdict = await admission.decide(
                 self._store,
                 match,
@@ -275,7 +274,7 @@ class Dispatcher:
                 now,
                 self._settings.storm,
                 self._settings.dry_run,
-                None if pause is None else pause.describe(),
+                self._paused_by(occurrence.labels),
             )
         self._decisions.admission_decided(rule.name, verdict.decision, verdict.reason)
         fields = {
@@ -329,6 +328,18 @@ class Dispatcher:
                 severity=rule.severity,
             ),
             queued=modes.takes_turns(match),
+        )
+
+    def _paused_by(self, labels: Mapping[str, str]) -> str | None:
+        """What pauses automation for an alert with these labels from outside (a silence), if anything."""
+        pause = self._pauses.pause_for(labels) if self._pauses is not None else None
+        return None if pause is None else pause.describe()
+
+    async def admission_now(self, match: RuleMatch, labels: Mapping[str, str]) -> admission.Verdict:
+        """What admission would decide right now for a new occurrence of `match` (an alert with these
+        labels), with this dispatcher's store, settings and pauses; nothing is written."""
+        return await admission.would_admit(
+            self._store, match, self._clock.now(), self._settings.storm, self._settings.dry_run, self._paused_by(labels)
         )
 
     async def _repeat(self, execution_id: str, deliveries: int, now: datetime) -> None:

@@ -17,3 +17,7 @@ class Verdict:
     # Which run of the rule for this occurrence a run, queue or shadow decision makes (the store's
     # unique key: a decision that raced another one to the same number becomes a repeat).
     occurrence_run: int = 1
+
+    def to_dict(self) -> dict[str, str]:
+        """The decision, its reason and its sentence, JSON-able (simulate and explain show it)."""
+        return {"decision": self.decision, "reason": self.reason, "detail": self.detail}

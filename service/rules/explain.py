@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.alerts.webhook import AlertStatus, WebhookNotification
-from service.rules.ruleset import Alert, NotificationContext, RuleSet
+from service.rules.ruleset import Alert, NotificationContext, RuleMatch, RuleSet
 
 
 class _PayloadAlert(BaseModel):
@@ -90,13 +90,16 @@ def explain_alerts(ruleset: RuleSet, alerts: Sequence[Alert], context: Notificat
     return {"alerts": [explain_alert(ruleset, alert, context) for alert in alerts]}
 
 
-def explain_alert(ruleset: RuleSet, alert: Alert, context: NotificationContext) -> dict[str, Any]:
-    """One alert's part of :func:`explain_payload`'s result."""
+def explain_alert(
+    ruleset: RuleSet, alert: Alert, context: NotificationContext, matches: Sequence[RuleMatch] | None = None
+) -> dict[str, Any]:
+    """One alert's part of :func:`explain_payload`'s result; `matches`: ``ruleset.match``'s, when the
+    caller has them already (to ask admission about them)."""
     return {
         "labels": dict(alert.labels),
         "status": alert.status,
         "fingerprint": alert.fingerprint,
-        "decisions": [m.to_dict() for m in ruleset.match(alert, context)],
+        "decisions": [m.to_dict() for m in (ruleset.match(alert, context) if matches is None else matches)],
         "rules": [e.to_dict() for e in ruleset.explain(alert, context)],
     }
 
@@ -123,4 +126,17 @@ def format_explanation(result: Mapping[str, Any]) -> str:
                 )
             else:
                 lines.append(f"  => {decision['rule']}: refused: {decision['error']}")
+        if alert["decisions"]:
+            lines += _admission_lines(alert.get("admission"), alert.get("admission_note", ""))
     return "\n".join(lines) + "\n"
+
+
+def _admission_lines(verdicts: Sequence[Mapping[str, str]] | None, note: str) -> list[str]:
+    """Whether each run would be admitted right now (``admission``: rule, decision, reason, detail)."""
+    if verdicts is None:
+        return [f"  admission not evaluated: {note}"] if note else []
+    return [
+        f"  admission now: {v['rule']}: {v['decision']} ({v['reason']})"
+        + ("" if v["reason"] == "admitted" else f": {v['detail']}")
+        for v in verdicts
+    ]

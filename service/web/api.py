@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 
 from service.alerts.webhook import describe_errors, parse
+from service.flow.dispatcher import Dispatcher
 from service.reports.report import report_json
 from service.rules.explain import explain_alert, notification_alerts
 from service.rules.ruleset import RuleSet
@@ -181,8 +182,9 @@ async def _openapi(request: web.Request) -> web.Response:
 # --- simulate ---------------------------------------------------------------------------------------
 
 
-async def _explain(ruleset: RuleSet, body: bytes) -> tuple[int, bytes]:
-    """Parse, check and explain a webhook body: (status, JSON answer). On the loop, in slices: parsing
+async def _explain(ruleset: RuleSet, dispatcher: Dispatcher, body: bytes) -> tuple[int, bytes]:
+    """Parse, check and explain a webhook body: (status, JSON answer), with whether admission would let
+    each run start right now (the dispatcher's read-only check). On the loop, in slices: parsing
     is bounded by the body cap (about 10 ms a megabyte), and the alerts are explained a few
     milliseconds at a time, yielding between slices, so the webhook and /-/healthy wait one slice at
     most. (A worker thread would not do: the work holds the GIL, and the loop then waits for it at
@@ -203,8 +205,15 @@ async def _explain(ruleset: RuleSet, body: bytes) -> tuple[int, bytes]:
     answers = []
     slice_began = time.monotonic()
     for alert in alerts:
+        matches = ruleset.match(alert, context)
+        explained = explain_alert(ruleset, alert, context, matches)
+        explained["admission"] = [
+            {"rule": match.rule.name, **(await dispatcher.admission_now(match, alert.labels)).to_dict()}
+            for match in matches
+            if match.ok
+        ]
         # straight to JSON text: explanations kept alive to the end would make the collector walk them all
-        answers.append(SimulatedAlert.model_validate(explain_alert(ruleset, alert, context)).model_dump_json())
+        answers.append(SimulatedAlert.model_validate(explained).model_dump_json())
         if time.monotonic() - slice_began > SIMULATE_SLICE_S:
             await asyncio.sleep(0)
             slice_began = time.monotonic()
@@ -225,7 +234,7 @@ async def _simulate(request: web.Request) -> web.Response:
     except Unreadable as exc:
         return error_answer(400, str(exc))
     async with request.app[SIMULATIONS]:
-        status, result = await _explain(runtime.rules.rules(), body)
+        status, result = await _explain(runtime.rules.rules(), runtime.dispatcher, body)
     return web.Response(body=result, status=status, content_type="application/json")
 
 

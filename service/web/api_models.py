@@ -265,12 +265,23 @@ class RuleVerdict(_Answer):
     would_run: WouldRun | None
 
 
+class AdmissionNow(_Answer):
+    rule: str
+    decision: Literal["run", "queue", "refuse", "shadow"]
+    reason: str = Field(description="admitted, paused, shadow, storm, cooldown, budget_spent, busy, ...")
+    detail: str
+
+
 class SimulatedAlert(_Answer):
     labels: dict[str, str]
     status: Literal["firing", "resolved"]
     fingerprint: str
     decisions: list[WouldRun]
     rules: list[RuleVerdict]
+    admission: list[AdmissionNow] = Field(
+        description="for each decision that would run, what admission would decide right now for a new"
+        " occurrence (pauses and silences, shadow mode, storm guard, cooldown, budget, concurrency); reads only"
+    )
 
 
 class SimulateResult(_Answer):

@@ -145,6 +145,13 @@ async def _sighup_ctx(app: web.Application) -> AsyncIterator[None]:
         loop.remove_signal_handler(signal.SIGHUP)
 
 
+def dispatch_settings(settings: Settings) -> DispatchSettings:
+    """Admission's service-wide inputs: the storm guard and dry_run (`remediator explain` uses them too)."""
+    return DispatchSettings(
+        StormGuard(settings.limits.storm_max_admissions, settings.limits.storm_window_seconds), settings.dry_run
+    )
+
+
 def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None) -> web.Application:
     clock = clock or SystemClock()
     metrics = create_metrics()
@@ -184,9 +191,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         rules=holder.rules,
         executor=executor,
         clock=clock,
-        settings=DispatchSettings(
-            StormGuard(settings.limits.storm_max_admissions, settings.limits.storm_window_seconds), settings.dry_run
-        ),
+        settings=dispatch_settings(settings),
         escalation=escalator,
         decisions=flow_metrics,
         pauses=silences,

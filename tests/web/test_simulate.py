@@ -68,7 +68,30 @@ async def test_simulate_the_captured_notification(client: Client) -> None:
         "instance": "127.0.0.1:19101",
         "scripts_dir": "/opt/beamline/scripts",
     }
+    assert alert["admission"] == [
+        {"rule": "nats-jetstream-unhealthy", "decision": "run", "reason": "admitted", "detail": "admitted"}
+    ]
     await assert_nothing_stored_or_run(client)
+
+
+async def test_simulate_says_whether_admission_would_let_the_run_start_now(client: Client) -> None:
+    runtime = client.app[RUNTIME]
+    store, now = runtime.store, runtime.clock.now()
+    pause = await store.add_pause("nats-jetstream-unhealthy", "*", "change window", "alice", now, None)
+
+    async def admission() -> list[dict[str, str]]:
+        response = await client.post("/api/v1/simulate", data=FIRING, headers=JSON)
+        assert response.status == 200
+        admitted: list[dict[str, str]] = (await response.json())["alerts"][0]["admission"]
+        return admitted
+
+    [paused] = await admission()
+    assert (paused["decision"], paused["reason"]) == ("refuse", "paused")
+    assert "by alice: change window" in paused["detail"]
+    await store.clear_pause(pause, now)
+    assert [(a["decision"], a["reason"]) for a in await admission()] == [("run", "admitted")]
+    with sqlite3.connect(store.path) as conn:  # nothing but the pause was written: simulate only reads
+        assert conn.execute("SELECT count(*) FROM executions").fetchone() == (0,)
 
 
 def many_alerts(count: int) -> bytes:
