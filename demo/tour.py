@@ -342,8 +342,8 @@ def run_demo(ports_base: int | None, keep: bool, out: Any = None) -> int:
     return code
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m demo` and `remediator demo`."""
+def build_parser() -> argparse.ArgumentParser:
+    """`remediator demo`'s arguments (docs/cli.md lists them; tests/test_cli.py holds it to them)."""
     parser = argparse.ArgumentParser(
         prog="remediator demo",
         description="Starts nats-server, the simulated router, Prometheus, Alertmanager and the remediator on "
@@ -358,5 +358,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "Alertmanager, remediator); default: free ports",
     )
     parser.add_argument("--keep", action="store_true", help="leave everything running after the tour until Ctrl-C")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m demo` and `remediator demo`."""
+    args = build_parser().parse_args(argv)
     return run_demo(args.ports_base, args.keep)

@@ -264,11 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="receive Alertmanager webhooks and remediate")
-    serve.add_argument("--config", type=Path, default=None, help="remediator.yaml (defaults apply without one)")
+    serve.add_argument(
+        "--config", type=Path, default=None, metavar="FILE", help="remediator.yaml (defaults apply without one)"
+    )
     serve.set_defaults(run=_serve)
 
     check = commands.add_parser("check", help="validate config, secrets, rules and playbooks")
-    check.add_argument("--config", type=Path, default=None)
+    check.add_argument(
+        "--config", type=Path, default=None, metavar="FILE", help="remediator.yaml (defaults apply without one)"
+    )
     check.add_argument(
         "--alert-rules",
         nargs="+",
@@ -279,12 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_check)
 
     test = commands.add_parser("test", help="run rule unit tests")
-    test.add_argument("--config", type=Path, default=None, help="names the rules and playbooks to test")
+    test.add_argument("--config", type=Path, default=None, metavar="FILE", help="names the rules and playbooks to test")
     test.add_argument("files", nargs="+", type=Path, metavar="FILE")
     test.set_defaults(run=_test)
 
     explain = commands.add_parser("explain", help="which rules match these alerts and why; runs nothing")
-    explain.add_argument("--config", type=Path, default=None)
+    explain.add_argument(
+        "--config", type=Path, default=None, metavar="FILE", help="names the rules, playbooks and store"
+    )
     explain.add_argument("--json", action="store_true", help="machine-readable output")
     explain.add_argument(
         "alerts", metavar="ALERTS.json", help="a webhook body, a list of alerts or one alert; - for stdin"
@@ -292,8 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(run=_explain)
 
     report = commands.add_parser("report", help="the report of one execution, from the store")
-    report.add_argument("--config", type=Path, default=None, help="names the store")
-    report.add_argument("--format", choices=("json", "md", "html"), default="json")
+    report.add_argument("--config", type=Path, default=None, metavar="FILE", help="names the store")
+    report.add_argument(
+        "--format",
+        choices=("json", "md", "html"),
+        default="json",
+        help="json (the API's report), md (readable) or html (the page, standalone); default: %(default)s",
+    )
     report.add_argument("id", metavar="ID")
     report.set_defaults(run=_report)
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -13,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from demo.tour import build_parser as demo_parser
 from service.alerts.webhook import WebhookNotification
+from service.cli import build_parser
 from service.store import NewExecution, SQLiteStore, StepRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -286,3 +290,61 @@ def test_report_without_a_store_exits_1_and_creates_none(config: Path) -> None:
     assert result.returncode == 1
     assert "no store at" in result.stderr
     assert not (config.parent / "r.db").exists()
+
+
+# --- docs/cli.md is the parser's, argument for argument ----------------------------------------------
+
+
+def _documented() -> tuple[list[str], dict[str, tuple[str, dict[str, str]]]]:
+    """docs/cli.md's command table, and per command its section's heading and argument table
+    (argument -> default)."""
+    text = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    overview = text.split("\n## ")[0]
+    commands = re.findall(r"^\| `(\w+)[^`]*` \|", overview, re.M)
+    sections = {}
+    for section in text.split("\n## `remediator ")[1:]:
+        heading, _, body = section.partition("\n")
+        rows = dict(re.findall(r"^\| `([^`]+)` \| ([^|]+) \|", body, re.M))
+        sections[heading.split()[0].rstrip("`")] = (heading, {k: v.strip() for k, v in rows.items()})
+    return commands, sections
+
+
+def _parsers() -> dict[str, argparse.ArgumentParser]:
+    [commands] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    parsers: dict[str, argparse.ArgumentParser] = dict(commands.choices)
+    parsers["demo"] = demo_parser()  # `remediator demo` hands its arguments to the checkout's demo
+    return parsers
+
+
+def _argument(action: argparse.Action) -> str:
+    """An argument as the docs name it: `--opt METAVAR`, `--opt` (a flag, or one with choices), `NAME...`."""
+    many = "..." if action.nargs == "+" else ""
+    if not action.option_strings:
+        return f"{action.metavar or action.dest}{many}"
+    if action.nargs == 0 or action.choices:
+        return action.option_strings[-1]
+    return f"{action.option_strings[-1]} {action.metavar or action.dest.upper()}{many}"
+
+
+def test_the_cli_doc_lists_every_command_argument_and_default_the_parser_has() -> None:
+    commands, sections = _documented()
+    parsers = _parsers()
+    assert commands == list(parsers)
+    assert sorted(sections) == sorted(parsers)
+    for name, parser in parsers.items():
+        heading, rows = sections[name]
+        actions = [a for a in parser._actions if not isinstance(a, argparse._HelpAction)]
+        assert sorted(rows) == sorted(_argument(a) for a in actions), name
+        for action in actions:
+            documented = rows[_argument(action)]
+            if action.default is False:
+                assert documented == "off", (name, action.dest)
+            elif action.default in (None, []):
+                assert documented.startswith("none"), (name, action.dest)
+            else:
+                assert documented == f"`{action.default}`", (name, action.dest)
+                assert f"default: {action.default}" in parser.format_help().replace("\n", " ")
+            synopsis = _argument(action)
+            if action.choices:
+                synopsis += " " + "|".join(action.choices)
+            assert (f"[{synopsis}]" if action.option_strings else synopsis) in heading, (name, synopsis)
