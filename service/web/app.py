@@ -42,6 +42,7 @@ from service.web.pages import add_page_routes
 from service.web.runtime import INTAKE, OPENAPI, RUNTIME, SCHEDULER, SIMULATIONS, RulesHolder, Runtime
 
 log = logging.getLogger("remediator.app")
+_PAGE_CHECK_S = 1.0  # how often refusals whose page waited for their target's run are looked at
 
 # RUNTIME too: benchmarks and tests reach into the app they built through it.
 __all__ = ["RECONCILER", "RUNTIME", "create_app"]
@@ -119,6 +120,9 @@ async def _flow_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     await runtime.dispatcher.recover()
     task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
+    app[SCHEDULER].add_job(
+        runtime.dispatcher.page_due, "interval", seconds=_PAGE_CHECK_S, id="paging", coalesce=True, max_instances=1
+    )
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -185,7 +189,9 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         executor=executor,
         clock=clock,
         settings=DispatchSettings(
-            StormGuard(settings.limits.storm_max_admissions, settings.limits.storm_window_seconds), settings.dry_run
+            StormGuard(settings.limits.storm_max_admissions, settings.limits.storm_window_seconds),
+            settings.dry_run,
+            settings.escalation.refusal_grace,
         ),
         escalation=escalator,
         decisions=flow_metrics,
@@ -224,7 +230,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
             deliver=reconciled,
             clock=clock,
             config=ReconcileConfig(
-                urls=tuple(settings.reconcile_urls()),
+                urls=tuple(settings.alertmanagers()),
                 interval=settings.reconcile.interval,
                 idle_interval=settings.reconcile.idle_interval,
                 timeout=settings.reconcile.timeout,
