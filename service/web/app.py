@@ -119,15 +119,25 @@ async def _reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _flow_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     await runtime.dispatcher.recover()
-    task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
-    app[SCHEDULER].add_job(
-        runtime.dispatcher.page_due, "interval", seconds=_PAGE_CHECK_S, id="paging", coalesce=True, max_instances=1
-    )
+    tasks = [
+        asyncio.create_task(runtime.dispatcher.run(), name="dispatcher"),
+        asyncio.create_task(_page_due(runtime.dispatcher), name="paging"),
+    ]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     await runtime.executor.shutdown()
+
+
+async def _page_due(dispatcher: Dispatcher) -> None:
+    """Every second: refusals whose page waited for their target's run (service.flow.paging)."""
+    while True:
+        try:
+            await dispatcher.page_due()
+        except Exception:  # the store failing now: the refusals stay due for the next pass
+            log.exception("paging pass failed; retrying")
+        await asyncio.sleep(_PAGE_CHECK_S)
 
 
 async def _sighup_ctx(app: web.Application) -> AsyncIterator[None]:
