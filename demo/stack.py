@@ -230,6 +230,9 @@ class StackOptions:
     storm_window_seconds: float | None = None
     enable_rules: tuple[str, ...] = ()  # opt-in rules (shipped `enabled: false`) to switch on
     escalation_resend_interval: str = "30s"
+    # how long a refusal about a target whose run just fixed it waits to see whether its alert
+    # resolves (docs/escalation.md); the demo's fast timings resolve alerts within seconds
+    refusal_grace: str = "20s"
 
 
 def stack_rules(
@@ -434,6 +437,7 @@ class Stack:
             "escalation": {
                 "channels": [{"name": "alertmanager", "type": "alertmanager"}],
                 "alertmanager": {"resend_interval": self.options.escalation_resend_interval},
+                "refusal_grace": self.options.refusal_grace,
             },
             **({"limits": limits} if limits else {}),
         }
