@@ -109,7 +109,8 @@ class Dispatcher:
     def wants(self, status: str, labels: Mapping[str, str]) -> bool:
         """Whether dispatching an alert could do anything beyond a firing -> resolved transition
         (which the store sees): some rule matches it. The intake asks before storing, so an alert no
-        rule wants is stored as dispatched and never queued."""
+        rule wants is stored as dispatched and never queued (the intake logs and counts it as unmatched,
+        and the index page lists it)."""
         return self._rules().wants(status, labels)
 
     def submit(self, events: Sequence[AlertEvent]) -> None:
