@@ -74,8 +74,8 @@ _REAP_TIMEOUT_S = 5.0  # a SIGKILLed process is gone at once unless stuck in the
 
 
 class _Collector(asyncio.Protocol):
-    """Feeds one of the child's streams into its own tail buffer and into the merged one (the output
-    as a terminal would have shown it) as it arrives."""
+    """Feeds one of the child's streams into its own tail buffer and into the merged one as it arrives
+    (two pipes: writes to both streams at the same instant may land in either order in the merged one)."""
 
     def __init__(self, merged: TailBuffer, own: TailBuffer, closed: asyncio.Future[None]) -> None:
         self._merged = merged
