@@ -16,16 +16,17 @@ Usage (generic: rules, playbooks and ``remediator.yaml`` settings all go through
 from __future__ import annotations
 
 import glob
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import yaml
-from pydantic import BeforeValidator, ValidationError
+from pydantic import ValidationError
 
 from service.errors import ConfigurationError
+from service.times import Duration as Duration  # re-exported: the config models' duration type
+from service.times import parse_duration as parse_duration
 
 PathPart = str | int
 YamlPath = tuple[PathPart, ...]
@@ -286,27 +287,6 @@ def _data_path(data: Any, loc: Sequence[PathPart], keep_last: bool) -> YamlPath:
         elif last and not isinstance(data, list):
             out.append(part)
     return tuple(out)
-
-
-_DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?")
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a number or a Prometheus-style duration (``90s``, ``5m``, ``1h30m``, ``2d``)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m or 1h, not a boolean")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION_RE.fullmatch(value.strip())
-        if match and any(match.groups()):
-            d, h, m, s, ms = (int(g) if g else 0 for g in match.groups())
-            return d * 86400 + h * 3600 + m * 60 + s + ms / 1000
-    raise ValueError(f"invalid duration {value!r}: expected seconds or e.g. 30s, 5m, 1h30m, 2d")
-
-
-# A duration field: YAML may say ``300`` or ``5m``; the model holds seconds.
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 def expand_globs(patterns: Sequence[str], base_dir: Path) -> tuple[list[tuple[Path, str]], list[ConfigError]]:

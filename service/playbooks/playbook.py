@@ -25,7 +25,7 @@ from service.steps.http import Spec as HttpSpec
 from service.steps.nats import Spec as NatsSpec
 from service.steps.promql import Spec as PromqlSpec
 from service.steps.tcp import Spec as TcpSpec
-from service.yamlload import Duration
+from service.times import Duration
 
 # What a playbook template may read. The executor builds exactly this context:
 #   params      validated param values            labels / annotations  of the triggering alert

@@ -13,7 +13,7 @@ from pydantic import AfterValidator, Field
 from service.alerts.matchers import MatcherError, parse_matchers
 from service.models import StrictModel
 from service.playbooks.params import ParamValue
-from service.yamlload import Duration
+from service.times import Duration
 
 # What rule templates (params, target) may read; built by RuleSet for each matched alert.
 RULE_VARIABLES = frozenset(
