@@ -42,7 +42,7 @@ def playbook_from_source(source: bytes, file: str, engine: TemplateEngine) -> Lo
     try:
         playbook = Playbook.model_validate(doc.data)
     except ValidationError as exc:
-        raise ConfigErrors(_validation_errors(exc, doc)) from None
+        raise ConfigErrors(_validation_errors(exc, doc, model=Playbook)) from None
     errors = _cross_check(doc, playbook, engine)
     if errors:
         raise ConfigErrors(errors)

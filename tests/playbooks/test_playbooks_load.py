@@ -127,7 +127,20 @@ steps:
         ),
         (
             MINIMAL.replace("    argv:", "    argz: [x]\n    argv:"),
-            "p.yaml:7: steps[0].argz: unknown field",
+            "p.yaml:7: steps[0].argz: unknown field; did you mean `argv`?",
+        ),
+        (
+            MINIMAL.replace("type: exec", "type: exce"),
+            "p.yaml:6: steps[0].type: Input tag 'exce' found using 'type' does not match any of the expected tags: "
+            "'exec', 'http', 'tcp', 'promql', 'nats', 'wait', 'approval', 'rolling', 'escalate'; did you mean `exec`?",
+        ),
+        (
+            MINIMAL.replace("    argv:", "    expectExit: [0]\n    argv:"),
+            "p.yaml:7: steps[0].expectExit: unknown field; did you mean `expect_exit`?",
+        ),
+        (
+            MINIMAL.replace("    argv:", "    timeout: 1m\n    argv:").replace("steps:", "timeOut: 5m\nsteps:"),
+            "p.yaml:4: timeOut: unknown field; did you mean `timeout`?",
         ),
         (
             MINIMAL.replace('{pattern: "[a-z0-9-]+"}', '{pattern: "[a-z"}'),
