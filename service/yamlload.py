@@ -272,7 +272,8 @@ def validation_errors(
             message += did_you_mean(str(loc[-1]), fields_at(model, loc[:-1]))
         elif err["type"] == "union_tag_invalid":
             ctx = err.get("ctx", {})
-            message += did_you_mean(str(ctx.get("tag", "")), re.findall(r"'([^']*)'", str(ctx.get("expected_tags", ""))))
+            tags = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+            message += did_you_mean(str(ctx.get("tag", "")), tags)
         for noise in _PYDANTIC_PREFIXES:
             message = message.removeprefix(noise)
         out.append(ConfigError(doc.file, doc.line_of(path), format_path(path), message))

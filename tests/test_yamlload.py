@@ -12,10 +12,10 @@ from service.yamlload import (
     ConfigError,
     ConfigErrors,
     Duration,
+    did_you_mean,
     format_path,
     load_yaml,
     load_yaml_file,
-    did_you_mean,
     parse_duration,
     validation_errors,
 )

@@ -54,10 +54,8 @@ def _env_overrides(env: Mapping[str, str], model: type[BaseModel]) -> tuple[dict
             if fields is None or part not in fields.model_fields:
                 known = [] if fields is None else [f for f in fields.model_fields if not f.startswith("_")]
                 where = format_path(parts[:index]) or "the settings"
-                hint = did_you_mean(part, known)
-                unknown.append(
-                    ConfigError(f"environment {key}", None, format_path(parts), f"{where} has no setting {part!r}{hint}")
-                )
+                message = f"{where} has no setting {part!r}{did_you_mean(part, known)}"
+                unknown.append(ConfigError(f"environment {key}", None, format_path(parts), message))
                 break
             annotation = fields.model_fields[part].annotation
             if index == len(parts) - 1:
@@ -122,7 +120,8 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
     except ValidationError as exc:
         problems: list[ConfigError] = []
         # validation_errors keeps pydantic's order, so each located error pairs with its raw error.
-        for err, located in zip(exc.errors(include_url=False), validation_errors(exc, doc, model=Settings), strict=True):
+        located_errors = validation_errors(exc, doc, model=Settings)
+        for err, located in zip(exc.errors(include_url=False), located_errors, strict=True):
             loc = tuple(err["loc"])
             variable = _env_variable(loc, sources)
             if variable is None:
