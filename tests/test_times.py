@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from service.times import parse_duration, parse_timestamp, timestamp
+from service.times import parse_duration, parse_timestamp, time_window, timestamp
 
 
 def test_equal_instants_are_equal_text_in_utc_with_microseconds() -> None:
@@ -57,3 +57,30 @@ def test_every_model_that_takes_a_duration_takes_the_same_forms() -> None:
     assert PauseRequest.model_validate({"reason": "r", "duration_seconds": 60}).duration_seconds == 60.0
     with pytest.raises(ValueError, match="not both"):
         PauseRequest.model_validate({"reason": "r", "duration": "2h", "duration_seconds": 60})
+
+
+@pytest.mark.parametrize(
+    ("window", "at", "inside"),
+    [
+        (("08:00", "18:00", "mon-fri"), datetime(2026, 12, 2, 8, 0, tzinfo=UTC), True),  # after is inclusive
+        (("08:00", "18:00", "mon-fri"), datetime(2026, 12, 2, 18, 0, tzinfo=UTC), False),  # before is not
+        (("08:00", "18:00", "mon-fri"), datetime(2026, 12, 5, 12, 0, tzinfo=UTC), False),  # a Saturday
+        (("22:00", "06:00", None), datetime(2026, 12, 2, 23, 0, tzinfo=UTC), True),  # spans midnight
+        (("22:00", "06:00", None), datetime(2026, 12, 2, 5, 59, tzinfo=UTC), True),
+        (("22:00", "06:00", None), datetime(2026, 12, 2, 12, 0, tzinfo=UTC), False),
+        ((None, None, ["sat", "sun"]), datetime(2026, 12, 6, 12, 0, tzinfo=UTC), True),
+        ((None, None, "fri-mon"), datetime(2026, 12, 7, 12, 0, tzinfo=UTC), True),  # a range that wraps
+        ((None, None, "fri-mon"), datetime(2026, 12, 8, 12, 0, tzinfo=UTC), False),
+    ],
+)
+def test_time_window_is_home_assistants_time_condition(
+    window: tuple[str | None, str | None, str | list[str] | None], at: datetime, inside: bool
+) -> None:
+    after, before, weekday = window
+    assert time_window(after, before, weekday).contains(at) is inside
+
+
+def test_time_window_reads_the_clock_in_its_zone() -> None:
+    berlin_office = time_window("08:00", "18:00", "mon-fri", tz="Europe/Berlin")
+    assert berlin_office.contains(datetime(2026, 12, 2, 7, 30, tzinfo=UTC))  # 08:30 in Berlin
+    assert not berlin_office.contains(datetime(2026, 12, 2, 17, 30, tzinfo=UTC))  # 18:30 in Berlin

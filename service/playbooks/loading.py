@@ -16,8 +16,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service.playbooks.context import PLAYBOOK_VARIABLES
 from service.playbooks.playbook import (
-    PLAYBOOK_VARIABLES,
     ApprovalStep,
     LoadedPlaybook,
     Playbook,
@@ -143,7 +143,7 @@ def _check_templates(
     earlier_steps: frozenset[str],
 ) -> list[ConfigError]:
     errors: list[ConfigError] = []
-    known = PLAYBOOK_VARIABLES | step.scope
+    known = frozenset(PLAYBOOK_VARIABLES) | step.scope
 
     def check(path: tuple[PathPart, ...], source: str, expression: bool) -> None:
         try:
@@ -163,6 +163,14 @@ def _check_templates(
                 errors.append(doc.error(path, f"params.{param} is not a declared param"))
             for name in sorted(engine.attributes_of(source, "steps", expression=expression) - earlier_steps):
                 errors.append(doc.error(path, f"steps.{name} does not name an earlier step"))
+            for variable, attributes in PLAYBOOK_VARIABLES.items():
+                if attributes is None or variable in step.scope:
+                    continue
+                for name in sorted(engine.attributes_of(source, variable, expression=expression) - attributes):
+                    errors.append(
+                        doc.error(path, f"{variable}.{name} is not provided (known: {', '.join(sorted(attributes))})")
+                    )
+            errors.extend(doc.error(path, problem) for problem in engine.time_in_errors(source, expression=expression))
         except TemplateError as exc:
             errors.append(doc.error(path, str(exc)))
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from service.models import StrictModel
+from service.playbooks.context import PLAYBOOK_VARIABLES
 from service.playbooks.params import ParamSpec
 from service.playbooks.templating import TemplateEngine
 from service.steps import StepSpecBase
@@ -27,11 +28,6 @@ from service.steps.promql import Spec as PromqlSpec
 from service.steps.tcp import Spec as TcpSpec
 from service.times import Duration
 
-# What a playbook template may read. The executor builds exactly this context:
-#   params      validated param values            labels / annotations  of the triggering alert
-#   steps       results of earlier steps by name: {ok, status, summary, output, exit_code, data}
-#   execution   {id, rule, playbook, target, fingerprint, started_at}
-PLAYBOOK_VARIABLES = frozenset({"params", "labels", "annotations", "steps", "execution"})
 _NAME_RE = r"^[a-z0-9][a-z0-9_.-]*$"
 _IDENT_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 

@@ -110,7 +110,26 @@ steps:
         (
             MINIMAL.replace("params.node", "alert.node"),
             "p.yaml:7: steps[0].argv[1]: unknown template variable alert "
-            "(known: annotations, execution, labels, params, steps)",
+            "(known: annotations, execution, labels, now, params, steps)",
+        ),
+        (
+            MINIMAL.replace("params.node", "execution.started"),
+            "p.yaml:7: steps[0].argv[1]: execution.started is not provided "
+            "(known: fingerprint, id, playbook, rule, started_at, target)",
+        ),
+        (
+            MINIMAL + "    when: \"time_in(after='8h', tz='UTC')\"\n",
+            "p.yaml:8: steps[0].when: time_in(): after='8h': expected a time of day as HH:MM or HH:MM:SS",
+        ),
+        (
+            MINIMAL + "    when: \"not time_in(before='18:00', weekday=['mon', 'fry'], tz='Europe/Berlin')\"\n",
+            "p.yaml:8: steps[0].when: time_in(): weekday 'fry': expected mon, tue, wed, thu, fri, sat, sun, "
+            "or a range such as mon-fri",
+        ),
+        (
+            MINIMAL.replace("params.node", "time_in(after='08:00', tz='Mars/Olympus')"),
+            "p.yaml:7: steps[0].argv[1]: time_in(): unknown time zone 'Mars/Olympus' (an IANA name such as UTC or "
+            "Europe/Berlin)",
         ),
         (
             MINIMAL + "    when: steps.nope.ok\n",
@@ -192,7 +211,7 @@ def test_purge_after_approval_loads_and_rolling_scope() -> None:
         "  - {type: exec, argv: ['{{ item }}']}\n"
     ) == [
         "p.yaml:6: steps[1].argv[0]: unknown template variable item "
-        "(known: annotations, execution, labels, params, steps)"
+        "(known: annotations, execution, labels, now, params, steps)"
     ]
 
 
