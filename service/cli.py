@@ -124,7 +124,10 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{len(problems)} problem{'' if len(problems) == 1 else 's'} found")
         return 1
     assert ruleset is not None
-    print(f"ok: {len(ruleset.rules)} rules, {len(ruleset.playbooks)} playbooks")
+    warnings = [warning for loaded in ruleset.playbooks.values() for warning in loaded.warnings]
+    _errors(warnings)  # doubtful, not wrong: printed, and the check still passes
+    counted = f", {len(warnings)} warning{'' if len(warnings) == 1 else 's'}" if warnings else ""
+    print(f"ok: {len(ruleset.rules)} rules, {len(ruleset.playbooks)} playbooks{counted}")
     return 0
 
 

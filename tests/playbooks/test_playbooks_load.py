@@ -291,3 +291,48 @@ def test_rolling_items() -> None:
     assert rolling_items(step, engine, {"labels": {"nodes": "r1, r2 r3,,"}}) == ["r1", "r2", "r3"]
     listed = step.model_copy(update={"items": ["{{ labels.a }}", "", "b"]})
     assert rolling_items(listed, engine, {"labels": {"a": "x"}}) == ["x", "b"]
+
+
+def test_the_playbook_env_is_every_exec_steps_and_a_steps_own_env_wins() -> None:
+    loaded = load(
+        """\
+name: p
+params:
+  port: {type: int, default: 4222}
+env:
+  SHARED: "{{ params.port }}"
+  OVERRIDDEN: playbook
+steps:
+  - {name: a, type: exec, argv: [x], env: {OVERRIDDEN: step}}
+  - name: roll
+    type: rolling
+    items: [n1]
+    steps: [{name: b, type: exec, argv: [x]}]
+    check: {checks: [{name: c, type: exec, argv: [x]}]}
+  - {name: wait, type: wait, seconds: 1}
+verify:
+  checks: [{name: d, type: exec, argv: [x]}]
+on_failure:
+  steps: [{name: e, type: exec, argv: [x]}]
+"""
+    ).playbook
+    first, roll, _ = loaded.steps
+    assert isinstance(first, ExecSpec) and isinstance(roll, RollingStep) and roll.check and loaded.verify
+    shared = {"SHARED": "{{ params.port }}", "OVERRIDDEN": "playbook"}
+    assert first.env == {"SHARED": "{{ params.port }}", "OVERRIDDEN": "step"}
+    others = [roll.steps[0], roll.check.checks[0], loaded.verify.checks[0], loaded.on_failure.steps[0]]
+    assert [step.env for step in others] == [shared] * 4
+
+
+def test_the_playbook_env_is_checked_like_a_steps() -> None:
+    assert errors_of(
+        "name: p\nenv:\n  A: '{{ params.nope }}'\n  B: '{{ steps.first.output }}'\n  PATH: /x\n"
+        "steps:\n  - {name: first, type: exec, argv: [x]}\n"
+    ) == ["p.yaml:2: env: PATH cannot be set; give argv[0] as an absolute path instead"]
+    assert errors_of(
+        "name: p\nenv:\n  A: '{{ params.nope }}'\n  B: '{{ steps.first.output }}'\n"
+        "steps:\n  - {name: first, type: exec, argv: [x]}\n"
+    ) == [
+        "p.yaml:3: env.A: params.nope is not a declared param",
+        "p.yaml:4: env.B: steps.first does not name an earlier step",
+    ]
