@@ -311,11 +311,12 @@ def _members(annotation: Any) -> list[Any]:
 
 
 def _model_fields(annotation: Any) -> list[str]:
+    """The names a file uses for a model's fields (``json``, not the attribute ``json_body``)."""
     return [
-        name
+        field.alias or name
         for member in _members(annotation)
         if isinstance(member, type) and issubclass(member, BaseModel)
-        for name in member.model_fields
+        for name, field in member.model_fields.items()
     ]
 
 
@@ -335,8 +336,9 @@ def _step_into(annotation: Any, part: PathPart) -> list[Any]:
     for member in members:
         origin = get_origin(member)
         if isinstance(member, type) and issubclass(member, BaseModel):
-            if isinstance(part, str) and part in member.model_fields:
-                out.append(member.model_fields[part].annotation)
+            by_name = {field.alias or name: field for name, field in member.model_fields.items()}
+            if isinstance(part, str) and part in by_name:
+                out.append(by_name[part].annotation)
         elif origin in (list, tuple, set, frozenset) and isinstance(part, int):
             out.append(get_args(member)[0])
         elif origin is dict and isinstance(part, str):
