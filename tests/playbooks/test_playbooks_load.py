@@ -149,6 +149,12 @@ steps:
             "p.yaml:7: steps[0].argz: unknown field; did you mean `argv`?",
         ),
         (
+            MINIMAL.replace(
+                'type: exec\n    argv: ["echo", "{{ params.node }}"]', "type: http\n    url: x\n    jsn: {}"
+            ),
+            "p.yaml:8: steps[0].jsn: unknown field; did you mean `json`?",
+        ),
+        (
             MINIMAL.replace("type: exec", "type: exce"),
             "p.yaml:6: steps[0].type: Input tag 'exce' found using 'type' does not match any of the expected tags: "
             "'exec', 'http', 'tcp', 'promql', 'nats', 'wait', 'approval', 'rolling', 'escalate'; did you mean `exec`?",
