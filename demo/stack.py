@@ -231,6 +231,9 @@ class StackOptions:
     storm_window_seconds: float | None = None
     enable_rules: tuple[str, ...] = ()  # opt-in rules (shipped `enabled: false`) to switch on
     escalation_resend_interval: str = "30s"
+    # how long a refusal about a target whose run just fixed it waits to see whether its alert
+    # resolves (docs/escalation.md); the demo's fast timings resolve alerts within seconds
+    refusal_grace: str = "20s"
     # Directories laid out like the repository (rules/*.yaml, playbooks/*.yaml, alertmanager/*.yml
     # alerting rules) loaded beside the shipped ones: a team's own automation, e.g. the worked example.
     extra_dirs: tuple[Path, ...] = ()
@@ -448,6 +451,7 @@ class Stack:
             "escalation": {
                 "channels": [{"name": "alertmanager", "type": "alertmanager"}],
                 "alertmanager": {"resend_interval": self.options.escalation_resend_interval},
+                "refusal_grace": self.options.refusal_grace,
             },
             **({"limits": limits} if limits else {}),
         }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ from service.escalation.messages import Notice
 from service.settings import ChannelSettings, Secrets, Settings
 
 _ERROR_BODY_CHARS = 300
+
+log = logging.getLogger("remediator.escalation")
 
 
 class DeliveryError(RemediatorError):
@@ -72,13 +75,18 @@ async def _post_json(session: aiohttp.ClientSession, url: str, body: object, wit
 class AlertmanagerChannel:
     """POSTs one alert to Alertmanager's API v2, so its existing routes (PagerDuty, email...) page.
 
+    It goes to every Alertmanager of an HA pair or cluster at once, as Prometheus sends its alerts:
+    alerts are not shared between replicas (only their notification log is), so the page leaves as
+    long as one replica takes it. A send succeeds when one does; one that was down gets the alert
+    with the next re-post.
+
     The payload is the alert without `endsAt` while the escalation is open: it is set here, at send
     time, `ends_after` ahead, because Alertmanager resolves an alert whose `endsAt` passes without a
     re-post, and a message that waited in the outbox must not arrive already expired.
     """
 
     name: str
-    url: str
+    urls: tuple[str, ...]
     timeout: float
     clock: Clock
     ends_after: float
@@ -105,7 +113,18 @@ class AlertmanagerChannel:
         alert = dict(payload)
         if alert.get("endsAt") is None:
             alert["endsAt"] = (self.clock.now() + timedelta(seconds=self.ends_after)).isoformat()
-        await _post_json(session, f"{self.url}/api/v2/alerts", [alert], self.timeout)
+        sent = await asyncio.gather(
+            *(_post_json(session, f"{url}/api/v2/alerts", [alert], self.timeout) for url in self.urls),
+            return_exceptions=True,
+        )
+        failures = [(url, result) for url, result in zip(self.urls, sent, strict=True) if result is not None]
+        for _url, result in failures:
+            if not isinstance(result, DeliveryError):
+                raise result  # a bug, not an Alertmanager that is down
+        if len(failures) == len(self.urls):
+            raise DeliveryError("; ".join(f"{url}: {error}" for url, error in failures))
+        for url, error in failures:
+            log.warning("an Alertmanager did not take the alert; others did", extra={"url": url, "error": str(error)})
 
 
 def _event(notice: Notice) -> dict[str, Any]:
@@ -215,7 +234,7 @@ def _channel(spec: ChannelSettings, settings: Settings, secrets: Secrets, clock:
     if spec.type == "alertmanager":
         return AlertmanagerChannel(
             spec.name,
-            (url or settings.alertmanager_url).rstrip("/"),
+            (url.rstrip("/"),) if url else tuple(settings.alertmanagers()),
             spec.timeout,
             clock,
             settings.escalation.alertmanager.ends_after,

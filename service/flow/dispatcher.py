@@ -18,11 +18,12 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from service.clock import Clock
 from service.flow import admission, modes, recovery
 from service.flow.executor import Executor, RunRequest
+from service.flow.paging import Pager, Refusal
 from service.flow.ports import DecisionObserver, Escalation, PauseSource
 from service.flow.retries import Retries
 from service.rules.ruleset import Alert, NotificationContext, RuleMatch, RuleSet
@@ -51,10 +52,17 @@ def new_execution_id(clock: Clock) -> str:
     return f"ex-{int(clock.now().timestamp() * 1000):012x}-{secrets.token_hex(6)}"
 
 
+# Refusals that decide nothing about the alert: a re-send of their occurrence is decided again (a
+# pause may have been lifted; a dispatch that failed is retried), where any other refusal is final
+# for its occurrence and a re-send of it is a repeat.
+_UNDECIDED = frozenset({"paused", "dispatch_failed"})
+
+
 @dataclass(frozen=True)
 class DispatchSettings:
     storm: admission.StormGuard
     dry_run: bool
+    refusal_grace_s: float = 300.0  # service.flow.paging
 
 
 class Dispatcher:
@@ -78,6 +86,14 @@ class Dispatcher:
         self._escalation = escalation
         self._decisions = decisions
         self._pauses = pauses  # e.g. the Alertmanager silences pausing automation for some labels
+        self._pager = Pager(
+            store=store,
+            clock=clock,
+            escalation=escalation,
+            rules=rules,
+            grace_s=settings.refusal_grace_s,
+            storm_window_s=settings.storm.window_seconds,
+        )
         self._wake = asyncio.Event()
         self._inbox: list[AlertEvent] = []
         self._rescan = True  # read the store's queue on the next pass
@@ -126,6 +142,11 @@ class Dispatcher:
         if due is None:
             return _IDLE_POLL_S
         return max(_MIN_WAIT_S, min(_IDLE_POLL_S, (due - self._clock.now()).total_seconds()))
+
+    async def page_due(self) -> int:
+        """Refusals whose page waited for their target's run: paged now if their alert still fires
+        (service.flow.paging); called every few seconds."""
+        return await self._pager.page_due()
 
     @property
     def retrying(self) -> int:
@@ -248,18 +269,6 @@ class Dispatcher:
                     )
         await self._escalation.original_resolved(occurrence_id)  # closes the escalations of its runs
 
-    async def _first_of_its_kind(self, match: RuleMatch, verdict: admission.Verdict, now: datetime) -> bool:
-        """Escalate a tripped budget once per window for its target, and a storm once per storm:
-        the person needs to know it happened, not once per alert that hit it."""
-        limits = match.rule.rule.limits
-        if verdict.reason == "budget_spent":
-            since = now - timedelta(seconds=limits.window)
-            return await self._store.count_refusals(match.rule.name, match.target, "budget_spent", since, 2) <= 1
-        if verdict.reason == "storm":
-            since = now - timedelta(seconds=self._settings.storm.window_seconds)
-            return await self._store.count_refusals(None, None, "storm", since, 2) <= 1
-        return True
-
     async def _decide(self, match: RuleMatch, event: AlertEvent, retrying: bool = False) -> None:
         occurrence = event.occurrence
         rule = match.rule.rule
@@ -303,9 +312,19 @@ class Dispatcher:
         log.info("admission", extra={**fields, "execution_id": execution_id})
         if verdict.decision == "refuse":
             # a storm is escalated whatever the rule says: it is about all rules, not this one
-            wanted = rule.escalate_on_refusal or verdict.reason == "storm"
-            if wanted and await self._first_of_its_kind(match, verdict, now):
-                await self._escalation.escalate(execution_id, f"refused: {verdict.detail}", rule.severity)
+            if rule.escalate_on_refusal or verdict.reason == "storm":
+                refusal = Refusal(
+                    execution_id,
+                    rule.name,
+                    match.target,
+                    occurrence.alertname,
+                    verdict.reason,
+                    verdict.detail,
+                    rule.limits.window,
+                    rule.severity,
+                    occurrence.starts_at,
+                )
+                await self._pager.refused(refusal)
             return
         if verdict.decision == "shadow":
             return
@@ -361,7 +380,7 @@ class Dispatcher:
                 state=state,
                 reason=verdict.detail,
                 refusal=verdict.reason if verdict.decision == "refuse" else None,
-                occurrence_run=verdict.occurrence_run,
+                occurrence_run=None if verdict.reason in _UNDECIDED else verdict.occurrence_run,
             ),
             now,
         )

@@ -25,6 +25,7 @@ from service.flow import verification
 from service.flow.approvals import Approvals
 from service.flow.modes import TargetLocks
 from service.flow.ports import Escalation, RunObserver
+from service.flow.processes import StepProcesses
 from service.logs import bind
 from service.playbooks.context import ExecutionFacts, run_context
 from service.playbooks.playbook import LoadedPlaybook, RollingStep, Verify, rolling_items
@@ -41,6 +42,11 @@ log = logging.getLogger("remediator.executor")
 _NOT_RENDERED = frozenset({"type", "name", "var", "when", "steps", "check"})
 
 
+def step_name(phase: str, index: int, step: StepSpecBase) -> str:
+    """A step's name in the record: its own, or one made from where it is."""
+    return step.name or f"{phase}-{index + 1}-{getattr(step, 'type', 'step')}"
+
+
 class StepFailed(StepError):
     def __init__(self, name: str, outcome: StepOutcome) -> None:
         super().__init__(f'step "{name}" {outcome.status}: {outcome.summary}')
@@ -54,6 +60,19 @@ class Endpoints:
     nats_url: str
     nats_monitor_url: str
     output_limit: int
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a run interrupted by a restart continues (service.flow.recovery): the main steps that
+    had completed are not run again (their results are in the request's `steps`), and a run that
+    was verifying only verifies."""
+
+    done: frozenset[str]
+    verifying: bool
+
+    def skips(self, name: str) -> bool:
+        return self.verifying or name in self.done
 
 
 @dataclass
@@ -72,6 +91,7 @@ class RunRequest:
     generator_url: str
     severity: str
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resume: ResumePoint | None = None
     started_at: datetime | None = None  # set when the run starts (execution.started_at in templates)
 
 
@@ -185,7 +205,8 @@ class Executor:
             async with asyncio.timeout(playbook.timeout):
                 try:
                     for index, step in enumerate(playbook.steps):
-                        await self._step(request, "steps", index, step, self._context(request))
+                        if request.resume is None or not request.resume.skips(step_name("steps", index, step)):
+                            await self._step(request, "steps", index, step, self._context(request))
                     if playbook.verify is not None:
                         await store.set_state(request.execution_id, ExecutionState.VERIFYING, now())
                         failure = await self._verify(request, "verify", playbook.verify, self._context(request))
@@ -251,7 +272,7 @@ class Executor:
     ) -> StepOutcome:
         """Run one step with its `when`, retries and `allow_failure`; raise StepFailed if it fails."""
         step_type = str(getattr(step, "type", "step"))
-        name = step.name or f"{phase}-{index + 1}-{step_type}"
+        name = step_name(phase, index, step)
         if step.when is not None:
             try:
                 wanted = self._engine.evaluate_condition(step.when, context)
@@ -332,6 +353,7 @@ class Executor:
             output_limit=e.output_limit,
             generator_url=request.generator_url,
             control=RunControl(self, request, phase, name, context),
+            processes=StepProcesses(self._store, self._clock, request.execution_id, name),
         )
         if step_type.kind == "control":
             return await step_type.run(step, ctx)

@@ -111,7 +111,9 @@ class ChannelSettings(StrictModel):
 
     name: str = Field(pattern=_CHANNEL_NAME)
     type: Literal["alertmanager", "webhook", "slack", "nats"]
-    url: str | None = Field(default=None, description="alertmanager: defaults to alertmanager_url; nats: nats_url")
+    url: str | None = Field(
+        default=None, description="alertmanager: defaults to every Alertmanager (alertmanager_urls); nats: nats_url"
+    )
     url_file: Path | None = None
     subject: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
     timeout: Duration = Field(default=10.0, gt=0, le=300)
@@ -203,6 +205,13 @@ class EscalationSettings(StrictModel):
         default_factory=list, description="empty: every channel at once (one level, no delay)"
     )
     alertmanager: AlertmanagerAlertSettings = Field(default_factory=AlertmanagerAlertSettings)
+    refusal_grace: Duration = Field(
+        default=300.0,
+        ge=0,
+        le=86400,
+        description="a refusal about a target whose run is running or verified a fix less than this ago pages"
+        " only if its alert still fires this long after (docs/escalation.md)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -260,7 +269,8 @@ class Settings(StrictModel):
     alertmanager_url: str = "http://127.0.0.1:9093"
     alertmanager_urls: list[str] = Field(
         default_factory=list,
-        description="every Alertmanager of an HA pair or cluster, for reconciliation; empty: [alertmanager_url]",
+        description="every Alertmanager of an HA pair or cluster (reconciliation reads each, escalations go to"
+        " each); empty: [alertmanager_url]",
     )
     reconcile: ReconcileSettings = Field(default_factory=ReconcileSettings)
     nats_url: str = "nats://127.0.0.1:4222"
@@ -285,8 +295,9 @@ class Settings(StrictModel):
             raise ValueError("each Alertmanager must be listed once")
         return urls
 
-    def reconcile_urls(self) -> list[str]:
-        """The Alertmanagers the reconciler reads: `alertmanager_urls`, or `alertmanager_url` alone."""
+    def alertmanagers(self) -> list[str]:
+        """Every Alertmanager (the reconciler reads each, escalations go to each): `alertmanager_urls`,
+        or `alertmanager_url` alone."""
         return list(self.alertmanager_urls) or [self.alertmanager_url]
 
     @field_validator("redact_patterns")

@@ -40,6 +40,13 @@ class StepSpecBase(BaseModel):
     when: str | None = Field(default=None, description="template condition on earlier results")
 
 
+class ProcessRecorder(Protocol):
+    """Where a step records the process group it started, before waiting on it, and its end."""
+
+    async def started(self, pgid: int) -> None: ...
+    async def ended(self, pgid: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class StepContext:
     """What a running step may know about its execution and the world around it."""
@@ -54,6 +61,7 @@ class StepContext:
     output_limit: int = DEFAULT_OUTPUT_LIMIT
     generator_url: str = ""  # the alert's, where the alert_expr check finds its expression
     control: StepControl | None = None  # the run executing the step: control steps need it
+    processes: ProcessRecorder | None = None  # where a step that starts a process group records it
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from service.steps.exec_env import (
     check_inherit_entry,
     inherited_env,
 )
+from service.steps.groups import end_group, signal_group
 
 
 class Spec(StepSpecBase):
@@ -67,10 +68,8 @@ class Spec(StepSpecBase):
         return inherit
 
 
-TERM_GRACE_S = 2.0  # after SIGTERM to the group on timeout, before SIGKILL
 DRAIN_GRACE_S = 1.0  # after exit, how long a daemon the program started may hold the output pipe open
 _REAP_TIMEOUT_S = 5.0  # a SIGKILLed process is gone at once unless stuck in the kernel
-_GROUP_POLL_S = 0.05
 
 
 class _Collector(asyncio.Protocol):
@@ -88,31 +87,9 @@ class _Collector(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-def _signal_group(pgid: int, sig: int) -> bool:
-    """Signal every process of the group (0: just probe it); False when the group no longer exists."""
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 async def _kill_group(proc: asyncio.subprocess.Process) -> str:
-    """SIGTERM the whole group, give it TERM_GRACE_S to go, then SIGKILL what is left; reap the leader.
-
-    Returns the last signal that was needed. The group is polled (not just the leader) because a
-    grandchild that ignores SIGTERM outlives a leader that obeys it.
-    """
-    pgid = proc.pid  # start_new_session made the child its group's leader
-    last = "SIGTERM"
-    if _signal_group(pgid, signal.SIGTERM):
-        # No event tells when a process group empties, so probe it, bounded by the grace period.
-        for _ in range(round(TERM_GRACE_S / _GROUP_POLL_S)):
-            if not _signal_group(pgid, 0):
-                break
-            await asyncio.sleep(_GROUP_POLL_S)
-        if _signal_group(pgid, signal.SIGKILL):
-            last = "SIGKILL"
+    """End the program's whole group (service.steps.groups) and reap the leader; the signal needed."""
+    last = await end_group(proc.pid) or "SIGTERM"  # start_new_session made the child its group's leader
     try:
         await asyncio.wait_for(proc.wait(), _REAP_TIMEOUT_S)
     except TimeoutError:
@@ -187,10 +164,14 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
         finally:
             os.close(write_fd)  # only the child holds the write end, so EOF comes when it is done
         try:
+            if ctx.processes is not None:  # so a crash of the service cannot leave the group running
+                await ctx.processes.started(proc.pid)
             rc, killed_with, output_open = await _supervise(proc, reader, buffer, spec.timeout)
         except asyncio.CancelledError:  # the execution was cancelled: nothing it started may outlive it
-            _signal_group(proc.pid, signal.SIGKILL)
+            signal_group(proc.pid, signal.SIGKILL)
             raise
+        if ctx.processes is not None:
+            await ctx.processes.ended(proc.pid)
     data: dict[str, Any] = {"exit_code": rc, "pid": proc.pid, "output_bytes": buffer.total, **_env_notes(child)}
     # A daemon started without redirecting its output keeps our pipe open; say so, as its later
     # writes now fail (redirect a daemon's output to a file).

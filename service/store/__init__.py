@@ -6,7 +6,7 @@ crosses that line (`write`/`read` are for this package, tests and benchmarks).
 
 - engine.py: connections, the ownership lock, group commit (one writer, one fsync for many posts)
 - schema.py: versioned migrations
-- intake.py, reconcile.py, executions.py, admission.py, escalations.py, reads.py, retention.py: the
+- intake.py, reconcile.py, executions.py, admission.py, paging.py, escalations.py, reads.py, retention.py: the
   SQL of one concern each, as mixins of the engine; sqlite.py composes them into `SQLiteStore`
 - records.py: the values in and out; errors.py: what it raises
 """
@@ -23,6 +23,7 @@ from service.store.protocols import (
     ExecutionStore,
     IntakeStore,
     MaintenanceStore,
+    PagingStore,
     ReconcileStore,
     ReportStore,
     RetentionStore,
@@ -46,7 +47,9 @@ from service.store.records import (
     OutboxMessage,
     PriorRun,
     PruneResult,
+    StepProcess,
     StepRecord,
+    TargetActivity,
     TargetHistory,
 )
 from service.store.schema import MIGRATIONS
@@ -83,6 +86,7 @@ __all__ = [
     "OccurrenceSource",
     "OpenEscalation",
     "OutboxMessage",
+    "PagingStore",
     "PriorRun",
     "PruneResult",
     "ReconcileStore",
@@ -90,10 +94,12 @@ __all__ = [
     "RetentionStore",
     "SQLiteStore",
     "ServiceStore",
+    "StepProcess",
     "StepRecord",
     "StoreError",
     "StoreLifecycle",
     "Synchronous",
+    "TargetActivity",
     "TargetHistory",
     "new_store",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 
 from service.store.engine import SQLiteEngine
 from service.store.errors import DuplicateExecution
-from service.store.records import TERMINAL_STATES, NewExecution, PriorRun, StepRecord
+from service.store.records import TERMINAL_STATES, NewExecution, PriorRun, StepProcess, StepRecord
 from service.store.rows import ACTIVE_SQL, insert_event, required_time
 from service.times import timestamp
 
@@ -48,7 +48,7 @@ class ExecutionSQL(SQLiteEngine):
     async def create_execution(self, execution: NewExecution, at: datetime) -> None:
         when = timestamp(at)
 
-        occurrence_run = None if execution.state == "refused" else execution.occurrence_run
+        occurrence_run = execution.occurrence_run
 
         def insert(conn: sqlite3.Connection) -> str | None:
             try:
@@ -131,6 +131,36 @@ class ExecutionSQL(SQLiteEngine):
             )
 
         await self.write(insert)
+
+    async def record_process(self, process: StepProcess, at: datetime) -> None:
+        when = timestamp(at)
+        await self.write(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO step_processes (execution_id, step, pgid, boot_id, leader_start, started_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (process.execution_id, process.step, process.pgid, process.boot_id, process.leader_start, when),
+            )
+        )
+
+    async def forget_process(self, execution_id: str, pgid: int) -> None:
+        await self.write(
+            lambda conn: conn.execute(
+                "DELETE FROM step_processes WHERE execution_id = ? AND pgid = ?", (execution_id, pgid)
+            )
+        )
+
+    async def step_processes(self, execution_id: str) -> list[StepProcess]:
+        """The process groups of steps that were running when the service last stopped."""
+        return await self.read(
+            lambda conn: [
+                StepProcess(*row)
+                for row in conn.execute(
+                    "SELECT execution_id, step, pgid, boot_id, leader_start FROM step_processes"
+                    " WHERE execution_id = ? ORDER BY started_at",
+                    (execution_id,),
+                )
+            ]
+        )
 
     async def occurrence_status(self, occurrence_id: int) -> str:
         def select(conn: sqlite3.Connection) -> str:

@@ -28,7 +28,9 @@ from service.store.records import (
     OutboxMessage,
     PriorRun,
     PruneResult,
+    StepProcess,
     StepRecord,
+    TargetActivity,
     TargetHistory,
 )
 
@@ -99,8 +101,36 @@ class ExecutionStore(Protocol):
 
     async def decide_approval(self, approval_id: int, decision: str, approver: str, at: datetime) -> bool: ...
 
+    async def record_process(self, process: StepProcess, at: datetime) -> None: ...
 
-class DispatchStore(AdmissionStore, Protocol):
+    async def forget_process(self, execution_id: str, pgid: int) -> None: ...
+
+
+class PagingStore(Protocol):
+    """Paging: is a target's incident already in hand or paged, and the refusals whose page waits."""
+
+    async def target_activity(self, target: str, verified_since: datetime) -> TargetActivity | None: ...
+
+    async def open_page_for_target(self, target: str) -> str | None: ...
+
+    async def refusal_paged_since(self, rule: str | None, target: str | None, since: datetime) -> str | None: ...
+
+    async def set_page_due(self, execution_id: str, due_at: datetime | None) -> None: ...
+
+    async def pages_due(self, now: datetime, limit: int) -> list[str]: ...
+
+    async def count_refusals(
+        self, rule: str | None, target: str | None, refusal: str, since: datetime, cap: int
+    ) -> int: ...
+
+    async def add_event(
+        self, execution_id: str, at: datetime, kind: str, message: str, data: Mapping[str, Any] | None = None
+    ) -> None: ...
+
+    async def get_execution(self, execution_id: str) -> ExecutionRecord | None: ...
+
+
+class DispatchStore(AdmissionStore, PagingStore, Protocol):
     """The dispatcher: the queue of committed alert events, decisions recorded as executions, and
     crash recovery (it also asks admission's questions, through the same store)."""
 
@@ -122,13 +152,13 @@ class DispatchStore(AdmissionStore, Protocol):
 
     async def active_for_target(self, rule: str, target: str) -> list[str]: ...
 
-    async def count_refusals(
-        self, rule: str | None, target: str | None, refusal: str, since: datetime, cap: int
-    ) -> int: ...
-
     async def executions_in_state(self, states: Sequence[str]) -> list[str]: ...
 
     async def get_execution(self, execution_id: str) -> ExecutionRecord | None: ...
+
+    async def step_processes(self, execution_id: str) -> list[StepProcess]: ...
+
+    async def forget_process(self, execution_id: str, pgid: int) -> None: ...
 
 
 class EscalationStore(Protocol):

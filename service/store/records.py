@@ -150,6 +150,26 @@ class TargetHistory:
 
 
 @dataclass(frozen=True)
+class TargetActivity:
+    """A run for a target that makes a page about it premature: running now, or verified lately."""
+
+    execution_id: str
+    kind: Literal["running", "verified"]
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class StepProcess:
+    """The process group a step started (its own session), recorded while the step runs."""
+
+    execution_id: str
+    step: str
+    pgid: int
+    boot_id: str
+    leader_start: str
+
+
+@dataclass(frozen=True)
 class ExecutionRecord:
     execution: dict[str, Any]
     steps: list[dict[str, Any]]

@@ -228,6 +228,28 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # first: a partial index holds only those, a small fraction of the table.
         "CREATE INDEX occurrences_firing ON occurrences(starts_at, id) WHERE status = 'firing'",
     ),
+    (
+        # A refusal whose page waits: a run for its target was running or had just verified a fix
+        # when it was refused, so it pages at page_due_at only if its alert still fires then.
+        "ALTER TABLE executions ADD COLUMN page_due_at TEXT",
+        "CREATE INDEX executions_page_due ON executions(page_due_at) WHERE page_due_at IS NOT NULL",
+        # Paging asks per target (across rules) what runs there now, and which runs escalated.
+        "CREATE INDEX executions_target ON executions(target, created_at)",
+        "CREATE INDEX escalations_execution ON escalations(execution_id, opened_at)",
+        # The process group of every step running now, written as the step starts its process and
+        # deleted when it ends: what a crash leaves here is ended (TERM, then KILL) before recovery
+        # resumes or escalates the run. boot_id and the leader's start time tell a group that is
+        # still the step's from a reused pid.
+        """CREATE TABLE step_processes (
+            execution_id TEXT NOT NULL REFERENCES executions(id) ON DELETE CASCADE,
+            step TEXT NOT NULL,
+            pgid INTEGER NOT NULL,
+            boot_id TEXT NOT NULL,
+            leader_start TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            PRIMARY KEY (execution_id, pgid)
+        )""",
+    ),
 )
 
 

@@ -42,6 +42,7 @@ from service.web.pages import add_page_routes
 from service.web.runtime import INTAKE, OPENAPI, RUNTIME, SCHEDULER, SIMULATIONS, RulesHolder, Runtime
 
 log = logging.getLogger("remediator.app")
+_PAGE_CHECK_S = 1.0  # how often refusals whose page waited for their target's run are looked at
 
 # RUNTIME too: benchmarks and tests reach into the app they built through it.
 __all__ = ["RECONCILER", "RUNTIME", "create_app"]
@@ -118,12 +119,25 @@ async def _reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _flow_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     await runtime.dispatcher.recover()
-    task = asyncio.create_task(runtime.dispatcher.run(), name="dispatcher")
+    tasks = [
+        asyncio.create_task(runtime.dispatcher.run(), name="dispatcher"),
+        asyncio.create_task(_page_due(runtime.dispatcher), name="paging"),
+    ]
     yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     await runtime.executor.shutdown()
+
+
+async def _page_due(dispatcher: Dispatcher) -> None:
+    """Every second: refusals whose page waited for their target's run (service.flow.paging)."""
+    while True:
+        try:
+            await dispatcher.page_due()
+        except Exception:  # the store failing now: the refusals stay due for the next pass
+            log.exception("paging pass failed; retrying")
+        await asyncio.sleep(_PAGE_CHECK_S)
 
 
 async def _sighup_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -185,7 +199,9 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         executor=executor,
         clock=clock,
         settings=DispatchSettings(
-            StormGuard(settings.limits.storm_max_admissions, settings.limits.storm_window_seconds), settings.dry_run
+            StormGuard(settings.limits.storm_max_admissions, settings.limits.storm_window_seconds),
+            settings.dry_run,
+            settings.escalation.refusal_grace,
         ),
         escalation=escalator,
         decisions=flow_metrics,
@@ -224,7 +240,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
             deliver=reconciled,
             clock=clock,
             config=ReconcileConfig(
-                urls=tuple(settings.reconcile_urls()),
+                urls=tuple(settings.alertmanagers()),
                 interval=settings.reconcile.interval,
                 idle_interval=settings.reconcile.idle_interval,
                 timeout=settings.reconcile.timeout,

@@ -356,3 +356,57 @@ async def test_a_level_due_while_the_service_was_down_is_sent_after_the_restart(
     await apps(settings)
     await poll(lambda: _delivered_count(receiver, run["id"], 3))
     assert sorted((p, b.get("level")) for p, b in receiver.bodies) == [("/chat", None), ("/hook", 0), ("/hook", 1)]
+
+
+async def test_an_alertmanager_pair_with_the_first_replica_down_still_pages_once(
+    alertmanager_server: Callable[[str], AlertmanagerServer], apps: AppFactory, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Escalations go to every configured Alertmanager, as Prometheus sends its alerts: with the replica
+    listed first stopped, the other takes the alert and its route pages exactly once."""
+    paging = f"""
+route:
+  receiver: pager
+  group_by: [execution_id]
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: pager
+    webhook_configs: [{{url: "{receiver.url("/page")}", send_resolved: false}}]
+"""
+    await receiver.start()
+    first, second = alertmanager_server(paging), alertmanager_server(paging)
+    first.stop()  # the replica a single-URL remediator would post to
+    settings = am_settings(tmp_path, second)
+    channel = settings.escalation.channels[0].model_copy(update={"url": None})  # every Alertmanager
+    escalation = settings.escalation.model_copy(update={"channels": [channel]})
+    client = await apps(
+        settings.model_copy(
+            update={
+                "alertmanager_url": first.url,
+                "alertmanager_urls": [first.url, second.url],
+                "escalation": escalation,
+            }
+        )
+    )
+    assert (await client.post("/hooks/alertmanager", json=alert_body())).status == 200
+    run = await only_execution(client)
+    await state_is(client, run["id"], "escalated")
+
+    [page] = await poll(lambda: _pages(receiver), what="the page from the replica that is up")
+    assert page["alerts"][0]["labels"]["execution_id"] == run["id"]
+    [escalation] = await store(client).escalations_for(run["id"])
+    [notify] = [m for m in escalation["messages"] if m["kind"] == "notify"]
+    assert notify["delivered_at"] and notify["attempts"] == 1  # one replica took it: delivered, not retried
+    # re-posts every second keep the alert alive in the replica that is up; it pages once
+    await poll(lambda: _reposted(second.url, run["id"]), what="two re-posts")
+    assert len(await _pages(receiver) or []) == 1
+
+
+async def _pages(receiver: Receiver) -> list[dict[str, Any]] | None:
+    return receiver.at("/page") or None
+
+
+async def _reposted(am_url: str, execution_id: str) -> bool:
+    [alert] = await am_alerts(am_url, execution_id)
+    return bool(alert["updatedAt"] > alert["startsAt"])

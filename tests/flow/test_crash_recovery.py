@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support.crash import get, kill_during_second_step, make_service, post
@@ -37,19 +38,78 @@ def test_killed_mid_playbook_is_interrupted_with_finished_steps_kept(
     assert (tmp_path / "crash1").read_text() == "1"  # not run again
 
 
-def test_killed_idempotent_playbook_is_resumed(tmp_path: Path, processes: list[ServiceProcess]) -> None:
+def test_killed_idempotent_playbook_ends_the_old_step_and_resumes_where_it_stopped(
+    tmp_path: Path, processes: list[ServiceProcess]
+) -> None:
     service = make_service(tmp_path, idempotent=True)
     processes.append(service)
     execution_id = kill_during_second_step(service, "crash2", sleep="3")
+    [old_step] = (tmp_path / "crash2.pids").read_text().split()
+    assert _alive(int(old_step))  # its own session: the step outlived the SIGKILLed service
     service.start()
     report = get(f"{service.url}/api/v1/executions/{execution_id}")
-    assert any(e["kind"] == "resume" for e in report["timeline"])
+    # before the run resumed, the old second step's group was ended: it never runs beside the new one
+    [ended] = [e["message"] for e in report["timeline"] if e["kind"] == "recovery"]
+    assert f"step second was still running after the restart: its process group {old_step} ended" in ended
+    assert not _alive(int(old_step))
+    [resumed] = [e["message"] for e in report["timeline"] if e["kind"] == "resume"]
+    assert "after 1 completed step(s): first" in resumed
     poll(lambda: (tmp_path / "crash2").read_text() == "2", timeout=20, what="the resumed second step")
-    poll(
-        lambda: get(f"{service.url}/api/v1/executions/{execution_id}")["execution"]["state"] == "succeeded",
+    final = poll(
+        lambda: _finished(service, execution_id),
         timeout=20,
         what="the resumed run to succeed",
     )
+    assert final["execution"]["state"] == "succeeded"
+    assert [s["name"] for s in final["steps"] if s["status"] != "cancelled"] == ["first", "second"]  # first not rerun
+
+
+VERIFY = """
+verify:
+  interval: 0.2
+  within: 60s
+  checks:
+    - type: exec
+      argv: ["test", "-e", "{root}/verified"]
+"""
+
+
+def test_killed_during_verification_resumes_verifying_without_running_a_step_again(
+    tmp_path: Path, processes: list[ServiceProcess]
+) -> None:
+    """Even for a playbook whose steps are not idempotent: verification only reads."""
+    service = make_service(tmp_path, idempotent=False, verify=VERIFY.format(root=tmp_path))
+    processes.append(service)
+    service.start()
+    assert post(f"{service.url}/hooks/alertmanager", alert_body(marker="verify1", sleep="0")) == 200
+    [run] = poll(lambda: _in_state(service, "verifying"), timeout=20, what="the run to verify")
+    service.kill()
+    (tmp_path / "verified").touch()  # the fix holds while the service is down
+    service.start()
+    final = poll(lambda: _finished(service, run["id"]), timeout=20, what="the resumed verification")
+    assert (final["execution"]["state"], final["execution"]["reason"]) == ("succeeded", "verified")
+    assert (tmp_path / "verify1").read_text() == "1"  # the steps ran once
+    [resumed] = [e["message"] for e in final["timeline"] if e["kind"] == "resume"]
+    assert "verification" in resumed
+
+
+def _alive(pid: int) -> bool:
+    """Running, and not a zombie waiting to be reaped by its new parent."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _finished(service: ServiceProcess, execution_id: str) -> dict[str, Any] | None:
+    report: dict[str, Any] = get(f"{service.url}/api/v1/executions/{execution_id}")
+    return report if report["execution"]["state"] in ("succeeded", "failed", "escalated") else None
+
+
+def _in_state(service: ServiceProcess, state: str) -> list[dict[str, Any]] | None:
+    runs = get(f"{service.url}/api/v1/executions")["executions"]
+    return runs if runs and all(r["state"] == state for r in runs) else None
 
 
 def test_graceful_stop_mid_playbook_is_recovered_like_a_crash(tmp_path: Path, processes: list[ServiceProcess]) -> None:

@@ -412,7 +412,7 @@ def test_settings_defaults_durations_urls_and_overrides(tmp_path: Path) -> None:
     defaults = load_settings(None, env={})
     r = defaults.reconcile
     assert (r.enabled, r.interval, r.idle_interval, r.timeout, r.start_timeout) == (True, 5.0, 30.0, 5.0, 10.0)
-    assert defaults.reconcile_urls() == ["http://127.0.0.1:9093"]
+    assert defaults.alertmanagers() == ["http://127.0.0.1:9093"]
 
     path = tmp_path / "remediator.yaml"
     path.write_text(
@@ -420,11 +420,11 @@ def test_settings_defaults_durations_urls_and_overrides(tmp_path: Path) -> None:
         "reconcile: {interval: 2s, idle_interval: 1m, timeout: 500ms}\n"
     )
     settings = load_settings(path, env={"REMEDIATOR_RECONCILE__START_TIMEOUT": "3s"})
-    assert settings.reconcile_urls() == ["http://am1:9093", "http://am2:9093"]
+    assert settings.alertmanagers() == ["http://am1:9093", "http://am2:9093"]
     r = settings.reconcile
     assert (r.interval, r.idle_interval, r.timeout, r.start_timeout) == (2.0, 60.0, 0.5, 3.0)
     env = {"REMEDIATOR_ALERTMANAGER_URLS": "http://a:9093,http://b:9093"}
-    assert load_settings(None, env=env).reconcile_urls() == ["http://a:9093", "http://b:9093"]
+    assert load_settings(None, env=env).alertmanagers() == ["http://a:9093", "http://b:9093"]
 
     for bad, message in [
         ("alertmanager_urls: [am:9093]", "must be an http:// or https:// URL"),

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 
 from service.steps import StepContext
-from service.steps.exec import TERM_GRACE_S, Spec, run
+from service.steps.exec import Spec, run
 from service.steps.exec_env import ALERT_VALUE_LIMIT, EXEC_BUDGET, MAX_ARG_STRLEN, MAX_NOTES, SAFE_PATH, env_suffix
+from service.steps.groups import TERM_GRACE_S
 
 PY = sys.executable
 

@@ -75,10 +75,11 @@ async def test_the_database_refuses_a_second_run_for_the_same_rule_and_occurrenc
     with pytest.raises(DuplicateExecution) as duplicate:
         await store.create_execution(_execution("ex-second", occurrence_id), clock.now())
     assert duplicate.value.existing_id == "ex-first"
-    # a rerun is the next number; refusals have none and never collide
+    # a rerun is the next number; refusals that decide nothing (a pause) have none and never collide
     await store.create_execution(_execution("ex-rerun", occurrence_id, run=2), clock.now())
     for n in range(3):
-        await store.create_execution(_execution(f"ex-refused-{n}", occurrence_id, state="refused"), clock.now())
+        paused = _execution(f"ex-paused-{n}", occurrence_id, state="refused", run=None)
+        await store.create_execution(paused, clock.now())
     prior = await store.execution_for_occurrence("rule", occurrence_id)
     assert prior is not None and (prior.id, prior.occurrence_run) == ("ex-rerun", 2)
     assert await store.get_execution("ex-second") is None
@@ -105,8 +106,10 @@ async def test_a_store_from_before_the_key_numbers_its_runs(tmp_path: Path) -> N
     occurrence_id = await _occurrence(store)
     await store.close()
     conn = sqlite3.connect(path)
-    conn.executescript(  # back to schema 7: undo migrations 9 (occurrence source) and 8 (the key)
-        "DROP INDEX occurrences_firing; ALTER TABLE occurrences DROP COLUMN source;"
+    conn.executescript(  # back to schema 7: undo migrations 10 (paging), 9 (occurrence source) and 8 (the key)
+        "DROP TABLE step_processes; DROP INDEX executions_page_due; DROP INDEX executions_target;"
+        " DROP INDEX escalations_execution; ALTER TABLE executions DROP COLUMN page_due_at;"
+        " DROP INDEX occurrences_firing; ALTER TABLE occurrences DROP COLUMN source;"
         " DROP INDEX executions_one_run_per_occurrence; ALTER TABLE executions DROP COLUMN occurrence_run"
     )
     for n, created in enumerate(("2026-01-01T00:00:00", "2026-01-01T01:00:00")):

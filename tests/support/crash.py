@@ -1,5 +1,5 @@
 """A remediator killed in the middle of a playbook: the scenario the crash tests share (a slow
-second step that counts its starts in a marker file)."""
+second step that counts its starts in a marker file and appends its pid to `<marker>.pids`)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ steps:
     argv: ["{python}", "-c", "print('first done')"]
   - name: second
     type: exec
-    argv: ["{python}", "-c", "import pathlib,sys,time; p=pathlib.Path(sys.argv[1]); p.write_text(str(int(p.read_text())+1) if p.exists() else '1'); time.sleep(float(sys.argv[2]))", "{root}/{{{{ params.marker }}}}", "{{{{ labels.sleep | default('30') }}}}"]
+    argv: ["{python}", "-c", "import os,pathlib,sys,time; p=pathlib.Path(sys.argv[1]); p.write_text(str(int(p.read_text())+1) if p.exists() else '1'); open(sys.argv[1]+'.pids','a').write(f'{{os.getpid()}} '); time.sleep(float(sys.argv[2]))", "{root}/{{{{ params.marker }}}}", "{{{{ labels.sleep | default('30') }}}}"]
     timeout: 60
 """
 
@@ -51,8 +51,8 @@ def post(url: str, body: dict[str, Any]) -> int:
         return int(response.status)
 
 
-def make_service(tmp_path: Path, idempotent: bool) -> ServiceProcess:
-    playbook = PLAYBOOK.format(idempotent=str(idempotent).lower(), python=sys.executable, root=tmp_path)
+def make_service(tmp_path: Path, idempotent: bool, verify: str = "") -> ServiceProcess:
+    playbook = PLAYBOOK.format(idempotent=str(idempotent).lower(), python=sys.executable, root=tmp_path) + verify
     config = write_config(tmp_path, RULES, {"slow": playbook})
     return ServiceProcess(workdir=tmp_path, config=config)
 

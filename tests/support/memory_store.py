@@ -1,5 +1,6 @@
 """An in-memory store written against the Protocols in service/store/protocols.py (IntakeStore,
-ReconcileStore and DispatchStore, which includes AdmissionStore): the admission and dispatcher tests
+ReconcileStore and DispatchStore, which includes AdmissionStore and PagingStore; it keeps no
+escalations, so paging sees no open page): the admission and dispatcher tests
 run on it as well as on SQLite, which shows those Protocols are all the flow needs of a store."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from service.alerts.webhook import WebhookNotification
 from service.store import (
     ACTIVE_STATES,
+    TERMINAL_STATES,
     AlertEvent,
     DuplicateExecution,
     ExecutionRecord,
@@ -22,7 +24,9 @@ from service.store import (
     Occurrence,
     OccurrenceSource,
     PriorRun,
+    StepProcess,
     StoreError,
+    TargetActivity,
     TargetHistory,
 )
 
@@ -34,6 +38,8 @@ class _Execution:
     state: str
     occurrence_run: int | None
     events: list[dict[str, Any]] = field(default_factory=list)
+    finished_at: datetime | None = None
+    page_due_at: datetime | None = None
 
 
 @dataclass
@@ -155,7 +161,7 @@ class MemoryStore:
 
     async def create_execution(self, execution: NewExecution, at: datetime) -> None:
         self._require_open()
-        run = None if execution.state == "refused" else execution.occurrence_run
+        run = execution.occurrence_run
         if run is not None and execution.occurrence_id is not None:
             for existing in self._executions.values():
                 same = (existing.new.rule, existing.new.occurrence_id, existing.occurrence_run)
@@ -169,6 +175,8 @@ class MemoryStore:
         self._require_open()
         record = self._executions[execution_id]
         record.state = state
+        if state in TERMINAL_STATES:
+            record.finished_at = at
         record.events.append({"at": at, "kind": "state", "message": f"{state}: {reason}" if reason else state})
 
     async def add_event(
@@ -247,3 +255,37 @@ class MemoryStore:
     @staticmethod
     def _admitted(execution: _Execution) -> bool:
         return execution.state != "refused" and execution.new.mode == "enforce"
+
+    # --- PagingStore ------------------------------------------------------------------------------
+
+    async def target_activity(self, target: str, verified_since: datetime) -> TargetActivity | None:
+        of_target = [e for e in self._executions.values() if e.new.target == target and e.new.mode == "enforce"]
+        running = [e for e in of_target if e.state in ACTIVE_STATES]
+        if running:
+            return TargetActivity(running[-1].new.id, "running", None)
+        verified = [e for e in of_target if e.state == "succeeded" and e.finished_at and e.finished_at > verified_since]
+        if not verified:
+            return None
+        last = max(verified, key=lambda e: e.finished_at or verified_since)
+        return TargetActivity(last.new.id, "verified", last.finished_at)
+
+    async def open_page_for_target(self, target: str) -> str | None:
+        return None
+
+    async def refusal_paged_since(self, rule: str | None, target: str | None, since: datetime) -> str | None:
+        return None
+
+    async def set_page_due(self, execution_id: str, due_at: datetime | None) -> None:
+        self._executions[execution_id].page_due_at = due_at
+
+    async def pages_due(self, now: datetime, limit: int) -> list[str]:
+        due = [e for e in self._executions.values() if e.page_due_at is not None and e.page_due_at <= now]
+        return [e.new.id for e in sorted(due, key=lambda e: e.page_due_at or now)][:limit]
+
+    # --- crash recovery ---------------------------------------------------------------------------
+
+    async def step_processes(self, execution_id: str) -> list[StepProcess]:
+        return []
+
+    async def forget_process(self, execution_id: str, pgid: int) -> None:
+        return None

@@ -22,6 +22,8 @@ def service(tmp_path: Path, app_client: AppClient) -> ClientFactory:
     async def make(**limits: Any) -> Client:
         config = write_config(tmp_path, quick_rules(1), {"quick": QUICK_PLAYBOOK})
         config["limits"] = limits
+        # a refusal while the target's run runs waits for it; none waits past its end here
+        config["escalation"] = {"refusal_grace": 0}
         settings = Settings.model_validate(config)
         return await app_client(settings, Secrets(None, None, "op-token"))
 
