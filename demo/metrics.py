@@ -82,6 +82,11 @@ class RouterMetrics:
             "1 while the router_nats_subscriber task is alive (even if stalled), 0 after it crashed",
             registry=r,
         )
+        self.memory_bytes = Gauge(
+            "router_memory_bytes",
+            "memory the router's VM holds (erlang:memory(total)): a base, plus what the memory fault leaks",
+            registry=r,
+        )
         self.load_published = Counter(
             "router_demo_load_published",
             "messages the demo load generator published (it stands in for the Gateway)",

@@ -51,6 +51,10 @@ ERROR_PAUSE_SECONDS = 0.5
 # How long one pull request waits on the server; short so a stall takes effect quickly.
 FETCH_WAIT_SECONDS = 0.5
 SHUTDOWN_CANCEL_ROUNDS = 8
+# What the simulated VM holds when healthy, and the most the memory fault may add (a leak; only a
+# restart, which starts a new process, or the reset gives it back).
+BASE_MEMORY_BYTES = 200 * 1024 * 1024
+MAX_LEAK_BYTES = 64 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,7 @@ class Router:
         self._consumer_resumed = asyncio.Event()
         self._consumer_resumed.set()
         self.load_rate = cfg.load_rate
+        self.leaked_bytes = 0
         self._init_series()
 
     def _init_series(self) -> None:
@@ -203,6 +208,7 @@ class Router:
         m = self.metrics
         m.nats_connection_status.set(0)
         m.subscriber_up.set(1)
+        m.memory_bytes.set(BASE_MEMORY_BYTES)
         for breaker in self.sim.breakers.values():
             m.set_breaker(breaker)
             for state in BreakerState:
@@ -216,6 +222,10 @@ class Router:
         m.consumer_pending.labels(STREAM, CONSUMER).set(0)
         m.consumer_ack_pending.labels(STREAM, CONSUMER).set(0)
         m.messages_processed.labels(STREAM, CONSUMER)
+
+    def leak(self, leaked_bytes: int) -> None:
+        self.leaked_bytes = leaked_bytes
+        self.metrics.memory_bytes.set(BASE_MEMORY_BYTES + leaked_bytes)
 
     def set_consumer_mode(self, mode: ConsumerMode) -> None:
         self.consumer_mode = mode
@@ -365,6 +375,10 @@ class NatsLinkFault(_Body):
     state: Literal["down", "up", "flap"]
 
 
+class MemoryFault(_Body):
+    leaked_bytes: int = Field(ge=0, le=MAX_LEAK_BYTES)
+
+
 class LoadRequest(_Body):
     rate: float = Field(ge=0, le=MAX_LOAD_RATE)
 
@@ -499,9 +513,16 @@ async def fault_nats_link(request: web.Request) -> web.Response:
     return web.json_response(_faults(router))
 
 
+async def fault_memory(request: web.Request) -> web.Response:
+    router = _router(request)
+    router.leak((await _parse(request, MemoryFault)).leaked_bytes)
+    return web.json_response(_faults(router))
+
+
 async def fault_reset(request: web.Request) -> web.Response:
     router = _router(request)
     router.sim.reset_faults()
+    router.leak(0)
     for breaker in router.sim.breakers.values():
         router.metrics.set_breaker(breaker)
     router.set_consumer_mode(ConsumerMode.RUNNING)
@@ -545,6 +566,7 @@ def _faults(router: Router) -> dict[str, Any]:
         "nats_link": "held_down" if router.link.held_down else "normal",
         "nats_connected": router.link.connected.is_set(),
         "load_rate": router.load_rate,
+        "leaked_bytes": router.leaked_bytes,
     }
 
 
@@ -621,6 +643,7 @@ def create_app(cfg: RouterConfig) -> web.Application:
             web.post("/admin/faults/rate_limit", fault_rate_limit),
             web.post("/admin/faults/consumer", fault_consumer),
             web.post("/admin/faults/nats_link", fault_nats_link),
+            web.post("/admin/faults/memory", fault_memory),
             web.post("/admin/load", load_set),
             web.post("/admin/publish", publish),
         ]

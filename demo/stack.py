@@ -33,6 +33,7 @@ from typing import Any
 
 import yaml
 
+from demo import fast_rules
 from demo.processes import (
     LOOPBACK,
     START_TIMEOUT_S,
@@ -233,6 +234,12 @@ class StackOptions:
     # how long a refusal about a target whose run just fixed it waits to see whether its alert
     # resolves (docs/escalation.md); the demo's fast timings resolve alerts within seconds
     refusal_grace: str = "20s"
+    # Directories laid out like the repository (rules/*.yaml, playbooks/*.yaml, alertmanager/*.yml
+    # alerting rules) loaded beside the shipped ones: a team's own automation, e.g. the worked example.
+    extra_dirs: tuple[Path, ...] = ()
+
+    def extra_files(self, kind: str, pattern: str) -> list[Path]:
+        return [path for directory in self.extra_dirs for path in sorted((directory / kind).glob(pattern))]
 
 
 def stack_rules(
@@ -273,6 +280,12 @@ def stack_rules(
     if unknown:
         raise StackError(f"no such rule to enable: {', '.join(sorted(unknown))}")
     return written
+
+
+def _alerting(path: Path) -> bool:
+    """A Prometheus alerting rules file (not a promtool test of one, not a config)."""
+    doc = yaml.safe_load(path.read_text())
+    return isinstance(doc, dict) and "groups" in doc
 
 
 class Stack:
@@ -409,9 +422,10 @@ class Stack:
             path.chmod(0o600)
         self._write_prometheus_config()
         self._write_alertmanager_config()
+        playbooks = [*sorted((REPO / "playbooks").glob("*.yaml")), *self.options.extra_files("playbooks", "*.yaml")]
         rules = stack_rules(
-            sorted((REPO / "rules").glob("*.yaml")),
-            sorted((REPO / "playbooks").glob("*.yaml")),
+            [*sorted((REPO / "rules").glob("*.yaml")), *self.options.extra_files("rules", "*.yaml")],
+            playbooks,
             self.remediator_dir / "rules",
             self.playbook_params(),
             self.options.enable_rules,
@@ -427,7 +441,7 @@ class Stack:
             "external_url": self.remediator_url,
             "store": {"path": str(self.remediator_dir / "remediator.db")},
             "rules": [str(p) for p in rules],
-            "playbooks": [str(REPO / "playbooks" / "*.yaml")],
+            "playbooks": [str(p) for p in playbooks],
             "webhook_auth": {"bearer_token_file": str(self.webhook_token_file)},
             "operator": {"token_file": str(self.operator_token_file)},
             "prometheus_url": self.prometheus_url,
@@ -446,6 +460,10 @@ class Stack:
         """alertmanager/prometheus.yml with this stack's addresses and the fast rules."""
         doc = yaml.safe_load((REPO / "alertmanager" / "prometheus.yml").read_text())
         doc["rule_files"] = [str(REPO / "alertmanager" / "router-alerts.fast.yml")]
+        for index, path in enumerate(p for p in self.options.extra_files("alertmanager", "*.yml") if _alerting(p)):
+            fast = self.prometheus.log_path.parent / f"extra-{index}-{path.name}"
+            fast.write_text(fast_rules.render(path.read_text()))  # for: 0s, as the shipped rules here
+            doc["rule_files"].append(str(fast))
         targets = {"beamline-router": self.router_instance, "prometheus": f"{LOOPBACK}:{self.ports.prometheus}"}
         for job in doc["scrape_configs"]:
             job["static_configs"] = [{"targets": [targets[job["job_name"]]]}]

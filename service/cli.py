@@ -21,6 +21,7 @@ from service.rules.explain import explain_alert, format_explanation, parse_alert
 from service.rules.loading import check_config
 from service.rules.ruleset import Alert, NotificationContext, RuleSet
 from service.rules.ruletest import run_rule_tests
+from service.rules.summary import rule_reach, service_mode
 from service.settings import Settings, SettingsError, load_secrets, load_settings, open_access
 from service.store import ExecutionRecord, StoreError, new_store
 from service.web import httpserver
@@ -38,16 +39,21 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"remediator: {exc}", file=sys.stderr)
         return 1
     # Refuse to start rather than serve with no rules: /-/ready would stay 503 and alerts pile up unseen.
-    _, errors = check_config(_globs(settings.rules), _globs(settings.playbooks), settings.base_dir)
-    if errors:
+    ruleset, errors = check_config(_globs(settings.rules), _globs(settings.playbooks), settings.base_dir)
+    if errors or ruleset is None:
         _errors([f"remediator: refusing to serve: {len(errors)} error(s) in rules/playbooks", *errors])
         return 1
     logs.configure(settings.log_level)
     for warning in open_access(secrets):
         log.warning(warning)
+    _log_reach(ruleset, settings.dry_run)
     log.info(
         "serving",
-        extra={"listen": f"{settings.listen_host}:{settings.listen_port}", "version": __version__},
+        extra={
+            "listen": f"{settings.listen_host}:{settings.listen_port}",
+            "version": __version__,
+            "mode": service_mode(settings.dry_run),
+        },
     )
     # SIGTERM/SIGINT end it gracefully: stop accepting, let in-flight requests finish (up to the grace
     # period), then run every cleanup context (which closes the store).
@@ -69,6 +75,31 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"remediator: cannot serve: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _log_reach(ruleset: RuleSet, dry_run: bool) -> None:
+    """Before serving, say what the service will act on, so a first run never acts unannounced."""
+    for warning in (w for loaded in ruleset.playbooks.values() for w in loaded.warnings):
+        log.warning(str(warning))
+    reach = rule_reach(ruleset, dry_run)
+    for each in reach:
+        log.info(
+            "rule loaded",
+            extra={"rule": each.rule, "playbook": each.playbook, "mode": each.mode, "target": each.target,
+                   "acts_on": each.acts_on},
+        )  # fmt: skip
+    if dry_run:
+        log.warning(
+            f"dry run: {len(reach)} enabled rules are decided and recorded, no playbook runs "
+            "(dry_run: false in the config, or REMEDIATOR_DRY_RUN=false, to act)"
+        )
+    else:
+        live = sum(1 for each in reach if each.mode == "enforce")
+        log.log(
+            logging.WARNING if live else logging.INFO,
+            f"live: {live} enabled rules run their playbooks against the hosts and ports logged above "
+            "(dry_run: true only records what would run)",
+        )
 
 
 def _globs(patterns: Sequence[str]) -> list[str]:
@@ -129,7 +160,10 @@ def _check(args: argparse.Namespace) -> int:
         print(f"{len(problems)} problem{'' if len(problems) == 1 else 's'} found")
         return 1
     assert ruleset is not None
-    print(f"ok: {len(ruleset.rules)} rules, {len(ruleset.playbooks)} playbooks")
+    warnings = [warning for loaded in ruleset.playbooks.values() for warning in loaded.warnings]
+    _errors(warnings)  # doubtful, not wrong: printed, and the check still passes
+    counted = f", {len(warnings)} warning{'' if len(warnings) == 1 else 's'}" if warnings else ""
+    print(f"ok: {len(ruleset.rules)} rules, {len(ruleset.playbooks)} playbooks{counted}")
     return 0
 
 

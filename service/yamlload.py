@@ -15,17 +15,21 @@ Usage (generic: rules, playbooks and ``remediator.yaml`` settings all go through
 
 from __future__ import annotations
 
+import difflib
 import glob
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import BeforeValidator, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from service.errors import ConfigurationError
+from service.times import Duration as Duration  # re-exported: the config models' duration type
+from service.times import parse_duration as parse_duration
 
 PathPart = str | int
 YamlPath = tuple[PathPart, ...]
@@ -243,13 +247,16 @@ class _LineWalker:
         return size
 
 
-def validation_errors(exc: ValidationError, doc: YamlDocument, prefix: Sequence[PathPart] = ()) -> list[ConfigError]:
+def validation_errors(
+    exc: ValidationError, doc: YamlDocument, prefix: Sequence[PathPart] = (), model: type[BaseModel] | None = None
+) -> list[ConfigError]:
     """Turn a pydantic ValidationError into ConfigErrors with lines from ``doc``.
 
     ``prefix`` is the path of the validated value inside ``doc`` when only part of the document
     was validated. Pydantic puts union member tags (``exec``, ``function-after[...]``) into error
     locations; parts that do not exist in the data are dropped unless they name the missing or
-    unknown field the error is about, so the field path is what the user wrote.
+    unknown field the error is about, so the field path is what the user wrote. With the validated
+    ``model``, an unknown field names the closest field it has (``did you mean `starts_at`?``).
     """
     out: list[ConfigError] = []
     root = _descend(doc.data, prefix)
@@ -261,10 +268,83 @@ def validation_errors(exc: ValidationError, doc: YamlDocument, prefix: Sequence[
         keep_last = err["type"] in _NAMES_A_FIELD or err["type"].startswith("union_tag")
         path = (*prefix, *_data_path(root, loc, keep_last))
         message = _FRIENDLY_MESSAGES.get(err["type"], err["msg"])
+        if err["type"] == "extra_forbidden" and model is not None and loc:
+            message += did_you_mean(str(loc[-1]), fields_at(model, loc[:-1]))
+        elif err["type"] == "union_tag_invalid":
+            ctx = err.get("ctx", {})
+            tags = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+            message += did_you_mean(str(ctx.get("tag", "")), tags)
         for noise in _PYDANTIC_PREFIXES:
             message = message.removeprefix(noise)
         out.append(ConfigError(doc.file, doc.line_of(path), format_path(path), message))
     return out
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """``; did you mean `starts_at`?`` for the known name closest to ``name`` (``startsAt``, ``exce``
+    for ``exec``), or "" when none is close."""
+    choices = sorted(known)
+    snake = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name).lower().replace("-", "_")
+    same = [choice for choice in choices if choice.lower() == snake]
+    close = same or difflib.get_close_matches(snake, choices, n=1, cutoff=0.6)
+    return f"; did you mean `{close[0]}`?" if close else ""
+
+
+def fields_at(model: type[BaseModel], loc: Sequence[PathPart]) -> list[str]:
+    """The field names of the model found at ``loc`` (a pydantic error location) under ``model``:
+    through lists, dicts, optionals and tagged unions (a location part naming a union member's
+    ``type``). Empty when the location does not lead to a model."""
+    candidates: list[Any] = [model]
+    for part in loc:
+        candidates = [found for annotation in candidates for found in _step_into(annotation, part)]
+    names = [name for annotation in candidates for name in _model_fields(annotation)]
+    return list(dict.fromkeys(names))
+
+
+def _members(annotation: Any) -> list[Any]:
+    """An annotation's alternatives: Annotated unwrapped, unions spread, None dropped."""
+    if get_origin(annotation) is Annotated:
+        return _members(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return [member for arg in get_args(annotation) for member in _members(arg)]
+    return [] if annotation is type(None) else [annotation]
+
+
+def _model_fields(annotation: Any) -> list[str]:
+    """The names a file uses for a model's fields (``json``, not the attribute ``json_body``)."""
+    return [
+        field.alias or name
+        for member in _members(annotation)
+        if isinstance(member, type) and issubclass(member, BaseModel)
+        for name, field in member.model_fields.items()
+    ]
+
+
+def _step_into(annotation: Any, part: PathPart) -> list[Any]:
+    members = _members(annotation)
+    tagged = [
+        member
+        for member in members
+        if isinstance(member, type)
+        and issubclass(member, BaseModel)
+        and "type" in member.model_fields
+        and part in get_args(member.model_fields["type"].annotation)
+    ]
+    if tagged:  # a discriminated union's location names the member by its tag
+        return tagged
+    out: list[Any] = []
+    for member in members:
+        origin = get_origin(member)
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            by_name = {field.alias or name: field for name, field in member.model_fields.items()}
+            if isinstance(part, str) and part in by_name:
+                out.append(by_name[part].annotation)
+        elif origin in (list, tuple, set, frozenset) and isinstance(part, int):
+            out.append(get_args(member)[0])
+        elif origin is dict and isinstance(part, str):
+            out.append(get_args(member)[1])
+    # a location part pydantic adds for a union member (``list[str]``, ``function-after[...]``): same level
+    return out or ([annotation] if isinstance(part, str) else [])
 
 
 def _descend(data: Any, path: Sequence[PathPart]) -> Any:
@@ -286,27 +366,6 @@ def _data_path(data: Any, loc: Sequence[PathPart], keep_last: bool) -> YamlPath:
         elif last and not isinstance(data, list):
             out.append(part)
     return tuple(out)
-
-
-_DURATION_RE = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?")
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a number or a Prometheus-style duration (``90s``, ``5m``, ``1h30m``, ``2d``)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m or 1h, not a boolean")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        match = _DURATION_RE.fullmatch(value.strip())
-        if match and any(match.groups()):
-            d, h, m, s, ms = (int(g) if g else 0 for g in match.groups())
-            return d * 86400 + h * 3600 + m * 60 + s + ms / 1000
-    raise ValueError(f"invalid duration {value!r}: expected seconds or e.g. 30s, 5m, 1h30m, 2d")
-
-
-# A duration field: YAML may say ``300`` or ``5m``; the model holds seconds.
-Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 
 def expand_globs(patterns: Sequence[str], base_dir: Path) -> tuple[list[tuple[Path, str]], list[ConfigError]]:

@@ -292,6 +292,49 @@ def test_report_without_a_store_exits_1_and_creates_none(config: Path) -> None:
     assert not (config.parent / "r.db").exists()
 
 
+def test_check_warns_about_an_exec_step_that_does_not_pass_what_its_script_requires(tmp_path: Path) -> None:
+    """A custom playbook that forgets one setting: the script would stop (it has no default), and
+    check says so first, naming the variable and the step."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "rules" / "r.yaml").write_text(
+        "rules:\n  - {name: restart, match: ['alertname=\"RouterDown\"'], playbook: restart}\n"
+    )
+    (tmp_path / "playbooks" / "restart.yaml").write_text(
+        f"""\
+name: restart
+env:
+  BEAMLINE_STATE_DIR: /tmp/nowhere
+  BEAMLINE_ROUTER_TCP_PORT: "19000"
+  BEAMLINE_ROUTER_HTTP_PORT: "19001"
+  BEAMLINE_NATS_MONITOR_PORT: "18222"
+steps:
+  - name: start
+    type: exec
+    argv: [{ROOT}/demo/scripts/router_start.sh]
+  - name: stop
+    type: exec
+    argv: [{ROOT}/demo/scripts/router_stop.sh]
+"""
+    )
+    config = tmp_path / "remediator.yaml"
+    config.write_text("rules: [rules/*.yaml]\nplaybooks: [playbooks/*.yaml]\n")
+    result = remediator("check", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # doubtful, not wrong
+    assert result.stdout == "ok: 1 rules, 1 playbooks, 1 warning\n"
+    assert result.stderr == (
+        f"playbooks/restart.yaml:10: steps[0].argv[0]: warning: {ROOT}/demo/scripts/router_start.sh requires "
+        "BEAMLINE_NATS_PORT (router_start.sh: ${BEAMLINE_NATS_PORT:?...}), which this step does not pass: "
+        "set it in the playbook's env (or the step's)\n"
+    )
+
+
+def test_the_shipped_config_checks_without_warnings() -> None:
+    result = remediator("check", "--config", "remediator.yaml")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("ok: ") and "warning" not in result.stdout
+
+
 # --- docs/cli.md is the parser's, argument for argument ----------------------------------------------
 
 

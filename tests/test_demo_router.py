@@ -119,6 +119,7 @@ def test_metrics_carry_the_runbook_names(router: Router) -> None:
         "router_jetstream_consumer_ack_pending",
         "router_jetstream_messages_processed_total",
         "router_nats_subscriber_up",
+        "router_memory_bytes",
     } <= names
     for tenant in ("tenant_a", "tenant_b"):
         for provider in ("openai", "anthropic"):
@@ -283,6 +284,17 @@ def test_rate_limit_and_latency_faults_show_in_the_metrics(router: Router) -> No
 
     status, body = router.admin("POST", "/admin/faults/reset")
     assert status == 200 and body["providers"]["anthropic"]["extra_latency_ms"] == 0
+
+
+def test_the_memory_fault_leaks_until_reset(router: Router) -> None:
+    base = router.value("router_memory_bytes")
+    assert base == 200 * 1024 * 1024
+    status, body = router.admin("POST", "/admin/faults/memory", {"leaked_bytes": 2 * 1024**3})
+    assert status == 200 and body["leaked_bytes"] == 2 * 1024**3
+    assert router.value("router_memory_bytes") == base + 2 * 1024**3
+    assert router.admin("POST", "/admin/faults/memory", {"leaked_bytes": -1})[0] == 400
+    assert router.admin("POST", "/admin/faults/reset")[1]["leaked_bytes"] == 0
+    assert router.value("router_memory_bytes") == base
 
 
 def test_sigterm_stops_the_router_cleanly(router: Router) -> None:

@@ -261,3 +261,32 @@ def test_clean_state_restart_sequence(scripts: Scripts) -> None:
 
     poll(connected, 15, "router connected to the fresh NATS")
     assert scripts.ok("nats_status.sh") == "Running\n"
+
+
+@pytest.mark.parametrize(
+    ("script", "missing"),
+    [
+        ("nats_stop.sh", "BEAMLINE_STATE_DIR"),
+        ("nats_start.sh", "BEAMLINE_NATS_MONITOR_PORT"),
+        ("router_start.sh", "BEAMLINE_ROUTER_TCP_PORT"),
+        ("router_start.sh", "BEAMLINE_NATS_PORT"),
+        ("circuit_breaker.sh", "BEAMLINE_ROUTER_HTTP_PORT"),
+        ("jetstream_purge.sh", "BEAMLINE_NATS_PORT"),
+    ],
+)
+def test_a_script_without_what_it_acts_on_stops_naming_the_variable(tmp_path: Path, script: str, missing: str) -> None:
+    """No hidden default: a playbook that forgets a port must not act on whatever listens on the demo's."""
+    state = tmp_path / "state"
+    env = {**Scripts(state).env}
+    del env[missing]
+    result = subprocess.run(
+        [str(SCRIPTS / script), "x", "y", "z"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=SCRIPT_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert f"{missing}: not set:" in result.stderr and "no default" in result.stderr
+    assert not state.exists()  # stopped before touching anything

@@ -29,7 +29,7 @@ def test_every_error_names_file_line_and_field(tmp_path: Path) -> None:
     assert error_lines(path) == [
         f"{path}:1: listen_port: Input should be less than or equal to 65535",
         f"{path}:2: external_url: must be an http:// or https:// URL, got 'ftp://x'",
-        f"{path}:7: store.pth: unknown field",
+        f"{path}:7: store.pth: unknown field; did you mean `path`?",
         f"{path}:4: limits.max_body_bytes: Input should be greater than or equal to 1024",
         f"{path}:5: limits.bogus: unknown field",
     ]
@@ -81,7 +81,8 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
         "REMEDIATOR_RULES": "x/*.yaml,y/*.yaml",
         "REMEDIATOR_STORE__PATH": "/var/b.db",
         "REMEDIATOR_LIMITS__MAX_CONCURRENT_EXECUTIONS": "3",
-        "REMEDIATOR_NOT_A_SETTING": "ignored",
+        "REMEDIATOR_CHANNEL_OPS_URL": "https://hooks.example/x",  # a secret, not a setting
+        "REMEDIATOR_EXECUTION_ID": "ex-1",  # what the service gives its exec steps
         "OTHER_LISTEN_PORT": "1",
     }
     settings = load_settings(path, env=env)
@@ -89,6 +90,23 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     assert settings.rules == ["x/*.yaml", "y/*.yaml"]
     assert settings.store.path == Path("/var/b.db")
     assert settings.limits.max_concurrent_executions == 3
+
+
+def test_an_override_that_names_no_setting_is_an_error_naming_the_variable(tmp_path: Path) -> None:
+    path = write(tmp_path, "listen_port: 1000\n")
+    env = {
+        "REMEDIATOR_STORE__BAKEND": "postgresql",
+        "REMEDIATOR_LISTEN_PROT": "9",
+        "REMEDIATOR_LISTEN_PORT__X": "1",
+        "REMEDIATOR_NOT_A_SETTING": "x",
+    }
+    assert error_lines(path, env) == [
+        "environment REMEDIATOR_LISTEN_PORT__X: listen_port.x: listen_port has no setting 'x'",
+        "environment REMEDIATOR_LISTEN_PROT: listen_prot: the settings has no setting 'listen_prot'; "
+        "did you mean `listen_port`?",
+        "environment REMEDIATOR_NOT_A_SETTING: not_a_setting: the settings has no setting 'not_a_setting'",
+        "environment REMEDIATOR_STORE__BAKEND: store.bakend: store has no setting 'bakend'",
+    ]
 
 
 def test_an_empty_list_override_is_one_empty_glob() -> None:

@@ -12,6 +12,7 @@ from service.yamlload import (
     ConfigError,
     ConfigErrors,
     Duration,
+    did_you_mean,
     format_path,
     load_yaml,
     load_yaml_file,
@@ -183,3 +184,16 @@ def test_duration_field() -> None:
         d: Duration
 
     assert M.model_validate({"d": "2m"}).d == 120.0
+
+
+@pytest.mark.parametrize(
+    ("name", "known", "hint"),
+    [
+        ("startsAt", ["starts_at", "status"], "; did you mean `starts_at`?"),
+        ("exce", ["exec", "http"], "; did you mean `exec`?"),
+        ("Timeout", ["timeout"], "; did you mean `timeout`?"),
+        ("zzz", ["exec", "http"], ""),
+    ],
+)
+def test_did_you_mean_names_the_closest_known_name(name: str, known: list[str], hint: str) -> None:
+    assert did_you_mean(name, known) == hint

@@ -1,14 +1,16 @@
 # shellcheck shell=bash
 # Sourced by the runbook scripts beside it: settings from the environment, and small helpers.
 # Everything listens on loopback; every wait is bounded by a timeout in seconds.
-
+#
+# What the scripts act on has no default: each script names the variables it needs as
+# `: "${BEAMLINE_X:?...}"` lines before it sources this file, so one run without them stops before
+# touching anything, naming the variable (a playbook that forgot one must not restart whatever
+# listens on the demo's ports). The remediator passes them from the playbook's `env:` block, and
+# `remediator check` reads those lines to warn about an exec step that does not pass one.
+: "${BEAMLINE_STATE_DIR:?not set: the state directory (pid files, logs, NATS store); no default}"
+# How to act (which binaries, how long to wait) has defaults.
 BEAMLINE_DEMO_ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/../.." && pwd)"
-BEAMLINE_STATE_DIR="${BEAMLINE_STATE_DIR:-${TMPDIR:-/tmp}/beamline-demo}"
-BEAMLINE_NATS_PORT="${BEAMLINE_NATS_PORT:-4222}"
-BEAMLINE_NATS_MONITOR_PORT="${BEAMLINE_NATS_MONITOR_PORT:-8222}"
 BEAMLINE_NATS_SERVER="${BEAMLINE_NATS_SERVER:-nats-server}"
-BEAMLINE_ROUTER_TCP_PORT="${BEAMLINE_ROUTER_TCP_PORT:-9000}"
-BEAMLINE_ROUTER_HTTP_PORT="${BEAMLINE_ROUTER_HTTP_PORT:-9001}"
 BEAMLINE_PYTHON="${BEAMLINE_PYTHON:-python3}"
 BEAMLINE_START_TIMEOUT="${BEAMLINE_START_TIMEOUT:-15}"
 BEAMLINE_STOP_TIMEOUT="${BEAMLINE_STOP_TIMEOUT:-10}"
@@ -25,10 +27,10 @@ require_uint() {  # NAME VALUE
     [[ "$2" =~ ^[0-9]+$ ]] || die "$1 must be a whole number, got '$2'"
 }
 
-require_uint BEAMLINE_NATS_PORT "$BEAMLINE_NATS_PORT"
-require_uint BEAMLINE_NATS_MONITOR_PORT "$BEAMLINE_NATS_MONITOR_PORT"
-require_uint BEAMLINE_ROUTER_TCP_PORT "$BEAMLINE_ROUTER_TCP_PORT"
-require_uint BEAMLINE_ROUTER_HTTP_PORT "$BEAMLINE_ROUTER_HTTP_PORT"
+for port in BEAMLINE_NATS_PORT BEAMLINE_NATS_MONITOR_PORT BEAMLINE_ROUTER_TCP_PORT BEAMLINE_ROUTER_HTTP_PORT; do
+    # only the ports this script asked for are set; the URLs below of the others are never used
+    [[ -z "${!port+set}" ]] || require_uint "$port" "${!port}"
+done
 require_uint BEAMLINE_START_TIMEOUT "$BEAMLINE_START_TIMEOUT"
 require_uint BEAMLINE_STOP_TIMEOUT "$BEAMLINE_STOP_TIMEOUT"
 require_uint BEAMLINE_HTTP_TIMEOUT "$BEAMLINE_HTTP_TIMEOUT"
@@ -42,11 +44,11 @@ NATS_PID_FILE="$BEAMLINE_STATE_DIR/nats.pid"
 NATS_LOG="$BEAMLINE_STATE_DIR/nats.log"
 # nats-server keeps JetStream in <store_dir>/jetstream: the runbook's `data/jetstream`.
 NATS_DATA_DIR="$BEAMLINE_STATE_DIR/data"
-NATS_URL="nats://$LOOPBACK:$BEAMLINE_NATS_PORT"
-NATS_MONITOR_URL="http://$LOOPBACK:$BEAMLINE_NATS_MONITOR_PORT"
+NATS_URL="nats://$LOOPBACK:${BEAMLINE_NATS_PORT-}"
+NATS_MONITOR_URL="http://$LOOPBACK:${BEAMLINE_NATS_MONITOR_PORT-}"
 ROUTER_PID_FILE="$BEAMLINE_STATE_DIR/router.pid"
 ROUTER_LOG="$BEAMLINE_STATE_DIR/router.log"
-ROUTER_URL="http://$LOOPBACK:$BEAMLINE_ROUTER_HTTP_PORT"
+ROUTER_URL="http://$LOOPBACK:${BEAMLINE_ROUTER_HTTP_PORT-}"
 
 # GET/POST on loopback, never through a proxy from the environment, always with a time limit.
 http() {

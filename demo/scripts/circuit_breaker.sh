@@ -3,6 +3,7 @@
 #   circuit_breaker.sh force_recovery|force_recovery_to_half_open|status TENANT PROVIDER
 # Prints the breaker's status JSON; exit 1 on any error (unknown breaker, bad token, router down).
 set -euo pipefail
+: "${BEAMLINE_ROUTER_HTTP_PORT:?not set: the router HTTP port to act on; no default}"
 # shellcheck source=demo/scripts/_common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/_common.sh"
 

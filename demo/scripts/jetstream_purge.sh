@@ -2,6 +2,7 @@
 # T-OPS-04 §1C step 4 (Extreme): purge every message of STREAM. DANGER: data loss.
 # The remediator runs this only after a human approved it.
 set -euo pipefail
+: "${BEAMLINE_NATS_PORT:?not set: the NATS client port to act on; no default}"
 # shellcheck source=demo/scripts/_common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/_common.sh"
 

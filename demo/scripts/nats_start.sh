@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # T-OPS-04 §1A/§3: start a local nats-server with JetStream and wait until it is healthy.
 set -euo pipefail
+: "${BEAMLINE_NATS_PORT:?not set: the NATS client port to act on; no default}"
+: "${BEAMLINE_NATS_MONITOR_PORT:?not set: the NATS monitoring port to act on; no default}"
 # shellcheck source=demo/scripts/_common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/_common.sh"
 

@@ -2,6 +2,8 @@
 # T-OPS-04 §1: prints `Running`, `Not Running` or `Health check failed` (details on stderr).
 # Exit status: 0 Running, 1 Not Running, 2 Health check failed.
 set -euo pipefail
+: "${BEAMLINE_NATS_PORT:?not set: the NATS client port to act on; no default}"
+: "${BEAMLINE_NATS_MONITOR_PORT:?not set: the NATS monitoring port to act on; no default}"
 # shellcheck source=demo/scripts/_common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/_common.sh"
 

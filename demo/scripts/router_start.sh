@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # T-OPS-04 §3 step 6: start the simulated Beamline Router (demo/router.py) and wait for /healthz.
 set -euo pipefail
+: "${BEAMLINE_ROUTER_TCP_PORT:?not set: the router TCP port to act on; no default}"
+: "${BEAMLINE_ROUTER_HTTP_PORT:?not set: the router HTTP port to act on; no default}"
+: "${BEAMLINE_NATS_PORT:?not set: the NATS client port to act on; no default}"
+: "${BEAMLINE_NATS_MONITOR_PORT:?not set: the NATS monitoring port to act on; no default}"
 # shellcheck source=demo/scripts/_common.sh
 source "$(dirname -- "${BASH_SOURCE[0]}")/_common.sh"
 

@@ -27,6 +27,7 @@ from service.flow.modes import TargetLocks
 from service.flow.ports import Escalation, RunObserver
 from service.flow.processes import StepProcesses
 from service.logs import bind
+from service.playbooks.context import ExecutionFacts, run_context
 from service.playbooks.playbook import LoadedPlaybook, RollingStep, Verify, rolling_items
 from service.playbooks.templating import TemplateEngine, TemplateError
 from service.redaction import Redactor
@@ -91,6 +92,7 @@ class RunRequest:
     severity: str
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     resume: ResumePoint | None = None
+    started_at: datetime | None = None  # set when the run starts (execution.started_at in templates)
 
 
 class Executor:
@@ -195,7 +197,8 @@ class Executor:
     async def _run_admitted(self, request: RunRequest, logger: logging.LoggerAdapter[logging.Logger]) -> str:
         store, now = self._store, self._clock.now
         playbook = request.playbook.playbook
-        await store.set_state(request.execution_id, ExecutionState.RUNNING, now())
+        request.started_at = now()
+        await store.set_state(request.execution_id, ExecutionState.RUNNING, request.started_at)
         logger.info("execution started")
         failure: str | None = None
         try:
@@ -235,21 +238,20 @@ class Executor:
         await store.set_state(request.execution_id, outcome, now(), failure)
         return outcome
 
-    def _context(self, request: RunRequest, **extra: Any) -> dict[str, Any]:
-        return {
-            "params": dict(request.params),
-            "labels": dict(request.labels),
-            "annotations": dict(request.annotations),
-            "steps": request.steps,
-            "execution": {
-                "id": request.execution_id,
-                "rule": request.rule,
-                "playbook": request.playbook.name,
-                "target": request.target,
-                "fingerprint": request.fingerprint,
-            },
-            **extra,
-        }
+    def _context(self, request: RunRequest) -> dict[str, Any]:
+        now = self._clock.now()
+        execution = ExecutionFacts(
+            request.execution_id, request.rule, request.playbook.name, request.target, request.fingerprint,
+            request.started_at or now,
+        )  # fmt: skip
+        return run_context(
+            params=request.params,
+            labels=request.labels,
+            annotations=request.annotations,
+            steps=request.steps,
+            execution=execution,
+            now=now,
+        )
 
     def _render(self, step: StepSpecBase, context: Mapping[str, Any]) -> StepSpecBase:
         def render(value: Any) -> Any:

@@ -9,6 +9,7 @@ runs only after an ``approval`` in the same (or an enclosing) step list. Every p
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +17,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service.playbooks.context import PLAYBOOK_VARIABLES
 from service.playbooks.playbook import (
-    PLAYBOOK_VARIABLES,
     ApprovalStep,
     LoadedPlaybook,
     Playbook,
     RollingStep,
 )
+from service.playbooks.scriptenv import missing_variables, required_variables
 from service.playbooks.templating import TemplateEngine, TemplateError
 from service.steps import StepSpecBase
+from service.steps.exec import Spec as ExecSpec
+from service.steps.exec_env import inherited_env
 from service.steps.nats import Spec as NatsSpec
 from service.yamlload import ConfigError, ConfigErrors, PathPart, YamlDocument, load_yaml
 from service.yamlload import validation_errors as _validation_errors
@@ -42,11 +46,12 @@ def playbook_from_source(source: bytes, file: str, engine: TemplateEngine) -> Lo
     try:
         playbook = Playbook.model_validate(doc.data)
     except ValidationError as exc:
-        raise ConfigErrors(_validation_errors(exc, doc)) from None
+        raise ConfigErrors(_validation_errors(exc, doc, model=Playbook)) from None
     errors = _cross_check(doc, playbook, engine)
     if errors:
         raise ConfigErrors(errors)
-    return LoadedPlaybook(playbook, file, hashlib.sha256(source).hexdigest())
+    warnings = tuple(_script_warnings(doc, playbook, engine))
+    return LoadedPlaybook(_with_shared_env(playbook), file, hashlib.sha256(source).hexdigest(), warnings)
 
 
 def load_playbooks(files: Iterable[tuple[Path, str]], engine: TemplateEngine) -> dict[str, LoadedPlaybook]:
@@ -109,9 +114,72 @@ def _all_steps(doc: YamlDocument, playbook: Playbook) -> list[_StepAt]:
     return out
 
 
+def _with_shared_env(playbook: Playbook) -> Playbook:
+    """The playbook with its ``env`` merged under each exec step's own, wherever the step is, so a
+    run (and a report of what ran) sees each step's whole declared environment."""
+    if not playbook.env:
+        return playbook
+
+    def merged(steps: Sequence[Any]) -> list[Any]:
+        out: list[Any] = []
+        for step in steps:
+            if isinstance(step, ExecSpec):
+                step = step.model_copy(update={"env": {**playbook.env, **step.env}})
+            elif isinstance(step, RollingStep):
+                update: dict[str, Any] = {"steps": merged(step.steps)}
+                if step.check is not None:
+                    update["check"] = step.check.model_copy(update={"checks": merged(step.check.checks)})
+                step = step.model_copy(update=update)
+            out.append(step)
+        return out
+
+    update: dict[str, Any] = {
+        "steps": merged(playbook.steps),
+        "on_failure": playbook.on_failure.model_copy(update={"steps": merged(playbook.on_failure.steps)}),
+    }
+    if playbook.verify is not None:
+        update["verify"] = playbook.verify.model_copy(update={"checks": merged(playbook.verify.checks)})
+    return playbook.model_copy(update=update)
+
+
+def _script_warnings(doc: YamlDocument, playbook: Playbook, engine: TemplateEngine) -> Iterator[ConfigError]:
+    """An exec step whose script requires a variable (``${NAME:?...}``) the step does not pass, where
+    that can be known: argv[0] renders from param defaults alone to a shell script on this machine
+    (relative paths from the current directory, as the service resolves them)."""
+    defaults = {name: spec.default for name, spec in playbook.params.items() if spec.default is not None}
+    for step in _all_steps(doc, playbook):
+        if not isinstance(step.model, ExecSpec):
+            continue
+        try:
+            program = engine.render(step.model.argv[0], {"params": defaults})
+            cwd = engine.render(step.model.cwd, {"params": defaults}) if step.model.cwd else "."
+        except TemplateError:
+            continue  # it depends on the alert or on a param without a default
+        if "/" not in program:
+            continue  # looked up on PATH: not a runbook script
+        required = required_variables(Path(cwd) / program)
+        if not required:
+            continue
+        inherit = step.model.inherit_env
+        env = {**inherited_env(inherit, os.environ), **playbook.env, **step.model.env}
+        for name in missing_variables(required, env):
+            hint = "set it in the playbook's env (or the step's)"
+            if inherit is True or (inherit and inherited_env(inherit, {name: "x"})):
+                hint += "; inherit_env would take it from the service's environment, where it is not set"
+            yield doc.error(
+                (*step.path, "argv", 0),
+                f"warning: {program} requires {name} ({required[name].name}: ${{{name}:?...}}), "
+                f"which this step does not pass: {hint}",
+            )
+
+
 def _cross_check(doc: YamlDocument, playbook: Playbook, engine: TemplateEngine) -> list[ConfigError]:
     errors: list[ConfigError] = []
     seen: dict[str, tuple[PathPart, ...]] = {}
+    # The shared env is rendered in each exec step's context, so it may read what every step may,
+    # except results of steps (the first step that uses it has none before it).
+    for name, value in playbook.env.items():
+        errors += _template_errors(doc, playbook, engine, ("env", name), value, False, frozenset(), frozenset())
     for step in _all_steps(doc, playbook):
         # References are checked against the names seen so far: a step can only read results
         # of steps that ran before it (document order: steps, verify checks, on_failure steps).
@@ -143,36 +211,50 @@ def _check_templates(
     earlier_steps: frozenset[str],
 ) -> list[ConfigError]:
     errors: list[ConfigError] = []
-    known = PLAYBOOK_VARIABLES | step.scope
-
-    def check(path: tuple[PathPart, ...], source: str, expression: bool) -> None:
-        try:
-            if expression:
-                names = engine.condition_variables(source)
-            else:
-                names = engine.undeclared_variables(source)
-            unknown = sorted(names - known)
-            if unknown:
-                errors.append(
-                    doc.error(
-                        path, f"unknown template variable {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-                    )
-                )
-                return
-            for param in sorted(engine.attributes_of(source, "params", expression=expression) - set(playbook.params)):
-                errors.append(doc.error(path, f"params.{param} is not a declared param"))
-            for name in sorted(engine.attributes_of(source, "steps", expression=expression) - earlier_steps):
-                errors.append(doc.error(path, f"steps.{name} does not name an earlier step"))
-        except TemplateError as exc:
-            errors.append(doc.error(path, str(exc)))
-
     for key, value in step.raw.items():
         if key == "when" and isinstance(value, str):
-            check((*step.path, key), value, True)
+            errors += _template_errors(doc, playbook, engine, (*step.path, key), value, True, step.scope, earlier_steps)
         elif key not in _NOT_TEMPLATED and not (isinstance(step.model, RollingStep) and key in ("steps", "check")):
             for path, text in _strings(value, (*step.path, key)):
-                check(path, text, False)
+                errors += _template_errors(doc, playbook, engine, path, text, False, step.scope, earlier_steps)
     return errors
+
+
+def _template_errors(
+    doc: YamlDocument,
+    playbook: Playbook,
+    engine: TemplateEngine,
+    path: tuple[PathPart, ...],
+    source: str,
+    expression: bool,
+    scope: frozenset[str],
+    earlier_steps: frozenset[str],
+) -> list[ConfigError]:
+    """What is wrong with one template (or ``when`` expression): unknown variables, undeclared
+    params, later steps, attributes the run does not provide, bad constant ``time_in`` arguments."""
+    known = frozenset(PLAYBOOK_VARIABLES) | scope
+    try:
+        names = engine.condition_variables(source) if expression else engine.undeclared_variables(source)
+        unknown = sorted(names - known)
+        if unknown:
+            message = f"unknown template variable {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            return [doc.error(path, message)]
+        errors: list[ConfigError] = []
+        for param in sorted(engine.attributes_of(source, "params", expression=expression) - set(playbook.params)):
+            errors.append(doc.error(path, f"params.{param} is not a declared param"))
+        for name in sorted(engine.attributes_of(source, "steps", expression=expression) - earlier_steps):
+            errors.append(doc.error(path, f"steps.{name} does not name an earlier step"))
+        for variable, attributes in PLAYBOOK_VARIABLES.items():
+            if attributes is None or variable in scope:
+                continue
+            for name in sorted(engine.attributes_of(source, variable, expression=expression) - attributes):
+                errors.append(
+                    doc.error(path, f"{variable}.{name} is not provided (known: {', '.join(sorted(attributes))})")
+                )
+        errors.extend(doc.error(path, problem) for problem in engine.time_in_errors(source, expression=expression))
+        return errors
+    except TemplateError as exc:
+        return [doc.error(path, str(exc))]
 
 
 def _strings(value: Any, path: tuple[PathPart, ...]) -> Iterator[tuple[tuple[PathPart, ...], str]]:

@@ -17,21 +17,19 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from service.models import StrictModel
+from service.playbooks.context import PLAYBOOK_VARIABLES
 from service.playbooks.params import ParamSpec
 from service.playbooks.templating import TemplateEngine
 from service.steps import StepSpecBase
 from service.steps.exec import Spec as ExecSpec
+from service.steps.exec_env import check_env_name
 from service.steps.http import Spec as HttpSpec
 from service.steps.nats import Spec as NatsSpec
 from service.steps.promql import Spec as PromqlSpec
 from service.steps.tcp import Spec as TcpSpec
-from service.yamlload import Duration
+from service.times import Duration
+from service.yamlload import ConfigError
 
-# What a playbook template may read. The executor builds exactly this context:
-#   params      validated param values            labels / annotations  of the triggering alert
-#   steps       results of earlier steps by name: {ok, status, summary, output, exit_code, data}
-#   execution   {id, rule, playbook, target, fingerprint, started_at}
-PLAYBOOK_VARIABLES = frozenset({"params", "labels", "annotations", "steps", "execution"})
 _NAME_RE = r"^[a-z0-9][a-z0-9_.-]*$"
 _IDENT_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -152,20 +150,33 @@ class Playbook(StrictModel):
     runbook: str = Field(default="", description='e.g. "T-OPS-04 §1A"')
     params: dict[Annotated[str, Field(pattern=_IDENT_RE)], ParamSpec] = Field(default_factory=dict)
     timeout: Duration = Field(default=900, gt=0, le=86400, description="the whole run, verification included")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment of every exec step (steps, verify checks, on_failure, rolling); a step's own env wins",
+    )
     idempotent: bool = Field(default=False, description="steps are safe to repeat: resume after a crash")
     on_resolved: Literal["continue", "cancel"] = "continue"
     steps: list[Step] = Field(min_length=1)
     verify: Verify | None = None
     on_failure: OnFailure = Field(default_factory=OnFailure)
 
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in env:
+            check_env_name(name)
+        return env
+
 
 @dataclass(frozen=True)
 class LoadedPlaybook:
-    """A validated playbook, where it came from, and its version (sha256 of the file's bytes)."""
+    """A validated playbook, where it came from, its version (sha256 of the file's bytes), and what
+    loading it found doubtful without being wrong (an exec step not passing what its script requires)."""
 
     playbook: Playbook
     file: str
     version: str
+    warnings: tuple[ConfigError, ...] = ()
 
     @property
     def name(self) -> str:

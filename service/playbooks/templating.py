@@ -7,13 +7,18 @@
 - No autoescape: output goes to one argv element or one env var, never to a shell or HTML.
 - String/list repetition and powers are capped, so ``{{ 'x' * 10**9 }}`` fails instead of eating
   the memory of the service that is supposed to fix things.
+- One function beyond Jinja's: ``time_in(after="08:00", before="18:00", weekday="mon-fri", tz="UTC")``,
+  true when the context's ``now`` lies in that window (Home Assistant's time condition), so a step
+  can say ``when: "not time_in(after='08:00', before='18:00')"``. Constant arguments are checked at
+  load time (:meth:`TemplateEngine.time_in_errors`).
 
 One :class:`TemplateEngine` per loaded config (or per app) holds the compile cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import jinja2
@@ -22,6 +27,7 @@ from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from service.errors import ConfigurationError
+from service.times import time_window
 
 MAX_OUTPUT_CHARS = 1_000_000
 MAX_CACHE_ENTRIES = 4096
@@ -46,11 +52,29 @@ class _Environment(ImmutableSandboxedEnvironment):
         return super().call_binop(context, operator, left, right)
 
 
+TIME_IN = "time_in"
+
+
+@jinja2.pass_context
+def _time_in(
+    context: jinja2.runtime.Context,
+    after: str | None = None,
+    before: str | None = None,
+    weekday: str | Sequence[str] | None = None,
+    tz: str = "UTC",
+) -> bool:
+    now = context.get("now")
+    if not isinstance(now, datetime):
+        raise ValueError("time_in() needs the current time: it is for playbook steps, not rules")
+    return time_window(after, before, weekday, tz).contains(now)
+
+
 class TemplateEngine:
     """Compiles templates once and renders them strictly."""
 
     def __init__(self) -> None:
         self._env = _Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+        self._env.globals[TIME_IN] = _time_in
         self._templates: dict[str, jinja2.Template] = {}
         self._expressions: dict[str, Callable[..., Any]] = {}
 
@@ -118,6 +142,27 @@ class TemplateEngine:
                     found.add(item.arg.value)
         return frozenset(found)
 
+    def time_in_errors(self, source: str, *, expression: bool = False) -> list[str]:
+        """What is wrong with the constant arguments of each ``time_in(...)`` call (a bad zone,
+        ``after="8h"``), found before any run needs them."""
+        ast = self._parse("{{ (" + source + ") }}" if expression else source)
+        problems: list[str] = []
+        for call in ast.find_all(nodes.Call):
+            if not (isinstance(call.node, nodes.Name) and call.node.name == TIME_IN):
+                continue
+            values = [_constant(arg) for arg in call.args] + [_constant(kw.value) for kw in call.kwargs]
+            if any(value is _NOT_CONSTANT for value in values) or call.dyn_args or call.dyn_kwargs:
+                continue  # computed arguments are checked when the step runs
+            args = values[: len(call.args)]
+            kwargs = {kw.key: value for kw, value in zip(call.kwargs, values[len(call.args) :], strict=True)}
+            try:
+                time_window(*args, **kwargs)
+            except TypeError:
+                problems.append(f"{TIME_IN}() takes after, before, weekday and tz")
+            except ValueError as exc:
+                problems.append(f"{TIME_IN}(): {exc}")
+        return problems
+
     def _parse(self, source: str) -> nodes.Template:
         try:
             return self._env.parse(source)
@@ -141,6 +186,18 @@ class TemplateEngine:
         if len(cache) >= MAX_CACHE_ENTRIES:
             cache.pop(next(iter(cache)))
         cache[key] = value
+
+
+_NOT_CONSTANT = object()
+
+
+def _constant(node: nodes.Node) -> Any:
+    """A literal argument's value (a string, or a list of them), else _NOT_CONSTANT."""
+    if isinstance(node, nodes.Const):
+        return node.value
+    if isinstance(node, nodes.List | nodes.Tuple) and all(isinstance(item, nodes.Const) for item in node.items):
+        return [item.value for item in node.items if isinstance(item, nodes.Const)]
+    return _NOT_CONSTANT
 
 
 def _show(source: str, limit: int = 120) -> str:

@@ -107,7 +107,7 @@ def _parse_file(source: bytes, file: str) -> tuple[list[Rule], YamlDocument]:
     try:
         return RulesFile.model_validate(doc.data).rules, doc
     except ValidationError as exc:
-        raise ConfigErrors(validation_errors(exc, doc)) from None
+        raise ConfigErrors(validation_errors(exc, doc, model=RulesFile)) from None
 
 
 def _cross_check(

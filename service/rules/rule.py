@@ -6,6 +6,7 @@ reading and cross-checking the files is :mod:`service.rules.loading`.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field
@@ -13,7 +14,7 @@ from pydantic import AfterValidator, Field
 from service.alerts.matchers import MatcherError, parse_matchers
 from service.models import StrictModel
 from service.playbooks.params import ParamValue
-from service.yamlload import Duration
+from service.times import Duration
 
 # What rule templates (params, target) may read; built by RuleSet for each matched alert.
 RULE_VARIABLES = frozenset(
@@ -37,11 +38,23 @@ DEFAULT_TARGET = "{{ labels.instance | default(fingerprint) }}"
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
 
 
+# `alertname=="X"`: Alertmanager reads a value "=X" (or refuses the quote); in a rule it is a C habit.
+_DOUBLE_EQUALS_RE = re.compile(r'(?:^|[{,])\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*==\s*"?([^",}]*)')
+
+
 def _valid_matcher(text: str) -> str:
     try:
-        parse_matchers(text)
+        parsed = parse_matchers(text)
+        error = None
     except MatcherError as exc:
-        raise ValueError(str(exc)) from None
+        parsed, error = [], str(exc)
+    if error is not None or any(m.op == "=" and m.value.startswith("=") for m in parsed):
+        double = _DOUBLE_EQUALS_RE.search(text)
+        if double is not None:
+            name, value = double.groups()
+            raise ValueError(f'`==` is not an operator: write {name}="{value}" (operators: =, !=, =~, !~)')
+    if error is not None:
+        raise ValueError(error)
     return text
 
 

@@ -95,7 +95,7 @@ def run_rule_tests(files: Sequence[Path], ruleset: RuleSet) -> tuple[bool, str]:
             failed += 1
             continue
         except ValidationError as exc:
-            lines += [f"  ERROR {e}" for e in validation_errors(exc, doc)]
+            lines += [f"  ERROR {e}" for e in validation_errors(exc, doc, model=TestFile)]
             failed += 1
             continue
         for index, case in enumerate(suite.tests):

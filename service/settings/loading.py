@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from service.yamlload import (
     ConfigErrors,
     YamlDocument,
     YamlPath,
+    did_you_mean,
     format_path,
     load_yaml_file,
     validation_errors,
@@ -26,22 +28,34 @@ class SettingsError(ConfigurationError):
     """Settings that cannot be used; the message names the file and the field."""
 
 
+# REMEDIATOR_* variables that are not settings: a channel's URL (a secret, see secrets.py) and the
+# execution id the service gives each exec step (so a remediator run from a step still starts).
+_NOT_SETTINGS_RE = re.compile(rf"{ENV_PREFIX}CHANNEL_[A-Z0-9_]+_URL|{ENV_PREFIX}EXECUTION_ID")
+
+
 def _env_overrides(env: Mapping[str, str], model: type[BaseModel]) -> tuple[dict[str, Any], dict[YamlPath, str]]:
     """REMEDIATOR_LISTEN_PORT=1 -> {listen_port: "1"}; REMEDIATOR_STORE__PATH -> {store: {path}}.
 
-    Lists take comma-separated values. Secret values (…_TOKEN, …_PASSWORD) are not settings.
+    Lists take comma-separated values. Secret values (…_TOKEN, …_PASSWORD) are not settings. A
+    variable that names no setting is an error naming it (as an unknown key in the file is): a typo
+    such as REMEDIATOR_STORE__BAKEND must not leave the default in force unnoticed.
     Also returns which variable set each path, so an error in an override names the variable.
     """
     overrides: dict[str, Any] = {}
     sources: dict[YamlPath, str] = {}
-    for key, value in env.items():
-        if not key.startswith(ENV_PREFIX) or key in SECRET_ENV.values():
+    unknown: list[ConfigError] = []
+    for key, value in sorted(env.items()):
+        if not key.startswith(ENV_PREFIX) or key in SECRET_ENV.values() or _NOT_SETTINGS_RE.fullmatch(key):
             continue
         parts = key[len(ENV_PREFIX) :].lower().split("__")
         fields: type[BaseModel] | None = model
         target = overrides
         for index, part in enumerate(parts):
             if fields is None or part not in fields.model_fields:
+                known = [] if fields is None else [f for f in fields.model_fields if not f.startswith("_")]
+                where = format_path(parts[:index]) or "the settings"
+                message = f"{where} has no setting {part!r}{did_you_mean(part, known)}"
+                unknown.append(ConfigError(f"environment {key}", None, format_path(parts), message))
                 break
             annotation = fields.model_fields[part].annotation
             if index == len(parts) - 1:
@@ -50,6 +64,8 @@ def _env_overrides(env: Mapping[str, str], model: type[BaseModel]) -> tuple[dict
             else:
                 fields = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
                 target = target.setdefault(part, {})
+    if unknown:
+        raise SettingsError("\n".join(str(problem) for problem in unknown))
     return overrides, sources
 
 
@@ -104,7 +120,8 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
     except ValidationError as exc:
         problems: list[ConfigError] = []
         # validation_errors keeps pydantic's order, so each located error pairs with its raw error.
-        for err, located in zip(exc.errors(include_url=False), validation_errors(exc, doc), strict=True):
+        located_errors = validation_errors(exc, doc, model=Settings)
+        for err, located in zip(exc.errors(include_url=False), located_errors, strict=True):
             loc = tuple(err["loc"])
             variable = _env_variable(loc, sources)
             if variable is None:

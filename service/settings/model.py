@@ -14,10 +14,8 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from service.alerts.matchers import MatcherError, parse_matcher
 from service.models import StrictModel
-from service.yamlload import (
-    Duration,
-    YamlDocument,
-)
+from service.times import Duration
+from service.yamlload import YamlDocument
 
 ENV_PREFIX = "REMEDIATOR_"
 # The variables that give secrets directly (container platforms); they are never settings overrides.
@@ -36,7 +34,7 @@ class StoreSettings(StrictModel):
         description="full: each acknowledged alert survives power loss; normal: a service crash only (faster)",
     )
     retention_days: float = Field(default=30.0, gt=0, le=3650, description="executions older than this are pruned")
-    prune_interval_seconds: float = Field(default=3600.0, ge=10, le=86400)
+    prune_interval_seconds: Duration = Field(default=3600.0, ge=10, le=86400)
 
 
 class WebhookAuthSettings(StrictModel):
@@ -97,9 +95,9 @@ class LimitSettings(StrictModel):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=64 * 1024 * 1024)
     max_concurrent_executions: int = Field(default=8, ge=1, le=1000)
     storm_max_admissions: int = Field(default=20, ge=1)
-    storm_window_seconds: float = Field(default=60.0, gt=0)
+    storm_window_seconds: Duration = Field(default=60.0, gt=0)
     output_limit_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
-    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+    shutdown_grace_seconds: Duration = Field(default=10.0, ge=0, le=600)
 
 
 # --- escalation (service/escalation/escalator.py, docs/escalation.md) ---------------------------------------
@@ -165,7 +163,7 @@ class SilencePauseSettings(StrictModel):
     """Alertmanager silences carrying `marker` pause automation for what their other matchers select."""
 
     marker: str = 'remediation="paused"'
-    interval_seconds: float = Field(default=15.0, ge=1, le=3600)
+    interval_seconds: Duration = Field(default=15.0, ge=1, le=3600)
 
     @field_validator("marker")
     @classmethod

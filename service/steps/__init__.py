@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.times import Duration
+
 DEFAULT_OUTPUT_LIMIT = 64 * 1024
 
 
@@ -31,9 +33,9 @@ class StepSpecBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str | None = None
-    timeout: float = Field(default=30.0, gt=0, le=86400, description="hard limit in seconds")
+    timeout: Duration = Field(default=30.0, gt=0, le=86400, description="hard limit: seconds or 30s, 5m, 1h30m")
     retries: int = Field(default=0, ge=0, le=20)
-    backoff: float = Field(default=1.0, ge=0, le=3600, description="first retry delay, doubled each retry")
+    backoff: Duration = Field(default=1.0, ge=0, le=3600, description="first retry delay, doubled each retry")
     allow_failure: bool = False
     when: str | None = Field(default=None, description="template condition on earlier results")
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from service.steps import StepContext, StepOutcome, StepSpecBase
 from service.steps.capture import TailBuffer, read_body
 from service.steps.errors import reason
+from service.times import Duration
 
 _OPERATORS = ("equals", "not_equals", "in", "lt", "le", "gt", "ge", "exists")
 _SEGMENT = re.compile(r"([^.\[\]]+)?((?:\[\d+\])*)")
@@ -93,7 +94,7 @@ class Spec(StepSpecBase):
     expect_status: list[int] = Field(default_factory=lambda: [200], min_length=1)
     expect_json: list[JsonExpectation] = Field(default_factory=list)
     verify_tls: bool = True
-    timeout: float = Field(default=10.0, gt=0, le=3600)
+    timeout: Duration = Field(default=10.0, gt=0, le=3600)
 
     model_config = ConfigDict(populate_by_name=True)
 

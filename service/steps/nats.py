@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 from service.steps import StepContext, StepOutcome, StepSpecBase
 from service.steps.capture import TailBuffer, read_body
 from service.steps.errors import reason
+from service.times import Duration
 
 Action = Literal["health", "varz", "jsz", "consumer_info", "publish", "purge_stream"]
 
@@ -56,7 +57,7 @@ class Spec(StepSpecBase):
     ack: bool = False
     max_pending: int | None = Field(default=None, ge=0)
     max_ack_pending: int | None = Field(default=None, ge=0)
-    timeout: float = Field(default=10.0, gt=0, le=3600)
+    timeout: Duration = Field(default=10.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _fields_for_action(self) -> Self:

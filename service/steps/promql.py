@@ -17,6 +17,7 @@ from service.errors import StepError
 from service.steps import StepContext, StepOutcome, StepSpecBase
 from service.steps.capture import TailBuffer, read_body
 from service.steps.errors import reason
+from service.times import Duration
 
 _ERROR_TAIL = 2048  # how much of a non-API answer an error message quotes
 
@@ -35,8 +36,8 @@ class RangeEvidence(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    duration: float = Field(gt=0, le=7 * 86400)
-    step: float = Field(default=15.0, gt=0, le=86400)
+    duration: Duration = Field(gt=0, le=7 * 86400)
+    step: Duration = Field(default=15.0, gt=0, le=86400)
 
 
 class Spec(StepSpecBase):
@@ -53,7 +54,7 @@ class Spec(StepSpecBase):
     expect_empty: bool = False
     range: RangeEvidence | None = None
     prometheus_url: str | None = Field(default=None, description="default: the service's Prometheus")
-    timeout: float = Field(default=10.0, gt=0, le=3600)
+    timeout: Duration = Field(default=10.0, gt=0, le=3600)
 
     @model_validator(mode="after")
     def _one_assertion(self) -> Self:

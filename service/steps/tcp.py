@@ -10,6 +10,7 @@ from pydantic import BeforeValidator, Field
 
 from service.steps import StepContext, StepOutcome, StepSpecBase
 from service.steps.errors import reason
+from service.times import Duration
 
 
 def _port(value: object) -> object:
@@ -32,7 +33,7 @@ class Spec(StepSpecBase):
     type: Literal["tcp"]
     host: str = "127.0.0.1"
     port: Port
-    timeout: float = Field(default=5.0, gt=0, le=3600)
+    timeout: Duration = Field(default=5.0, gt=0, le=3600)
 
 
 async def run(spec: Spec, ctx: StepContext) -> StepOutcome:

@@ -8,11 +8,12 @@ allow extra fields: a column added later reaches the answer without breaking its
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from service.rules.ruleset import MatchOutcome
+from service.times import Duration
 
 ParamValue = str | int | float | bool  # service.playbooks.params.ParamValue, spelt out for the schema
 
@@ -34,7 +35,18 @@ class PauseRequest(BaseModel):
     rule: str = Field(default="*", min_length=1, max_length=200, description="a rule name, or * for every rule")
     target: str = Field(default="*", min_length=1, max_length=500, description="a target, or * for every target")
     reason: str = Field(min_length=1, max_length=1000)
-    duration_seconds: float | None = Field(default=None, gt=0, le=30 * 86400, description="none: until resumed")
+    duration: Duration | None = Field(
+        default=None, gt=0, le=30 * 86400, description="e.g. 30m, 2h or seconds; none: until resumed"
+    )
+    duration_seconds: Duration | None = Field(default=None, gt=0, le=30 * 86400, description="the same, in seconds")
+
+    @model_validator(mode="after")
+    def _one_duration(self) -> Self:
+        if self.duration is not None:
+            if self.duration_seconds is not None and self.duration_seconds != self.duration:
+                raise ValueError("give duration or duration_seconds, not both")
+            self.duration_seconds = self.duration
+        return self
 
 
 class ResetRequest(BaseModel):

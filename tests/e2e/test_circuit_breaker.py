@@ -13,6 +13,7 @@ from demo.processes import poll
 from demo.stack import Stack
 from e2e.stack import (
     escalation_events,
+    remediation_alerts,
     router_series,
     step,
     wait_alert_resolved,
@@ -21,7 +22,7 @@ from e2e.stack import (
 )
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(180)
 def test_breaker_open_with_healthy_provider_goes_half_open_then_closed(stacks: Any) -> None:
     stack: Stack = stacks()
     stack.router_admin("POST", "faults/circuit_breaker/tenant_a/openai/open")
@@ -58,6 +59,16 @@ def test_breaker_open_with_healthy_provider_goes_half_open_then_closed(stacks: A
     assert stack.router_admin("GET", "circuit_breaker/tenant_a/openai/status")["state"] == "closed"
     resolved = wait_alert_resolved(stack, run["id"])
     assert resolved["execution"]["state"] == "succeeded"
+
+    # CircuitBreaker503, held back by inhibition while the breaker was open, arrives now that it is
+    # closed (its 1m rate still counts the 503s): the diagnosis finds them explained by the breaker
+    # that opened, records the evidence and pages nobody
+    diagnosis = stack.wait_execution("the 503 diagnosis", 60, lambda r: True, rule="circuit-breaker-503")
+    report = stack.execution(diagnosis["id"])
+    assert report["execution"]["state"] == "succeeded", report
+    assert step(report, "breakers_recent")["data"]["samples"]
+    assert not escalation_events(report)
+    assert remediation_alerts(stack) == []
 
 
 @pytest.mark.timeout(120)

@@ -72,7 +72,7 @@ def test_nats_flapping_within_its_cooldown_pages_at_most_once_and_never_while_th
         poll(lambda: _nats_alerts_quiet(stack), 30, "the NATS alerts to resolve in Prometheus")  # a new outage
         seen = len(_decisions(stack))
         stack.kill_nats()
-        poll(lambda: len(_decisions(stack)) > seen, 40, f"a decision for flap {flap + 2}")
+        poll(lambda seen=seen: len(_decisions(stack)) > seen, 40, f"a decision for flap {flap + 2}")
         stack.run_script("nats_start.sh")
 
     rows = _decisions(stack)

@@ -12,7 +12,7 @@ from support.crash import get, kill_during_second_step, make_service, post
 from support.flow import alert_body
 from support.service_proc import ServiceProcess
 
-from demo.processes import poll
+from demo.processes import pid_alive, poll
 
 
 @pytest.fixture
@@ -45,13 +45,13 @@ def test_killed_idempotent_playbook_ends_the_old_step_and_resumes_where_it_stopp
     processes.append(service)
     execution_id = kill_during_second_step(service, "crash2", sleep="3")
     [old_step] = (tmp_path / "crash2.pids").read_text().split()
-    assert _alive(int(old_step))  # its own session: the step outlived the SIGKILLed service
+    assert pid_alive(int(old_step))  # its own session: the step outlived the SIGKILLed service
     service.start()
     report = get(f"{service.url}/api/v1/executions/{execution_id}")
     # before the run resumed, the old second step's group was ended: it never runs beside the new one
     [ended] = [e["message"] for e in report["timeline"] if e["kind"] == "recovery"]
     assert f"step second was still running after the restart: its process group {old_step} ended" in ended
-    assert not _alive(int(old_step))
+    assert not pid_alive(int(old_step))
     [resumed] = [e["message"] for e in report["timeline"] if e["kind"] == "resume"]
     assert "after 1 completed step(s): first" in resumed
     poll(lambda: (tmp_path / "crash2").read_text() == "2", timeout=20, what="the resumed second step")
@@ -91,15 +91,6 @@ def test_killed_during_verification_resumes_verifying_without_running_a_step_aga
     assert (tmp_path / "verify1").read_text() == "1"  # the steps ran once
     [resumed] = [e["message"] for e in final["timeline"] if e["kind"] == "resume"]
     assert "verification" in resumed
-
-
-def _alive(pid: int) -> bool:
-    """Running, and not a zombie waiting to be reaped by its new parent."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _finished(service: ServiceProcess, execution_id: str) -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 from support.fake_escalation import RecordingEscalation
 from support.flow import poll
 
-from service.clock import SystemClock
+from service.clock import Clock, FakeClock, SystemClock
 from service.flow.executor import Endpoints, Executor, RunRequest
 from service.flow.modes import TargetLocks
 from service.playbooks.loading import playbook_from_source
@@ -25,7 +26,7 @@ PY = sys.executable
 
 
 class Rig:
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: SQLiteStore, clock: Clock | None = None) -> None:
         self.store = store
         self.engine = TemplateEngine()
         self.escalation = RecordingEscalation()
@@ -33,7 +34,7 @@ class Rig:
         self.finished: list[tuple[str, str]] = []
         self.executor = Executor(
             store=store,
-            clock=SystemClock(),
+            clock=clock or SystemClock(),
             endpoints=Endpoints(
                 "http://127.0.0.1:1", "http://127.0.0.1:1", "nats://127.0.0.1:1", "http://127.0.0.1:1", 4096
             ),
@@ -147,6 +148,39 @@ steps:
     ]
     assert record.steps[-1]["output"].strip() == "saw pending=42"
     assert any(e["kind"] == "skip" and "skipped" in e["message"] for e in record.events)
+
+
+@pytest.mark.parametrize(("hour", "approval_asked"), [(12, False), (19, True)], ids=["business hours", "after hours"])
+async def test_templates_get_what_the_docs_promise_and_time_in_reads_the_clock(
+    tmp_path: Path, hour: int, approval_asked: bool
+) -> None:
+    # execution.started_at was documented and accepted by check, but missing when the run rendered it
+    clock = FakeClock(datetime(2026, 12, 2, hour, 30, tzinfo=UTC))  # a Wednesday
+    store = SQLiteStore(tmp_path / "executor.db")
+    await store.open()
+    try:
+        rig = Rig(store, clock)
+        playbook = f"""
+name: times
+steps:
+  - name: approve
+    type: approval
+    prompt: "restart outside business hours?"
+    timeout: 0.2
+    allow_failure: true
+    when: "not time_in(after='08:00', before='18:00', weekday='mon-fri', tz='UTC')"
+  - name: show
+    type: exec
+    argv: ["{PY}", "-c", "import sys; print(*sys.argv[1:])", "{{{{ execution.started_at }}}}", "{{{{ now }}}}",
+           "{{{{ now.hour }}}}", "{{{{ execution.id }}}}"]
+"""
+        record = await rig.record((await rig.run(playbook))["id"])
+    finally:
+        await store.close()
+    assert record.execution["state"] == "succeeded"
+    at = f"2026-12-02T{hour:02d}:30:00+00:00"
+    assert record.steps[-1]["output"].split() == [at, at, str(hour), "ex-1"]
+    assert [s["name"] for s in record.steps] == (["approve", "show"] if approval_asked else ["show"])
 
 
 async def test_a_failing_step_stops_the_run_runs_cleanup_and_escalates(rig: Rig, tmp_path: Path) -> None:

@@ -16,8 +16,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -215,14 +218,55 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         s.stop_all()
 
 
+class _UnexplainedMetrics(BaseHTTPRequestHandler):
+    """/metrics of a router answering 503 to a third of its requests with every breaker closed and
+    never opened (the simulated router's 503s all come from its breakers)."""
+
+    started = time.monotonic()
+
+    def do_GET(self) -> None:
+        seconds = time.monotonic() - self.started
+        body = (
+            f'router_requests_total{{code="200"}} {int(20 * seconds)}\n'
+            f'router_requests_total{{code="503"}} {int(10 * seconds)}\n'
+            'router_circuit_breaker_state{tenant="tenant_a",provider="openai"} 0\n'
+            'router_circuit_breaker_transitions_total{tenant="tenant_a",provider="openai",to="open"} 0\n'
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # one scrape a second: no access log
+        pass
+
+
 @pytest.fixture(scope="module")
-def shared(module_processes: RealProcesses, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, str]]:
+def unexplained_503s() -> Iterator[int]:
+    """The HTTP port of a router whose 503s no circuit breaker explains (scraped by the shared Prometheus)."""
+    server = ThreadingHTTPServer((LOOPBACK, 0), _UnexplainedMetrics)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def shared(
+    module_processes: RealProcesses, tmp_path_factory: pytest.TempPathFactory, unexplained_503s: int
+) -> Iterator[tuple[Stack, str]]:
     """One running stack and one Prometheus scraping its router, for the non-restarting playbooks."""
     require_binary("nats-server")
     s = Stack(tmp_path_factory.mktemp("shared") / "state")
     try:
         s.start()
-        prometheus = module_processes.prometheus(targets={"beamline-router": [s.instance]})
+        routers = [s.instance, f"{LOOPBACK}:{unexplained_503s}"]
+        prometheus = module_processes.prometheus(targets={"beamline-router": routers})
         prometheus.wait_for_samples(f'router_nats_connection_status{{instance="{s.instance}"}} == 1', timeout=30)
         yield s, prometheus.url
     finally:
@@ -373,6 +417,14 @@ class Report:
     @property
     def escalation_text(self) -> str:
         return "\n".join(reason for reason, _ in self.escalations)
+
+    def assert_quiet(self, escalate_step: str) -> None:
+        """The run succeeded without paging: its escalate step was skipped (on the timeline), nothing escalated."""
+        assert self.state == "succeeded", self.explain()
+        assert self.escalations == [], self.explain()
+        assert escalate_step not in self.names(), self.explain()
+        skips = [e["message"] for e in self.record.events if e["kind"] == "skip"]
+        assert f"{escalate_step}: when is false" in skips, skips
 
     def explain(self) -> str:
         lines = [f"state={self.state} reason={self.reason}"]
@@ -529,17 +581,25 @@ async def test_router_nats_flapping_diagnoses_then_restarts_router_nodes_one_at_
     assert await router_connected(stack) and await router_connected(second)
 
 
-async def test_router_nats_flapping_without_tls_skips_the_certificate_check(stack: Stack, harness: MakeHarness) -> None:
+async def test_router_nats_flapping_with_nothing_found_restarts_the_routers_without_paging(
+    stack: Stack, harness: MakeHarness
+) -> None:
     await asyncio.to_thread(stack.start)
+    await poll(lambda: router_connected(stack), what="router connected")
+    pid = stack.pid("router")
     report = await harness("http://127.0.0.1:9").run(
         "router-nats-flapping",
         stack.params("router-nats-flapping", nodes=f"{stack.tcp_port}:{stack.http_port}"),
     )
-    assert report.state == "succeeded", report.explain()
+    # the diagnostics found nothing a person must act on: kept in the report, nobody paged
+    report.assert_quiet("diagnostics")
+    assert report.step("nats_client_port")["ok"] and report.step("nats_health")["ok"]
     assert "tls_expiry" not in report.names()
     assert any("tls_expiry: when is false" in e["message"] for e in report.record.events)
-    assert "TLS: not enabled" in report.escalation_text
-    assert 'no "Authentication error" or "Slow consumer" lines' in report.escalation_text
+    assert report.step("nats_log_scan")["exit_code"] == 1
+    # the restarts that follow are unchanged
+    assert stack.pid("router") != pid and not pid_alive(pid)
+    assert await router_connected(stack)
 
 
 # --- §1C JetStream backlog, and the purge behind an approval -------------------------------------
@@ -567,6 +627,11 @@ async def test_jetstream_backlog_gathers_evidence_advises_and_purges_nothing(
     s, prometheus = clean
     await _backlog(s, 300)
     pending, messages = await s.consumer_pending(), await s.stream_messages()
+    # under the alert's threshold (1000), but still rising: that pages
+    rising = (
+        f'deriv(router_jetstream_consumer_pending{{instance="{s.instance}",consumer="router_decide_consumer"}}[1m]) > 0'
+    )
+    await poll(lambda: _prom(prometheus, rising), timeout=30, what="the backlog rising in Prometheus")
 
     report = await harness(prometheus).run("jetstream-backlog", s.params("jetstream-backlog"))
 
@@ -582,6 +647,23 @@ async def test_jetstream_backlog_gathers_evidence_advises_and_purges_nothing(
     # nothing purged, nothing asked
     assert await s.stream_messages() == messages and await s.consumer_pending() == pending
     assert not any(e["kind"] == "approval" for e in report.record.events)
+
+
+async def test_jetstream_backlog_that_has_drained_pages_nobody(clean: tuple[Stack, str], harness: MakeHarness) -> None:
+    s, prometheus = clean
+    await _backlog(s, 300)
+    await s.admin("POST", "/admin/faults/reset")  # the consumer runs again and drains the backlog
+
+    async def drained() -> bool:
+        return await s.consumer_pending() == 0
+
+    await poll(drained, timeout=30, what="the backlog drained")
+
+    report = await harness(prometheus).run("jetstream-backlog", s.params("jetstream-backlog"))
+
+    report.assert_quiet("advice")
+    assert report.step("consumer_info")["data"]["num_pending"] == 0
+    assert report.step("pending_trend")["ok"] and report.step("pending_rising")["ok"]
 
 
 async def test_jetstream_purge_waits_for_approval_denied_keeps_everything_approved_purges(
@@ -803,6 +885,26 @@ async def test_clean_state_restart_wipes_data_only_after_approval(stack: Stack, 
 # --- §4 troubleshooting diagnostics -------------------------------------------------------------
 
 
+async def test_high_latency_back_to_normal_pages_nobody(clean: tuple[Stack, str], harness: MakeHarness) -> None:
+    s, prometheus = clean
+    await s.admin("POST", "/admin/faults/provider/openai", {"extra_latency_ms": 1500})
+    slow = f'router_provider_latency_p95_ms{{instance="{s.instance}",provider="openai"}} >= 1000'
+    await poll(lambda: _prom(prometheus, slow), timeout=30, what="openai's p95 over 1s in Prometheus")
+    await s.admin("POST", "/admin/faults/reset")
+    sel = f'instance="{s.instance}"'
+    normal = (
+        f"max(router_provider_latency_p95_ms{{{sel}}}) < 1000 and on () "
+        f"histogram_quantile(0.95, sum by (le) (rate(router_request_duration_seconds_bucket{{{sel}}}[1m]))) <= 1"
+    )  # a slow provider from an earlier test can hold the 1m p95 up for up to a minute
+    await poll(lambda: _prom(prometheus, normal), timeout=90, what="latency back to normal in Prometheus")
+
+    report = await harness(prometheus).run("diagnose-high-latency", s.params("diagnose-high-latency"))
+
+    report.assert_quiet("diagnosis")
+    assert float(report.step("request_p95")["data"]["samples"][0]["value"]) <= 1
+    assert {x["labels"]["provider"] for x in report.step("provider_p95")["data"]["samples"]} >= {"openai"}
+
+
 async def test_high_latency_diagnosis_names_the_slow_provider(clean: tuple[Stack, str], harness: MakeHarness) -> None:
     s, prometheus = clean
     await s.admin("POST", "/admin/faults/provider/openai", {"extra_latency_ms": 1500})
@@ -820,12 +922,30 @@ async def test_high_latency_diagnosis_names_the_slow_provider(clean: tuple[Stack
     assert "p95 request latency" in text and "slow provider(s): openai" in text, text
 
 
+def _share_429(s: Stack) -> str:
+    sel = f'instance="{s.instance}"'
+    return f'sum(rate(router_requests_total{{{sel},code="429"}}[1m])) / sum(rate(router_requests_total{{{sel}}}[1m]))'
+
+
+async def test_429_burst_that_has_passed_pages_nobody(clean: tuple[Stack, str], harness: MakeHarness) -> None:
+    s, prometheus = clean
+    await s.admin("POST", "/admin/faults/rate_limit", {"fraction": 0.5})
+    seen = f'increase(router_requests_total{{instance="{s.instance}",code="429"}}[1m]) > 0'
+    await poll(lambda: _prom(prometheus, seen), timeout=30, what="429s in Prometheus")
+    await s.admin("POST", "/admin/faults/reset")
+    await poll(lambda: _prom(prometheus, f"{_share_429(s)} <= 0.05"), timeout=90, what="429s under 5%")
+
+    report = await harness(prometheus).run("diagnose-rate-limiting", s.params("diagnose-rate-limiting"))
+
+    report.assert_quiet("diagnosis")
+    assert 0 < float(report.step("share_429")["data"]["samples"][0]["value"]) <= 0.05
+    assert report.step("rate_limiter_log")["exit_code"] in (0, 1)
+
+
 async def test_429_diagnosis_reports_the_rate_limited_share(clean: tuple[Stack, str], harness: MakeHarness) -> None:
     s, prometheus = clean
     await s.admin("POST", "/admin/faults/rate_limit", {"fraction": 0.5})
-    sel = f'instance="{s.instance}"'
-    limited = f'sum(rate(router_requests_total{{{sel},code="429"}}[1m])) / sum(rate(router_requests_total{{{sel}}}[1m])) > 0.1'
-    await poll(lambda: _prom(prometheus, limited), timeout=40, what="over 10% 429s in Prometheus")
+    await poll(lambda: _prom(prometheus, f"{_share_429(s)} > 0.1"), timeout=40, what="over 10% 429s in Prometheus")
 
     report = await harness(prometheus).run("diagnose-rate-limiting", s.params("diagnose-rate-limiting"))
 
@@ -837,18 +957,80 @@ async def test_429_diagnosis_reports_the_rate_limited_share(clean: tuple[Stack, 
     assert "over 5%" in text, text
 
 
-async def test_503_diagnosis_names_the_open_breaker(clean: tuple[Stack, str], harness: MakeHarness) -> None:
+def _share_503(instance: str) -> str:
+    sel = f'instance="{instance}"'
+    return f'sum(rate(router_requests_total{{{sel},code="503"}}[1m])) / sum(rate(router_requests_total{{{sel}}}[1m]))'
+
+
+async def test_503s_from_an_open_breaker_are_left_to_the_breaker_procedure(
+    clean: tuple[Stack, str], harness: MakeHarness
+) -> None:
     s, prometheus = clean
     await _open_breaker(s, prometheus, "tenant_b", "anthropic")
 
     report = await harness(prometheus).run("diagnose-503-errors", s.params("diagnose-503-errors"))
 
-    assert report.state == "succeeded", report.explain()
+    # circuit-breaker-open owns an open breaker (its own alert), and pages itself if it cannot close it
+    report.assert_quiet("diagnosis")
     states = report.step("breaker_states")["data"]["samples"]
     assert {(x["labels"]["tenant"], x["labels"]["provider"], x["value"]) for x in states} >= {
         ("tenant_b", "anthropic", "1")
     }
-    assert "circuit breaker(s) open for tenant_b/anthropic" in report.escalation_text, report.escalation_text
+    assert report.step("breakers_recent")["data"]["samples"]
+
+
+async def test_503s_after_the_breakers_were_closed_page_nobody(clean: tuple[Stack, str], harness: MakeHarness) -> None:
+    """Acceptance 3 of issue 18: CircuitBreaker503, held back while CircuitBreakerOpen fired and lagging
+    by its 1m rate window, arrives after the breaker was fixed: its diagnosis pages nobody."""
+    s, prometheus = clean
+    breakers = [("tenant_a", "openai"), ("tenant_b", "openai")]
+    for tenant, provider in breakers:
+        await _open_breaker(s, prometheus, tenant, provider)
+    over = f"{_share_503(s.instance)} > 0.1"
+    await poll(lambda: _prom(prometheus, over), timeout=40, what="over 10% 503s in Prometheus")
+    for tenant, provider in breakers:
+        await s.admin("POST", f"/admin/circuit_breaker/{tenant}/{provider}/force_recovery")
+    closed = f'max(router_circuit_breaker_state{{instance="{s.instance}"}}) == 0'
+    await poll(lambda: _prom(prometheus, closed), what="every breaker closed in Prometheus")
+
+    report = await harness(prometheus).run("diagnose-503-errors", s.params("diagnose-503-errors"))
+
+    report.assert_quiet("diagnosis")
+    # what CircuitBreaker503 fired on still holds: over 5% 503s in the last minute
+    assert float(report.step("share_503")["data"]["samples"][0]["value"]) > 0.05
+    assert {x["value"] for x in report.step("breaker_states")["data"]["samples"]} == {"0"}
+    recent = {
+        (x["labels"]["tenant"], x["labels"]["provider"]) for x in report.step("breakers_recent")["data"]["samples"]
+    }
+    assert recent >= set(breakers)
+
+
+async def test_503s_no_breaker_explains_page_with_the_diagnosis(
+    clean: tuple[Stack, str], harness: MakeHarness, unexplained_503s: int
+) -> None:
+    _, prometheus = clean
+    instance = f"{LOOPBACK}:{unexplained_503s}"
+    await poll(lambda: _prom(prometheus, f"{_share_503(instance)} > 0.05"), timeout=30, what="the 503s in Prometheus")
+
+    report = await harness(prometheus).run(
+        "diagnose-503-errors", {"router_host": LOOPBACK, "router_http_port": str(unexplained_503s)}
+    )
+
+    assert report.state == "succeeded", report.explain()
+    assert report.step("breakers_recent")["ok"] and not report.step("breakers_recent")["data"]["samples"]
+    [(text, severity)] = report.escalations
+    assert severity == "warning"
+    assert "Open circuit breakers: none; half-open: none" in text, text
+    assert "the 503s are not from circuit breakers" in text, text
+
+
+async def test_503s_with_the_breakers_unknown_page(clean: tuple[Stack, str], harness: MakeHarness) -> None:
+    s, _ = clean
+    report = await harness("http://127.0.0.1:9").run("diagnose-503-errors", s.params("diagnose-503-errors"))
+
+    assert report.state == "succeeded", report.explain()
+    assert not report.step("breakers_recent")["ok"]
+    assert "breaker states unknown" in report.escalation_text and "share unknown" in report.escalation_text
 
 
 async def test_stuck_queue_diagnosis_finds_the_crashed_consumer(clean: tuple[Stack, str], harness: MakeHarness) -> None:
@@ -865,6 +1047,29 @@ async def test_stuck_queue_diagnosis_finds_the_crashed_consumer(clean: tuple[Sta
     assert report.step("consumer_info")["data"]["num_pending"] >= 5
     assert report.escalations[0][1] == "critical"
     assert "consumer crash" in report.escalation_text and "subscriber_up=0" in report.escalation_text
+
+
+async def test_stuck_queue_progressing_again_pages_nobody(clean: tuple[Stack, str], harness: MakeHarness) -> None:
+    s, prometheus = clean
+    await s.admin("POST", "/admin/faults/consumer", {"mode": "crashed"})
+    down = f'router_nats_subscriber_up{{instance="{s.instance}"}} == 0'
+    await poll(lambda: _prom(prometheus, down), timeout=30, what="subscriber down in Prometheus")
+    await s.admin("POST", "/admin/publish", {"count": 5})
+    await s.admin("POST", "/admin/faults/reset")  # the consumer is back (a restart, in real life)
+
+    async def drained() -> bool:
+        return await s.consumer_pending() == 0
+
+    await poll(drained, timeout=30, what="the queue drained")
+    sel = f'instance="{s.instance}"'
+    progressing = f"router_nats_subscriber_up{{{sel}}} == 1 and on () increase(router_jetstream_messages_processed_total{{{sel}}}[2m]) > 0"
+    await poll(lambda: _prom(prometheus, progressing), timeout=30, what="the consumer up and processing in Prometheus")
+
+    report = await harness(prometheus).run("diagnose-stuck-queue", s.params("diagnose-stuck-queue"))
+
+    report.assert_quiet("diagnosis")
+    assert report.step("router_health")["data"]["json"]["consumer"] == "running"
+    assert report.step("consumer_info")["data"]["num_pending"] == 0
 
 
 async def test_notify_only_escalates_with_the_alert_summary(harness: MakeHarness) -> None:

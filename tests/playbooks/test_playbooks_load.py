@@ -110,7 +110,26 @@ steps:
         (
             MINIMAL.replace("params.node", "alert.node"),
             "p.yaml:7: steps[0].argv[1]: unknown template variable alert "
-            "(known: annotations, execution, labels, params, steps)",
+            "(known: annotations, execution, labels, now, params, steps)",
+        ),
+        (
+            MINIMAL.replace("params.node", "execution.started"),
+            "p.yaml:7: steps[0].argv[1]: execution.started is not provided "
+            "(known: fingerprint, id, playbook, rule, started_at, target)",
+        ),
+        (
+            MINIMAL + "    when: \"time_in(after='8h', tz='UTC')\"\n",
+            "p.yaml:8: steps[0].when: time_in(): after='8h': expected a time of day as HH:MM or HH:MM:SS",
+        ),
+        (
+            MINIMAL + "    when: \"not time_in(before='18:00', weekday=['mon', 'fry'], tz='Europe/Berlin')\"\n",
+            "p.yaml:8: steps[0].when: time_in(): weekday 'fry': expected mon, tue, wed, thu, fri, sat, sun, "
+            "or a range such as mon-fri",
+        ),
+        (
+            MINIMAL.replace("params.node", "time_in(after='08:00', tz='Mars/Olympus')"),
+            "p.yaml:7: steps[0].argv[1]: time_in(): unknown time zone 'Mars/Olympus' (an IANA name such as UTC or "
+            "Europe/Berlin)",
         ),
         (
             MINIMAL + "    when: steps.nope.ok\n",
@@ -127,7 +146,26 @@ steps:
         ),
         (
             MINIMAL.replace("    argv:", "    argz: [x]\n    argv:"),
-            "p.yaml:7: steps[0].argz: unknown field",
+            "p.yaml:7: steps[0].argz: unknown field; did you mean `argv`?",
+        ),
+        (
+            MINIMAL.replace(
+                'type: exec\n    argv: ["echo", "{{ params.node }}"]', "type: http\n    url: x\n    jsn: {}"
+            ),
+            "p.yaml:8: steps[0].jsn: unknown field; did you mean `json`?",
+        ),
+        (
+            MINIMAL.replace("type: exec", "type: exce"),
+            "p.yaml:6: steps[0].type: Input tag 'exce' found using 'type' does not match any of the expected tags: "
+            "'exec', 'http', 'tcp', 'promql', 'nats', 'wait', 'approval', 'rolling', 'escalate'; did you mean `exec`?",
+        ),
+        (
+            MINIMAL.replace("    argv:", "    expectExit: [0]\n    argv:"),
+            "p.yaml:7: steps[0].expectExit: unknown field; did you mean `expect_exit`?",
+        ),
+        (
+            MINIMAL.replace("    argv:", "    timeout: 1m\n    argv:").replace("steps:", "timeOut: 5m\nsteps:"),
+            "p.yaml:4: timeOut: unknown field; did you mean `timeout`?",
         ),
         (
             MINIMAL.replace('{pattern: "[a-z0-9-]+"}', '{pattern: "[a-z"}'),
@@ -179,7 +217,7 @@ def test_purge_after_approval_loads_and_rolling_scope() -> None:
         "  - {type: exec, argv: ['{{ item }}']}\n"
     ) == [
         "p.yaml:6: steps[1].argv[0]: unknown template variable item "
-        "(known: annotations, execution, labels, params, steps)"
+        "(known: annotations, execution, labels, now, params, steps)"
     ]
 
 
@@ -259,3 +297,48 @@ def test_rolling_items() -> None:
     assert rolling_items(step, engine, {"labels": {"nodes": "r1, r2 r3,,"}}) == ["r1", "r2", "r3"]
     listed = step.model_copy(update={"items": ["{{ labels.a }}", "", "b"]})
     assert rolling_items(listed, engine, {"labels": {"a": "x"}}) == ["x", "b"]
+
+
+def test_the_playbook_env_is_every_exec_steps_and_a_steps_own_env_wins() -> None:
+    loaded = load(
+        """\
+name: p
+params:
+  port: {type: int, default: 4222}
+env:
+  SHARED: "{{ params.port }}"
+  OVERRIDDEN: playbook
+steps:
+  - {name: a, type: exec, argv: [x], env: {OVERRIDDEN: step}}
+  - name: roll
+    type: rolling
+    items: [n1]
+    steps: [{name: b, type: exec, argv: [x]}]
+    check: {checks: [{name: c, type: exec, argv: [x]}]}
+  - {name: wait, type: wait, seconds: 1}
+verify:
+  checks: [{name: d, type: exec, argv: [x]}]
+on_failure:
+  steps: [{name: e, type: exec, argv: [x]}]
+"""
+    ).playbook
+    first, roll, _ = loaded.steps
+    assert isinstance(first, ExecSpec) and isinstance(roll, RollingStep) and roll.check and loaded.verify
+    shared = {"SHARED": "{{ params.port }}", "OVERRIDDEN": "playbook"}
+    assert first.env == {"SHARED": "{{ params.port }}", "OVERRIDDEN": "step"}
+    others = [roll.steps[0], roll.check.checks[0], loaded.verify.checks[0], loaded.on_failure.steps[0]]
+    assert [step.env for step in others] == [shared] * 4
+
+
+def test_the_playbook_env_is_checked_like_a_steps() -> None:
+    assert errors_of(
+        "name: p\nenv:\n  A: '{{ params.nope }}'\n  B: '{{ steps.first.output }}'\n  PATH: /x\n"
+        "steps:\n  - {name: first, type: exec, argv: [x]}\n"
+    ) == ["p.yaml:2: env: PATH cannot be set; give argv[0] as an absolute path instead"]
+    assert errors_of(
+        "name: p\nenv:\n  A: '{{ params.nope }}'\n  B: '{{ steps.first.output }}'\n"
+        "steps:\n  - {name: first, type: exec, argv: [x]}\n"
+    ) == [
+        "p.yaml:3: env.A: params.nope is not a declared param",
+        "p.yaml:4: env.B: steps.first does not name an earlier step",
+    ]

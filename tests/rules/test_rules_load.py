@@ -25,7 +25,8 @@ EXPECTED = {
     "invalid_regex": ':5: rules[0].match[1]: invalid regex "(": RE2: missing ): (',
     "re2_unsupported": ':4: rules[0].match[0]: invalid regex "(?!Nats).*": RE2: invalid perl operator: (?!',
     "bad_matcher_format": ':4: rules[0].match[0]: bad matcher format: alert-name="NatsDown"',
-    "unknown_field": ":9: rules[0].limits.max_run: unknown field",
+    "unknown_field": ":9: rules[0].limits.max_run: unknown field; did you mean `max_runs`?",
+    "double_equals": ':3: rules[0].match[0]: `==` is not an operator: write alertname="NatsDown" (operators: =, !=, =~, !~)',
     "missing_field": ":2: rules[0].playbook: required field is missing",
     "bad_enum": ":4: rules[0].status: Input should be 'firing', 'resolved' or 'any'",
     "bad_duration": (

@@ -68,3 +68,17 @@ def test_invalid_test_file_is_reported(ruleset: RuleSet, tmp_path: Path) -> None
     passed, report = run_rule_tests([path], ruleset)
     assert not passed
     assert f"  ERROR {path}:2: tests[0]: give either expect (a non-empty list) or no_match: true\n" in report
+
+
+def test_a_misspelt_field_names_the_one_meant(ruleset: RuleSet, tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(
+        "tests:\n"
+        "  - name: camelCase from the webhook body\n"
+        "    alert: {labels: {alertname: NatsDown}, startsAt: '2026-01-01T00:00:00Z'}\n"
+        "    expect: [{rule: nats-down, parms: {}}]\n"
+    )
+    passed, report = run_rule_tests([path], ruleset)
+    assert not passed
+    assert f"  ERROR {path}:3: tests[0].alert.startsAt: unknown field; did you mean `starts_at`?\n" in report
+    assert f"  ERROR {path}:4: tests[0].expect[0].parms: unknown field; did you mean `params`?\n" in report

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,18 @@ async def test_pause_refuses_with_its_reason_and_resume_lets_runs_through(servic
     await post_alert(client, 3)
     rows = await poll(lambda: runs(client, 3))
     assert rows[2]["state"] != "refused"
+
+
+async def test_a_pause_takes_its_duration_in_the_form_every_duration_takes(service: ClientFactory) -> None:
+    client = await service()
+    pause = {"rule": "quick-fix", "reason": "upgrade", "duration": "1h30m"}
+    created = await client.post("/api/v1/pauses", json=pause, headers=OPERATOR)
+    assert created.status == 201
+    [listed] = (await (await client.get("/api/v1/pauses")).json())["pauses"]
+    span = datetime.fromisoformat(listed["until"]) - datetime.fromisoformat(listed["created_at"])
+    assert span == timedelta(hours=1, minutes=30)
+    bad = await client.post("/api/v1/pauses", json={**pause, "duration": "soon"}, headers=OPERATOR)
+    assert bad.status == 400 and "invalid duration 'soon'" in await bad.text()
 
 
 async def test_tripped_budget_escalates_once_until_a_person_resets_it(service: ClientFactory) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 from support.crash import kill_during_second_step
 from support.crash import make_service as make_crash_recovery_service
 from support.service_proc import ServiceProcess, free_port
@@ -197,3 +198,31 @@ def test_start_up_warns_when_the_webhook_operator_actions_or_reads_are_open(tmp_
         "no read token",
     ]
     assert warnings_logged(closed_service) == []
+
+
+def test_the_shipped_config_starts_in_dry_run_and_says_what_it_would_act_on(tmp_path: Path) -> None:
+    """The README's first command must not act on whatever listens on the demo's ports: it starts in
+    dry run, and the log names each rule and the hosts and ports its playbook would be given."""
+    root = Path(__file__).resolve().parent.parent.parent
+    shipped = yaml.safe_load((root / "remediator.yaml").read_text())
+    assert shipped["dry_run"] is True
+    where = ("listen_port", "external_url", "store")  # this test's own (ServiceProcess), not 9095
+    config = {
+        **{key: value for key, value in shipped.items() if key not in where},
+        "rules": [str(root / "rules" / "*.yaml")],
+        "playbooks": [str(root / "playbooks" / "*.yaml")],
+        "reconcile": {"enabled": False},  # no Alertmanager here
+    }
+    service = ServiceProcess(workdir=tmp_path, config=config)
+    try:
+        service.start()
+    finally:
+        service.stop()
+    lines = [json.loads(line) for line in service.logs().splitlines() if line.startswith("{")]
+    [serving] = [line for line in lines if line["msg"] == "serving"]
+    assert serving["mode"] == "dry-run"
+    loaded = {line["rule"]: line for line in lines if line["msg"] == "rule loaded"}
+    nats = loaded["nats-process-down"]
+    assert (nats["playbook"], nats["mode"]) == ("nats-process-down", "dry-run")
+    assert nats["acts_on"]["nats_port"] == 4222 and nats["acts_on"]["state_dir"] == "/tmp/beamline-demo"
+    assert any(w.startswith("dry run: ") and "no playbook runs" in w for w in warnings_logged(service))
