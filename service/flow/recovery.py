@@ -13,7 +13,9 @@ from collections.abc import Callable
 from service.clock import Clock
 from service.flow.executor import Executor, RunRequest
 from service.flow.ports import Escalation
-from service.rules.ruleset import RuleSet
+from service.inventory import UnknownHosts
+from service.playbooks.templating import TemplateError
+from service.rules.ruleset import Alert, NotificationContext, RuleSet, template_context
 from service.store import ACTIVE_STATES, DispatchStore, ExecutionRecord, ExecutionState
 
 log = logging.getLogger("remediator.dispatcher")
@@ -53,6 +55,16 @@ def resumable(record: ExecutionRecord, rules: RuleSet) -> RunRequest | None:
     never_started = execution["started_at"] is None and not record.steps
     if not (never_started or playbook.playbook.idempotent) or playbook.version != execution["playbook_version"]:
         return None
+    alert = Alert(
+        occurrence["labels"],
+        occurrence["annotations"],
+        fingerprint=execution["fingerprint"],
+        generator_url=occurrence["generator_url"],
+    )
+    try:  # the hosts as the inventory now says: a host removed from it since is not contacted
+        hosts = rules.hosts_for(rule, template_context(alert, NotificationContext()))
+    except (TemplateError, UnknownHosts):
+        return None
     return RunRequest(
         execution_id=execution["id"],
         rule=execution["rule"],
@@ -65,4 +77,6 @@ def resumable(record: ExecutionRecord, rules: RuleSet) -> RunRequest | None:
         annotations=occurrence["annotations"],
         generator_url=occurrence["generator_url"],
         severity=rule.rule.severity,
+        hosts=hosts,
+        inventory=rules.inventory,
     )
