@@ -5,6 +5,7 @@ strict host keys, and a distinct reason for each way a host cannot be reached, w
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import sys
@@ -195,7 +196,7 @@ async def test_connections_are_reused_and_commands_per_host_are_limited(
     assert connections.attempts == 1
     assert server.connections() - before == 1
     spans = sorted(tuple(float(x) for x in (tmp_path / f"run{i}").read_text().split()) for i in range(3))
-    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(spans):
         assert start >= end, f"two commands ran at once on one host: {spans}"
 
 
