@@ -124,7 +124,8 @@ def format_explanation(result: Mapping[str, Any]) -> str:
                 )
                 if decision["hosts"]:
                     lines.append(f"     hosts: {', '.join(_host(h) for h in decision['hosts'])}")
-                lines += [f"     {_placement(p)}" for p in decision["steps"]]
+                if decision["hosts"] or any(p["runs"] != "here" for p in decision["steps"]):
+                    lines += [f"     {_placement(p)}" for p in decision["steps"]]
             else:
                 lines.append(f"  => {decision['rule']}: refused: {decision['error']}")
     return "\n".join(lines) + "\n"

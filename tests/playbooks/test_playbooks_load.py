@@ -119,7 +119,7 @@ steps:
         (
             MINIMAL.replace("type: exec", "type: shell"),
             "p.yaml:6: steps[0].type: Input tag 'shell' found using 'type' does not match any of the expected tags: "
-            "'exec', 'http', 'tcp', 'promql', 'nats', 'wait', 'approval', 'rolling', 'escalate'",
+            "'exec', 'ssh', 'http', 'tcp', 'promql', 'nats', 'wait', 'approval', 'rolling', 'escalate'",
         ),
         (
             MINIMAL.replace('argv: ["echo", "{{ params.node }}"]', "argv: []"),
