@@ -230,6 +230,8 @@ class StackOptions:
     storm_window_seconds: float | None = None
     enable_rules: tuple[str, ...] = ()  # opt-in rules (shipped `enabled: false`) to switch on
     escalation_resend_interval: str = "30s"
+    params: Mapping[str, Any] = field(default_factory=dict)  # playbook params over the stack's own
+    settings: Mapping[str, Any] = field(default_factory=dict)  # remediator settings added (an inventory, ssh)
 
 
 def stack_rules(
@@ -410,7 +412,7 @@ class Stack:
             sorted((REPO / "rules").glob("*.yaml")),
             sorted((REPO / "playbooks").glob("*.yaml")),
             self.remediator_dir / "rules",
-            self.playbook_params(),
+            {**self.playbook_params(), **self.options.params},
             self.options.enable_rules,
         )
         limits: dict[str, Any] = {}
@@ -436,6 +438,7 @@ class Stack:
                 "alertmanager": {"resend_interval": self.options.escalation_resend_interval},
             },
             **({"limits": limits} if limits else {}),
+            **self.options.settings,
         }
 
     def _write_prometheus_config(self) -> None:

@@ -64,6 +64,9 @@ class SshConnections:
     """The connection pool the executor gives every ssh step; :meth:`close` at shutdown."""
 
     def __init__(self, options: SshOptions, monotonic: Callable[[], float] = time.monotonic) -> None:
+        # asyncssh logs every command at INFO, the env values in it included (a step's secrets):
+        # its warnings only; what ran is in the step records, redacted.
+        logging.getLogger("asyncssh").setLevel(logging.WARNING)
         self._options = options
         self._monotonic = monotonic
         self._connections: dict[Host, asyncssh.SSHClientConnection] = {}

@@ -297,3 +297,14 @@ def test_the_remote_command_is_one_quoted_word_per_element(tmp_path: Path) -> No
     assert result.returncode == 0, result
     assert result.stdout.startswith("remediator-pgid ")
     assert json.loads((tmp_path / "a.json").read_text()) == argv[4:]
+
+
+async def test_the_command_line_with_its_env_values_is_not_logged(
+    inventory: Inventory, pool: SshConnections, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG")
+    outcome = await ssh_step.run(
+        spec("true", env={"TOKEN": "s3cret-value"}), context(inventory, pool, inventory.hosts["h1"])
+    )
+    assert outcome.ok
+    assert "s3cret-value" not in caplog.text
