@@ -19,7 +19,10 @@ from support.flow import SETTLED, alert_body, executions, finished, poll, write_
 from support.sshd import SshHosts, write_key
 
 from demo.processes import free_port, pid_alive
+from service.flow.recovery import resumable
+from service.rules.loading import load_ruleset
 from service.settings import Settings
+from service.store import ExecutionRecord
 
 RULES = """
 rules:
@@ -285,3 +288,29 @@ async def test_the_inventory_is_reloaded_with_the_rules(app_client: AppClient, h
     assert refused.status == 400
     assert any("ansible_password: secrets are not read" in e for e in (await refused.json())["errors"])
     assert (await simulate())["error"] is None, "a bad inventory keeps the old one"
+
+
+def test_a_resumed_run_resolves_its_hosts_again(hosts: SshHosts, tmp_path: Path) -> None:
+    """After a restart a run is resumed only on hosts the inventory still has; else it is interrupted."""
+    inventory = hosts.write_inventory(tmp_path / "inventory.yaml")
+    write_config(tmp_path, RULES, {"on-host": playbook(tmp_path)})
+    ruleset = load_ruleset(["rules/*.yaml"], ["playbooks/*.yaml"], tmp_path, inventory)
+
+    def record(host: str) -> ExecutionRecord:
+        execution = {
+            "id": "ex-1",
+            "rule": "on-host",
+            "playbook": "on-host",
+            "playbook_version": ruleset.playbooks["on-host"].version,
+            "params": {"text": "plain"},
+            "target": "t",
+            "fingerprint": "f",
+            "started_at": None,
+        }
+        occurrence = {"id": 1, "labels": {"host": host}, "annotations": {}, "generator_url": ""}
+        return ExecutionRecord(execution, [], [], occurrence)
+
+    request = resumable(record("h2"), ruleset)
+    assert request is not None and [h.name for h in request.hosts] == ["h2"]
+    assert request.inventory is ruleset.inventory
+    assert resumable(record("gone"), ruleset) is None

@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -287,8 +288,6 @@ async def test_a_changed_host_key_is_refused_never_accepted(
 
 def test_the_remote_command_is_one_quoted_word_per_element(tmp_path: Path) -> None:
     """What the login shell gets: parsed back by sh it is exactly the argv given."""
-    import subprocess
-
     argv = [sys.executable, "-c", RECORD_ARGV, str(tmp_path / "a.json"), "$(id)", "a'b", "\n", "--x"]
     command = ssh_step.remote_command(argv, {"V": "$(id) '"}, None)
     result = subprocess.run(
