@@ -119,22 +119,31 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
     if ctx.ssh is None:  # a bug: the executor gives every step the pool
         return refused(f"{program} not run: no ssh connections in this context")
     where = f"{program} on {host}"
-    for attempt in (1, 2):
-        try:
-            async with ctx.ssh.session(host) as connection:
-                try:
+    try:
+        async with ctx.ssh.session(host) as connection:
+            try:
+                async with asyncio.timeout(spec.timeout):  # a half-dead connection never answers
                     process = await connection.create_process(command, encoding=None, stdin=asyncssh.DEVNULL)
-                except (asyncssh.ChannelOpenError, asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError):
-                    ctx.ssh.forget(host, connection)  # the host went away since: connect again, once
-                    if attempt == 2:
-                        raise
-                    continue
+            except (asyncssh.Error, OSError, TimeoutError) as exc:
+                ctx.ssh.forget(host, connection)  # the next step connects anew
+                return refused(
+                    f"{program} not run: {host}: ssh: {_why(exc)}", host=host.describe(), ssh_error="ssh_error"
+                )
+            try:
                 return await _supervise(spec, connection, process, host, where, ctx.output_limit, started)
-        except SshUnavailable as exc:
-            return refused(f"{program} not run: {exc}", host=host.describe(), ssh_error=exc.kind)
-        except (asyncssh.Error, OSError) as exc:
-            return refused(f"{program} not run: {host}: ssh: {exc}", host=host.describe(), ssh_error="ssh_error")
-    raise AssertionError("unreachable")  # the loop returns or raises on its second attempt
+            except (asyncssh.Error, OSError) as exc:
+                ctx.ssh.forget(host, connection)
+                return refused(
+                    f"{where}: the connection was lost while it ran ({_why(exc)}): its state on the host is unknown",
+                    host=host.describe(),
+                    ssh_error="connection_lost",
+                )
+    except SshUnavailable as exc:
+        return refused(f"{program} not run: {exc}", host=host.describe(), ssh_error=exc.kind)
+
+
+def _why(exc: BaseException) -> str:
+    return "no answer opening a session" if isinstance(exc, TimeoutError) else str(exc) or type(exc).__name__
 
 
 async def _supervise(

@@ -80,7 +80,7 @@ class SshConnections:
         """A connection to ``host`` while holding one of its command slots."""
         slot = self._slots.setdefault(host, asyncio.Semaphore(self._options.max_sessions_per_host))
         async with slot:
-            yield await self._connection(host)
+            yield await self.connect(host)
 
     def forget(self, host: Host, connection: asyncssh.SSHClientConnection) -> None:
         """A connection that turned out dead (the host rebooted): the next session makes a new one."""
@@ -99,7 +99,9 @@ class SshConnections:
             except (TimeoutError, OSError, asyncssh.Error):
                 pass  # closing anyway; nothing more to do for a connection that will not say goodbye
 
-    async def _connection(self, host: Host) -> asyncssh.SSHClientConnection:
+    async def connect(self, host: Host) -> asyncssh.SSHClientConnection:
+        """The pooled connection to ``host``, made now if there is none (or it closed); raises
+        :class:`SshUnavailable`, at once while the host is in its failure backoff."""
         async with self._locks.setdefault(host, asyncio.Lock()):  # one connection attempt per host at a time
             existing = self._connections.get(host)
             if existing is not None and not existing.is_closed():

@@ -5,9 +5,11 @@ strict host keys, and a distinct reason for each way a host cannot be reached, w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -307,3 +309,46 @@ async def test_the_command_line_with_its_env_values_is_not_logged(
     )
     assert outcome.ok
     assert "s3cret-value" not in caplog.text
+
+
+def _sshd_sessions(listener: int) -> list[int]:
+    """The sshd processes serving connections of the sshd listening as `listener` (its descendants)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [listener]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return [
+        pid for pid in found if Path(f"/proc/{pid}/comm").exists() and "sshd" in Path(f"/proc/{pid}/comm").read_text()
+    ]
+
+
+async def test_a_connection_lost_mid_run_is_said_and_the_next_step_connects_anew(
+    hosts: SshHosts, inventory: Inventory, pool: SshConnections, tmp_path: Path
+) -> None:
+    server = hosts.servers["h2"]
+    assert server.pid is not None
+    ctx = context(inventory, pool, inventory.hosts["h2"])
+    pid_file = tmp_path / "pid"
+    script = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(30)"
+    task = asyncio.create_task(ssh_step.run(spec(sys.executable, "-c", script, timeout=20), ctx))
+    await poll(lambda: started(pid_file), 10.0, "the remote program to start")
+    try:
+        for pid in _sshd_sessions(server.pid):  # the host's side of the connection dies
+            os.kill(pid, signal.SIGKILL)
+        lost = await asyncio.wait_for(task, 10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert not lost.ok and lost.data["ssh_error"] == "connection_lost", lost
+    assert "the connection was lost while it ran" in lost.summary
+    again = await ssh_step.run(spec("true"), ctx)
+    assert again.ok, again
