@@ -38,7 +38,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"remediator: {exc}", file=sys.stderr)
         return 1
     # Refuse to start rather than serve with no rules: /-/ready would stay 503 and alerts pile up unseen.
-    ruleset, errors = check_config(_globs(settings.rules), _globs(settings.playbooks), settings.base_dir)
+    ruleset, errors = check_config(
+        _globs(settings.rules), _globs(settings.playbooks), settings.base_dir, settings.inventory_path()
+    )
     if errors or ruleset is None:
         _errors([f"remediator: refusing to serve: {len(errors)} error(s) in rules/playbooks", *errors])
         return 1
@@ -118,7 +120,9 @@ def _load_rules(config: Path | None) -> RuleSet | None:
     except SettingsError as exc:
         _errors([exc])
         return None
-    ruleset, errors = check_config(_globs(settings.rules), _globs(settings.playbooks), settings.base_dir)
+    ruleset, errors = check_config(
+        _globs(settings.rules), _globs(settings.playbooks), settings.base_dir, settings.inventory_path()
+    )
     if ruleset is None:
         _errors(errors)
         return None
@@ -136,8 +140,13 @@ def _check(args: argparse.Namespace) -> int:
         load_secrets(settings)
     except SettingsError as exc:
         problems.append(exc)
-    ruleset, errors = check_config(_globs(settings.rules), _globs(settings.playbooks), settings.base_dir)
+    ruleset, errors = check_config(
+        _globs(settings.rules), _globs(settings.playbooks), settings.base_dir, settings.inventory_path()
+    )
     problems += errors
+    known_hosts = settings.ssh.known_hosts
+    if known_hosts is not None and not settings.resolve(known_hosts).is_file():
+        problems.append(f"ssh.known_hosts: no such file: {settings.resolve(known_hosts)}")
     notes: list[str] = []
     if args.alert_rules:
         # Command-line paths are the user's, relative to where they run the command.
@@ -158,7 +167,8 @@ def _check(args: argparse.Namespace) -> int:
     warnings = [warning for loaded in ruleset.playbooks.values() for warning in loaded.warnings]
     _errors(warnings)  # doubtful, not wrong: printed, and the check still passes
     counted = f", {len(warnings)} warning{'' if len(warnings) == 1 else 's'}" if warnings else ""
-    print(f"ok: {len(ruleset.rules)} rules, {len(ruleset.playbooks)} playbooks{counted}")
+    hosts = "" if ruleset.inventory is None else f", {len(ruleset.inventory.hosts)} inventory hosts"
+    print(f"ok: {len(ruleset.rules)} rules, {len(ruleset.playbooks)} playbooks{hosts}{counted}")
     return 0
 
 

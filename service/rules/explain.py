@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.alerts.webhook import AlertStatus, WebhookNotification
+from service.rules.placement import step_placements
 from service.rules.ruleset import Alert, NotificationContext, RuleSet
 
 
@@ -96,7 +97,7 @@ def explain_alert(ruleset: RuleSet, alert: Alert, context: NotificationContext) 
         "labels": dict(alert.labels),
         "status": alert.status,
         "fingerprint": alert.fingerprint,
-        "decisions": [m.to_dict() for m in ruleset.match(alert, context)],
+        "decisions": [{**m.to_dict(), "steps": step_placements(ruleset, m)} for m in ruleset.match(alert, context)],
         "rules": [e.to_dict() for e in ruleset.explain(alert, context)],
     }
 
@@ -121,6 +122,23 @@ def format_explanation(result: Mapping[str, Any]) -> str:
                 lines.append(
                     f"  => {decision['rule']}: {decision['playbook']} on {decision['target']!r} [{decision['mode']}]"
                 )
+                if decision["hosts"]:
+                    lines.append(f"     hosts: {', '.join(_host(h) for h in decision['hosts'])}")
+                if decision["hosts"] or any(p["runs"] != "here" for p in decision["steps"]):
+                    lines += [f"     {_placement(p)}" for p in decision["steps"]]
             else:
                 lines.append(f"  => {decision['rule']}: refused: {decision['error']}")
     return "\n".join(lines) + "\n"
+
+
+def _host(host: Mapping[str, Any]) -> str:
+    return f"{host['name']} ({host['user']}@{host['address']}:{host['port']})"
+
+
+def _placement(placement: Mapping[str, Any]) -> str:
+    where = {"here": "here", "nowhere": "nowhere", "remote": "on"}[placement["runs"]]
+    hosts = ", ".join(_host(h) for h in placement["hosts"])
+    note = f" ({placement['note']})" if placement["note"] else ""
+    return (
+        f"{placement['phase']}/{placement['step']} [{placement['type']}]: {where}{' ' + hosts if hosts else ''}{note}"
+    )
