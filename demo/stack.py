@@ -241,6 +241,9 @@ class StackOptions:
     def extra_files(self, kind: str, pattern: str) -> list[Path]:
         return [path for directory in self.extra_dirs for path in sorted((directory / kind).glob(pattern))]
 
+    params: Mapping[str, Any] = field(default_factory=dict)  # playbook params over the stack's own
+    settings: Mapping[str, Any] = field(default_factory=dict)  # remediator settings added (an inventory, ssh)
+
 
 def stack_rules(
     rules_glob: Sequence[Path],
@@ -427,7 +430,7 @@ class Stack:
             [*sorted((REPO / "rules").glob("*.yaml")), *self.options.extra_files("rules", "*.yaml")],
             playbooks,
             self.remediator_dir / "rules",
-            self.playbook_params(),
+            {**self.playbook_params(), **self.options.params},
             self.options.enable_rules,
         )
         limits: dict[str, Any] = {}
@@ -454,6 +457,7 @@ class Stack:
                 "refusal_grace": self.options.refusal_grace,
             },
             **({"limits": limits} if limits else {}),
+            **self.options.settings,
         }
 
     def _write_prometheus_config(self) -> None:

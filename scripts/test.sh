@@ -3,12 +3,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debian_packages=(nats-server prometheus prometheus-alertmanager chromium)
+debian_packages=(nats-server prometheus prometheus-alertmanager chromium openssh-server)
 missing=()
 command -v nats-server >/dev/null || missing+=(nats-server)
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
 command -v chromium >/dev/null || missing+=(chromium)
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)  # tests/support/sshd.py: real SSH hosts
 if [ ${#missing[@]} -gt 0 ]; then
   sudo_cmd=()
   [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)

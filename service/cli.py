@@ -26,7 +26,7 @@ from service.settings import Settings, SettingsError, load_secrets, load_setting
 from service.store import ExecutionRecord, StoreError, new_store
 from service.web import httpserver
 from service.web.app import create_app, dispatch_settings
-from service.yamlload import ConfigErrors
+from service.yamlload import ConfigError, ConfigErrors
 
 log = logging.getLogger("remediator")
 
@@ -39,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"remediator: {exc}", file=sys.stderr)
         return 1
     # Refuse to start rather than serve with no rules: /-/ready would stay 503 and alerts pile up unseen.
-    ruleset, errors = check_config(_globs(settings.rules), _globs(settings.playbooks), settings.base_dir)
+    ruleset, errors = _check_config(settings)
     if errors or ruleset is None:
         _errors([f"remediator: refusing to serve: {len(errors)} error(s) in rules/playbooks", *errors])
         return 1
@@ -102,6 +102,13 @@ def _log_reach(ruleset: RuleSet, dry_run: bool) -> None:
         )
 
 
+def _check_config(settings: Settings) -> tuple[RuleSet | None, list[ConfigError]]:
+    """The rules and playbooks the settings name, loaded and cross-checked (with the inventory)."""
+    return check_config(
+        _globs(settings.rules), _globs(settings.playbooks), settings.base_dir, settings.inventory_path()
+    )
+
+
 def _globs(patterns: Sequence[str]) -> list[str]:
     # An env override such as REMEDIATOR_RULES="" yields [""]: no glob, not "the base directory".
     return [p for p in patterns if p]
@@ -123,7 +130,7 @@ def _load_rules(config: Path | None) -> RuleSet | None:
 
 
 def _rules_of(settings: Settings) -> RuleSet | None:
-    ruleset, errors = check_config(_globs(settings.rules), _globs(settings.playbooks), settings.base_dir)
+    ruleset, errors = _check_config(settings)
     if ruleset is None:
         _errors(errors)
         return None
@@ -141,8 +148,11 @@ def _check(args: argparse.Namespace) -> int:
         load_secrets(settings)
     except SettingsError as exc:
         problems.append(exc)
-    ruleset, errors = check_config(_globs(settings.rules), _globs(settings.playbooks), settings.base_dir)
+    ruleset, errors = _check_config(settings)
     problems += errors
+    known_hosts = settings.ssh.known_hosts
+    if known_hosts is not None and not settings.resolve(known_hosts).is_file():
+        problems.append(f"ssh.known_hosts: no such file: {settings.resolve(known_hosts)}")
     notes: list[str] = []
     if args.alert_rules:
         # Command-line paths are the user's, relative to where they run the command.
@@ -163,7 +173,8 @@ def _check(args: argparse.Namespace) -> int:
     warnings = [warning for loaded in ruleset.playbooks.values() for warning in loaded.warnings]
     _errors(warnings)  # doubtful, not wrong: printed, and the check still passes
     counted = f", {len(warnings)} warning{'' if len(warnings) == 1 else 's'}" if warnings else ""
-    print(f"ok: {len(ruleset.rules)} rules, {len(ruleset.playbooks)} playbooks{counted}")
+    hosts = "" if ruleset.inventory is None else f", {len(ruleset.inventory.hosts)} inventory hosts"
+    print(f"ok: {len(ruleset.rules)} rules, {len(ruleset.playbooks)} playbooks{hosts}{counted}")
     return 0
 
 
@@ -284,7 +295,7 @@ def _report(args: argparse.Namespace) -> int:
 def _runbook(settings: Settings, playbook: str) -> str:
     """The runbook reference of the playbook as the config loads it now (as the pages show it); "" when
     the rules and playbooks do not load, which is said on stderr."""
-    ruleset, errors = check_config(_globs(settings.rules), _globs(settings.playbooks), settings.base_dir)
+    ruleset, errors = _check_config(settings)
     if ruleset is None:
         _errors([f"remediator: no runbook reference: the rules and playbooks do not load ({len(errors)} error(s))"])
         return ""

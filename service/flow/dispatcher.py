@@ -274,8 +274,8 @@ class Dispatcher:
         occurrence = event.occurrence
         rule = match.rule.rule
         now = self._clock.now()
-        if not match.ok:
-            verdict = admission.Verdict("refuse", "bad_params", match.error or "render failed")
+        if not match.ok:  # a template or param refused, or a host not in the inventory
+            verdict = admission.Verdict("refuse", match.refusal, match.error or "render failed")
         else:
             verdict = await admission.decide(
                 self._store,
@@ -332,7 +332,8 @@ class Dispatcher:
             for active in await self._store.active_for_target(rule.name, match.target):
                 if active != execution_id and self._executor.cancel(active):
                     await self._store.add_event(active, now, "restart", f"cancelled: superseded by {execution_id}")
-        playbook = self._rules().playbooks[match.playbook]
+        rules = self._rules()
+        playbook = rules.playbooks[match.playbook]
         self._executor.start(
             RunRequest(
                 execution_id=execution_id,
@@ -346,6 +347,8 @@ class Dispatcher:
                 annotations=occurrence.annotations,
                 generator_url=occurrence.generator_url,
                 severity=rule.severity,
+                hosts=match.hosts,
+                inventory=rules.inventory,
             ),
             queued=modes.takes_turns(match),
         )

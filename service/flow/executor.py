@@ -26,6 +26,7 @@ from service.flow.approvals import Approvals
 from service.flow.modes import TargetLocks
 from service.flow.ports import Escalation, RunObserver
 from service.flow.processes import StepProcesses
+from service.inventory import Host, Inventory, UnknownHosts
 from service.logs import bind
 from service.playbooks.context import ExecutionFacts, run_context
 from service.playbooks.playbook import LoadedPlaybook, RollingStep, Verify, rolling_items
@@ -33,6 +34,7 @@ from service.playbooks.templating import TemplateEngine, TemplateError
 from service.redaction import Redactor
 from service.steps import StepContext, StepOutcome, StepSpecBase
 from service.steps.registry import STEP_TYPES
+from service.steps.ssh_connections import SshConnections
 from service.store import ExecutionState, ExecutionStore, StepRecord
 
 log = logging.getLogger("remediator.executor")
@@ -90,6 +92,8 @@ class RunRequest:
     annotations: Mapping[str, str]
     generator_url: str
     severity: str
+    hosts: tuple[Host, ...] = ()  # what the rule resolved the alert to
+    inventory: Inventory | None = None  # as loaded when the run was admitted: a reload does not change it
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     resume: ResumePoint | None = None
     started_at: datetime | None = None  # set when the run starts (execution.started_at in templates)
@@ -107,6 +111,7 @@ class Executor:
         max_concurrent: int,
         observer: RunObserver | None = None,
         redactor: Redactor | None = None,
+        ssh: SshConnections | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -120,6 +125,7 @@ class Executor:
         self._stopping = False
         self._observer = observer
         self._redactor = redactor or Redactor(())
+        self._ssh = ssh
         self.approvals = Approvals(store, clock, escalation)
 
     def start(self, request: RunRequest, queued: bool = False) -> asyncio.Task[None]:
@@ -155,6 +161,8 @@ class Executor:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._ssh is not None:  # after the runs: a cancelled ssh step kills its remote group through it
+            await self._ssh.close()
 
     async def _run(self, request: RunRequest, queued: bool) -> None:
         logger = bind(
@@ -240,9 +248,10 @@ class Executor:
 
     def _context(self, request: RunRequest) -> dict[str, Any]:
         now = self._clock.now()
+        hosts = tuple(host.name for host in request.hosts)
         execution = ExecutionFacts(
             request.execution_id, request.rule, request.playbook.name, request.target, request.fingerprint,
-            request.started_at or now,
+            request.started_at or now, hosts, hosts[0] if len(hosts) == 1 else "",
         )  # fmt: skip
         return run_context(
             params=request.params,
@@ -354,6 +363,9 @@ class Executor:
             generator_url=request.generator_url,
             control=RunControl(self, request, phase, name, context),
             processes=StepProcesses(self._store, self._clock, request.execution_id, name),
+            inventory=request.inventory,
+            hosts=_step_hosts(request, context),
+            ssh=self._ssh,
         )
         if step_type.kind == "control":
             return await step_type.run(step, ctx)
@@ -365,6 +377,14 @@ class Executor:
             return await self._dispatch(request, phase, name, self._render(check, context), context)
 
         return await verification.poll(self._store, self._clock, request.execution_id, phase, verify, run_check)
+
+
+def _step_hosts(request: RunRequest, context: Mapping[str, Any]) -> tuple[Host, ...]:
+    """The hosts a step acts on: those its context names (a rolling step over a group rebinds them)."""
+    names = context["execution"]["hosts"]
+    if request.inventory is None or not names:
+        return ()
+    return request.inventory.resolve(names)
 
 
 class RunControl:
@@ -380,11 +400,31 @@ class RunControl:
         self.phase = phase
         self.name = name
 
-    def rolling_items(self, rolling: RollingStep) -> list[str]:
-        return rolling_items(rolling, self._executor._engine, self._context)
+    def rolling_items(self, rolling: RollingStep) -> tuple[list[str], bool]:
+        engine, inventory = self._executor._engine, self._request.inventory
+        if rolling.group is None or inventory is None:
+            if rolling.items is None:
+                raise StepError(
+                    f'group "{rolling.group}" needs an inventory (settings: inventory), and no items are given'
+                )
+            return rolling_items(rolling, engine, self._context), False
+        try:
+            hosts = inventory.resolve(engine.render(rolling.group, self._context))
+        except UnknownHosts as exc:
+            raise StepError(str(exc)) from None
+        return [host.name for host in hosts], True
 
-    async def run_steps(self, phase: str, steps: Sequence[StepSpecBase], variables: Mapping[str, Any]) -> str | None:
+    def _on(self, variables: Mapping[str, Any], host: str | None) -> dict[str, Any]:
+        """The step's context with `variables`, and `host` as the host its steps act on."""
         context = {**self._context, **variables}
+        if host is not None:
+            context["execution"] = {**context["execution"], "hosts": [host], "host": host}
+        return context
+
+    async def run_steps(
+        self, phase: str, steps: Sequence[StepSpecBase], variables: Mapping[str, Any], host: str | None = None
+    ) -> str | None:
+        context = self._on(variables, host)
         try:
             for index, step in enumerate(steps):
                 await self._executor._step(self._request, phase, index, step, context)
@@ -392,8 +432,10 @@ class RunControl:
             return str(exc)
         return None
 
-    async def verify(self, phase: str, verify: Verify, variables: Mapping[str, Any]) -> str | None:
-        return await self._executor._verify(self._request, phase, verify, {**self._context, **variables})
+    async def verify(
+        self, phase: str, verify: Verify, variables: Mapping[str, Any], host: str | None = None
+    ) -> str | None:
+        return await self._executor._verify(self._request, phase, verify, self._on(variables, host))
 
     async def escalate(self, reason: str, severity: str) -> str:
         published = self._executor._redactor.text(reason)

@@ -19,8 +19,10 @@ from service.clock import Clock
 from service.flow.executor import Executor, ResumePoint, RunRequest, step_name
 from service.flow.ports import Escalation
 from service.flow.processes import end_leftovers
+from service.inventory import UnknownHosts
 from service.playbooks.playbook import LoadedPlaybook
-from service.rules.ruleset import RuleSet
+from service.playbooks.templating import TemplateError
+from service.rules.ruleset import Alert, NotificationContext, RuleSet, template_context
 from service.store import ACTIVE_STATES, DispatchStore, ExecutionRecord, ExecutionState
 
 log = logging.getLogger("remediator.dispatcher")
@@ -67,6 +69,16 @@ def resumable(record: ExecutionRecord, rules: RuleSet) -> RunRequest | None:
     never_started = execution["started_at"] is None and not record.steps
     if not (never_started or verifying or playbook.playbook.idempotent):
         return None
+    alert = Alert(
+        occurrence["labels"],
+        occurrence["annotations"],
+        fingerprint=execution["fingerprint"],
+        generator_url=occurrence["generator_url"],
+    )
+    try:  # the hosts as the inventory now says: a host removed from it since is not contacted
+        hosts = rules.hosts_for(rule, template_context(alert, NotificationContext()))
+    except (TemplateError, UnknownHosts):
+        return None
     return RunRequest(
         execution_id=execution["id"],
         rule=execution["rule"],
@@ -81,6 +93,8 @@ def resumable(record: ExecutionRecord, rules: RuleSet) -> RunRequest | None:
         severity=rule.rule.severity,
         steps=dict(results),
         resume=ResumePoint(frozenset(results), verifying) if record.steps or verifying else None,
+        hosts=hosts,
+        inventory=rules.inventory,
     )
 
 

@@ -4,7 +4,7 @@ variable the documentation promises and ``check`` accepts is one the run provide
 
     params      validated param values            labels / annotations  of the triggering alert
     steps       results of earlier steps by name: {ok, status, summary, output, exit_code, data}
-    execution   {id, rule, playbook, target, fingerprint, started_at}
+    execution   {id, rule, playbook, target, fingerprint, started_at, hosts, host}
     now         the current time (UTC), when the step's context is built
 
 Times are :class:`TemplateTime`: ``{{ now }}`` prints RFC 3339, ``now.hour`` and ``now.weekday()``
@@ -41,6 +41,8 @@ class ExecutionFacts:
     target: str
     fingerprint: str
     started_at: datetime
+    hosts: tuple[str, ...] = ()  # the inventory hosts the rule resolved the alert to
+    host: str = ""  # the one host when there is exactly one, else ""
 
 
 EXECUTION_FIELDS = frozenset(field.name for field in fields(ExecutionFacts))
@@ -67,7 +69,7 @@ def run_context(
     now: datetime,
 ) -> dict[str, Any]:
     """The template context of one step: exactly the names of :data:`PLAYBOOK_VARIABLES`."""
-    facts = asdict(execution) | {"started_at": TemplateTime.of(execution.started_at)}
+    facts = asdict(execution) | {"started_at": TemplateTime.of(execution.started_at), "hosts": list(execution.hosts)}
     return {
         "params": dict(params),
         "labels": dict(labels),

@@ -27,7 +27,7 @@ from service.playbooks.playbook import (
 from service.playbooks.scriptenv import missing_variables, required_variables
 from service.playbooks.templating import TemplateEngine, TemplateError
 from service.steps import StepSpecBase
-from service.steps.exec import Spec as ExecSpec
+from service.steps.exec import ProgramSpec
 from service.steps.exec_env import inherited_env
 from service.steps.nats import Spec as NatsSpec
 from service.yamlload import ConfigError, ConfigErrors, PathPart, YamlDocument, load_yaml
@@ -115,7 +115,7 @@ def _all_steps(doc: YamlDocument, playbook: Playbook) -> list[_StepAt]:
 
 
 def _with_shared_env(playbook: Playbook) -> Playbook:
-    """The playbook with its ``env`` merged under each exec step's own, wherever the step is, so a
+    """The playbook with its ``env`` merged under each exec or ssh step's own, wherever the step is, so a
     run (and a report of what ran) sees each step's whole declared environment."""
     if not playbook.env:
         return playbook
@@ -123,7 +123,7 @@ def _with_shared_env(playbook: Playbook) -> Playbook:
     def merged(steps: Sequence[Any]) -> list[Any]:
         out: list[Any] = []
         for step in steps:
-            if isinstance(step, ExecSpec):
+            if isinstance(step, ProgramSpec):  # exec and ssh
                 step = step.model_copy(update={"env": {**playbook.env, **step.env}})
             elif isinstance(step, RollingStep):
                 update: dict[str, Any] = {"steps": merged(step.steps)}
@@ -148,7 +148,7 @@ def _script_warnings(doc: YamlDocument, playbook: Playbook, engine: TemplateEngi
     (relative paths from the current directory, as the service resolves them)."""
     defaults = {name: spec.default for name, spec in playbook.params.items() if spec.default is not None}
     for step in _all_steps(doc, playbook):
-        if not isinstance(step.model, ExecSpec):
+        if not isinstance(step.model, ProgramSpec):
             continue
         try:
             program = engine.render(step.model.argv[0], {"params": defaults})

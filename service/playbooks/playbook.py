@@ -26,6 +26,7 @@ from service.steps.exec_env import check_env_name
 from service.steps.http import Spec as HttpSpec
 from service.steps.nats import Spec as NatsSpec
 from service.steps.promql import Spec as PromqlSpec
+from service.steps.ssh import Spec as SshSpec
 from service.steps.tcp import Spec as TcpSpec
 from service.times import Duration
 from service.yamlload import ConfigError
@@ -87,7 +88,7 @@ class AlertExprCheck(StepSpecBase):
 
 
 Check = Annotated[
-    ExecSpec | HttpSpec | TcpSpec | PromqlSpec | NatsSpec | AlertResolvedCheck | AlertExprCheck,
+    ExecSpec | SshSpec | HttpSpec | TcpSpec | PromqlSpec | NatsSpec | AlertResolvedCheck | AlertExprCheck,
     Field(discriminator="type"),
 ]
 
@@ -109,10 +110,14 @@ class Verify(StrictModel):
 class RollingStep(StepSpecBase):
     """For each item, one at a time: run ``steps`` with the item bound to ``var``, then poll
     ``check``; stop at the first item that fails. ``items`` is a list of templates, or one
-    template whose output is split on commas and whitespace."""
+    template whose output is split on commas and whitespace. ``group`` (a template naming inventory
+    groups or hosts) walks those hosts instead when an inventory is configured: each is bound to
+    ``var`` and is the host the nested ``ssh`` steps and checks run on; without an inventory,
+    ``items`` are walked (so one playbook serves both)."""
 
     type: Literal["rolling"]
-    items: list[str] | str
+    items: list[str] | str | None = None
+    group: str | None = Field(default=None, min_length=1)
     var: str = Field(default="item", pattern=_IDENT_RE)
     steps: list[Step] = Field(min_length=1)
     check: Verify | None = None
@@ -126,9 +131,24 @@ class RollingStep(StepSpecBase):
             raise ValueError(f'"{var}" would hide the playbook variable of that name')
         return var
 
+    @model_validator(mode="after")
+    def _walks_something(self) -> Self:
+        if self.items is None and self.group is None:
+            raise ValueError("a rolling step needs items, a group, or both")
+        return self
+
 
 Step = Annotated[
-    ExecSpec | HttpSpec | TcpSpec | PromqlSpec | NatsSpec | WaitStep | ApprovalStep | RollingStep | EscalateStep,
+    ExecSpec
+    | SshSpec
+    | HttpSpec
+    | TcpSpec
+    | PromqlSpec
+    | NatsSpec
+    | WaitStep
+    | ApprovalStep
+    | RollingStep
+    | EscalateStep,
     Field(discriminator="type"),
 ]
 RollingStep.model_rebuild()
@@ -186,6 +206,8 @@ class LoadedPlaybook:
 def rolling_items(step: RollingStep, engine: TemplateEngine, context: Mapping[str, Any]) -> list[str]:
     """Render ``items``: each list element is one item; a single template's output is split on
     commas and whitespace (``"{{ labels.nodes }}"`` with ``"r1, r2"`` gives two). Empty items drop."""
+    if step.items is None:
+        return []
     if isinstance(step.items, list):
         rendered = [engine.render(item, context) for item in step.items]
         return [item for item in rendered if item]

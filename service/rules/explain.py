@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.alerts.webhook import AlertStatus, WebhookNotification
+from service.rules.placement import step_placements
 from service.rules.ruleset import Alert, NotificationContext, RuleMatch, RuleSet
 
 
@@ -99,7 +100,10 @@ def explain_alert(
         "labels": dict(alert.labels),
         "status": alert.status,
         "fingerprint": alert.fingerprint,
-        "decisions": [m.to_dict() for m in (ruleset.match(alert, context) if matches is None else matches)],
+        "decisions": [
+            {**m.to_dict(), "steps": step_placements(ruleset, m)}
+            for m in (ruleset.match(alert, context) if matches is None else matches)
+        ],
         "rules": [e.to_dict() for e in ruleset.explain(alert, context)],
     }
 
@@ -124,6 +128,10 @@ def format_explanation(result: Mapping[str, Any]) -> str:
                 lines.append(
                     f"  => {decision['rule']}: {decision['playbook']} on {decision['target']!r} [{decision['mode']}]"
                 )
+                if decision["hosts"]:
+                    lines.append(f"     hosts: {', '.join(_host(h) for h in decision['hosts'])}")
+                if decision["hosts"] or any(p["runs"] != "here" for p in decision["steps"]):
+                    lines += [f"     {_placement(p)}" for p in decision["steps"]]
             else:
                 lines.append(f"  => {decision['rule']}: refused: {decision['error']}")
         if alert["decisions"]:
@@ -140,3 +148,16 @@ def _admission_lines(verdicts: Sequence[Mapping[str, str]] | None, note: str) ->
         + ("" if v["reason"] == "admitted" else f": {v['detail']}")
         for v in verdicts
     ]
+
+
+def _host(host: Mapping[str, Any]) -> str:
+    return f"{host['name']} ({host['user']}@{host['address']}:{host['port']})"
+
+
+def _placement(placement: Mapping[str, Any]) -> str:
+    where = {"here": "here", "nowhere": "nowhere", "remote": "on"}[placement["runs"]]
+    hosts = ", ".join(_host(h) for h in placement["hosts"])
+    note = f" ({placement['note']})" if placement["note"] else ""
+    return (
+        f"{placement['phase']}/{placement['step']} [{placement['type']}]: {where}{' ' + hosts if hosts else ''}{note}"
+    )

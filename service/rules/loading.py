@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from service.alerts.matchers import parse_matcher_list
+from service.inventory import Inventory, load_inventory
 from service.playbooks.loading import load_playbooks
 from service.playbooks.params import check_param
 from service.playbooks.playbook import LoadedPlaybook
@@ -27,6 +28,7 @@ def load_rules(
     files: Iterable[tuple[Path, str]],
     playbooks: Mapping[str, LoadedPlaybook] | None,
     engine: TemplateEngine,
+    inventory: Inventory | None = None,
 ) -> RuleSet:
     """Load rule files (``(path, display_name)``, tried in the order given) and cross-check them.
 
@@ -65,14 +67,25 @@ def load_rules(
                 loaded.append(LoadedRule(rule, display, doc.line_of(where), len(loaded), matchers, version))
     if errors or playbooks is None:
         raise ConfigErrors(errors)
-    return RuleSet.build(loaded, playbooks, engine)
+    return RuleSet.build(loaded, playbooks, engine, inventory)
 
 
-def load_ruleset(rule_globs: Sequence[str], playbook_globs: Sequence[str], base_dir: Path) -> RuleSet:
-    """Playbooks and rules from globs relative to ``base_dir``; raises ConfigErrors listing every
-    problem in every file (what ``remediator check`` prints and reload refuses on)."""
+def load_ruleset(
+    rule_globs: Sequence[str], playbook_globs: Sequence[str], base_dir: Path, inventory: Path | None = None
+) -> RuleSet:
+    """Playbooks and rules from globs relative to ``base_dir``, and the inventory when one is given
+    (loaded with them, so a reload swaps all three at once); raises ConfigErrors listing every problem
+    in every file (what ``remediator check`` prints and reload refuses on)."""
     engine = TemplateEngine()
-    playbook_files, errors = expand_globs(playbook_globs, base_dir)
+    errors: list[ConfigError] = []
+    hosts: Inventory | None = None
+    if inventory is not None:
+        try:
+            hosts = load_inventory(inventory, _display(inventory, base_dir))
+        except ConfigErrors as exc:
+            errors += exc.errors
+    playbook_files, playbook_glob_errors = expand_globs(playbook_globs, base_dir)
+    errors += playbook_glob_errors
     rule_files, rule_glob_errors = expand_globs(rule_globs, base_dir)
     errors += rule_glob_errors
     playbooks: dict[str, LoadedPlaybook] | None
@@ -82,7 +95,7 @@ def load_ruleset(rule_globs: Sequence[str], playbook_globs: Sequence[str], base_
         errors += exc.errors
         playbooks = None
     try:
-        ruleset = load_rules(rule_files, playbooks, engine)
+        ruleset = load_rules(rule_files, playbooks, engine, hosts)
     except ConfigErrors as exc:
         raise ConfigErrors([*errors, *exc.errors]) from None
     if errors:
@@ -91,13 +104,21 @@ def load_ruleset(rule_globs: Sequence[str], playbook_globs: Sequence[str], base_
 
 
 def check_config(
-    rule_globs: Sequence[str], playbook_globs: Sequence[str], base_dir: Path
+    rule_globs: Sequence[str], playbook_globs: Sequence[str], base_dir: Path, inventory: Path | None = None
 ) -> tuple[RuleSet | None, list[ConfigError]]:
-    """Load and cross-check rules and playbooks. ``(ruleset, [])`` when valid, else ``(None, errors)``."""
+    """Load and cross-check rules, playbooks and the inventory. ``(ruleset, [])`` when valid, else
+    ``(None, errors)``."""
     try:
-        return load_ruleset(rule_globs, playbook_globs, base_dir), []
+        return load_ruleset(rule_globs, playbook_globs, base_dir, inventory), []
     except ConfigErrors as exc:
         return None, list(exc.errors)
+
+
+def _display(path: Path, base_dir: Path) -> str:
+    try:
+        return str(path.relative_to(base_dir))
+    except ValueError:
+        return str(path)
 
 
 def _parse_file(source: bytes, file: str) -> tuple[list[Rule], YamlDocument]:
@@ -120,7 +141,8 @@ def _cross_check(
     where = ("rules", index)
     errors: list[ConfigError] = []
     templated = [(("params", name), value) for name, value in rule.params.items() if isinstance(value, str)]
-    for sub, source in [*templated, (("target",), rule.target)]:
+    hosts = [(("hosts",), rule.hosts)] if rule.hosts is not None else []
+    for sub, source in [*templated, (("target",), rule.target), *hosts]:
         try:
             unknown = sorted(engine.undeclared_variables(source) - RULE_VARIABLES)
         except TemplateError as exc:

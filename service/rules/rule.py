@@ -81,6 +81,12 @@ class Rule(StrictModel):
     playbook: str
     params: dict[str, ParamValue] = Field(default_factory=dict)
     target: str = Field(default=DEFAULT_TARGET, min_length=1)
+    hosts: str | None = Field(
+        default=None,
+        min_length=1,
+        description="the inventory host(s) or group(s) the alert is about, a template split on commas and "
+        "whitespace; resolved against the inventory (a name not in it refuses the run); ignored without one",
+    )
     limits: Limits = Field(default_factory=Limits)
     mode: Literal["enforce", "shadow"] = "enforce"
     continue_: bool = Field(default=False, alias="continue")

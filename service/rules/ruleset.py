@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol
 
 from service.alerts.matchers import Matcher
 from service.alerts.webhook import AlertStatus
+from service.inventory import Host, Inventory, UnknownHosts
 from service.playbooks.params import ParamError, ParamValue, validate_params
 from service.playbooks.playbook import LoadedPlaybook
 from service.playbooks.templating import TemplateEngine, TemplateError
@@ -154,8 +155,10 @@ class LoadedRule:
 @dataclass(frozen=True)
 class RuleMatch:
     """A rule that matched an alert and what would run. With ``error`` set (a template failed to
-    render or a param was refused) it is *not* a match: nothing may run, the dispatcher records
-    and escalates it, and later rules are still tried."""
+    render, a param was refused, a host is not in the inventory) it is *not* a match: nothing may
+    run, the dispatcher records and escalates it with ``refusal`` as its reason, and later rules are
+    still tried. ``hosts``: the inventory hosts the rule resolved the alert to (none without an
+    inventory or a ``hosts:``)."""
 
     rule: LoadedRule
     playbook: str
@@ -164,6 +167,8 @@ class RuleMatch:
     rule_version: str
     playbook_version: str
     error: str | None = None
+    hosts: tuple[Host, ...] = ()
+    refusal: Literal["bad_params", "unknown_host"] = "bad_params"
 
     @property
     def ok(self) -> bool:
@@ -183,6 +188,7 @@ class RuleMatch:
             "rule_version": self.rule_version,
             "playbook_version": self.playbook_version,
             "error": self.error,
+            "hosts": [host.describe() for host in self.hosts],
         }
 
 
@@ -269,12 +275,17 @@ class RuleSet:
     playbooks: Mapping[str, LoadedPlaybook]
     engine: TemplateEngine = field(compare=False, repr=False)
     _index: _Index = field(compare=False, repr=False)
+    inventory: Inventory | None = field(default=None, compare=False)  # None: steps run here
 
     @classmethod
     def build(
-        cls, rules: Sequence[LoadedRule], playbooks: Mapping[str, LoadedPlaybook], engine: TemplateEngine
+        cls,
+        rules: Sequence[LoadedRule],
+        playbooks: Mapping[str, LoadedPlaybook],
+        engine: TemplateEngine,
+        inventory: Inventory | None = None,
     ) -> RuleSet:
-        return cls(tuple(rules), MappingProxyType(dict(playbooks)), engine, _Index.build(rules))
+        return cls(tuple(rules), MappingProxyType(dict(playbooks)), engine, _Index.build(rules), inventory)
 
     def get(self, name: str) -> LoadedRule | None:
         return next((r for r in self.rules if r.name == name), None)
@@ -360,4 +371,26 @@ class RuleSet:
                 error = f'target "{rule.rule.target}" rendered empty'
         except (TemplateError, ParamError) as exc:
             error = str(exc)
-        return RuleMatch(rule, playbook.name, MappingProxyType(params), target, rule.version, playbook.version, error)
+        hosts: tuple[Host, ...] = ()
+        refusal: Literal["bad_params", "unknown_host"] = "bad_params"
+        if error is None:
+            try:
+                hosts = self.hosts_for(rule, variables)
+            except TemplateError as exc:
+                error = str(exc)
+            except UnknownHosts as exc:
+                error, refusal = f'{exc} (rule hosts: "{rule.rule.hosts}")', "unknown_host"
+        return RuleMatch(
+            rule, playbook.name, MappingProxyType(params), target, rule.version, playbook.version, error, hosts, refusal
+        )
+
+    def hosts_for(self, rule: LoadedRule, variables: Mapping[str, Any]) -> tuple[Host, ...]:
+        """The inventory hosts ``rule`` names for an alert (``variables``: its template context); none
+        without an inventory (steps run here) or when the rule names none. Raises TemplateError, or
+        UnknownHosts for a name the inventory does not have (or that renders empty)."""
+        if self.inventory is None or rule.rule.hosts is None:
+            return ()
+        rendered = self.engine.render(rule.rule.hosts, variables)
+        if not rendered.strip():
+            raise UnknownHosts([rendered], self.inventory)
+        return self.inventory.resolve(rendered)

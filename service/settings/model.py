@@ -100,6 +100,27 @@ class LimitSettings(StrictModel):
     shutdown_grace_seconds: Duration = Field(default=10.0, ge=0, le=600)
 
 
+class SshSettings(StrictModel):
+    """How the ``ssh`` step reaches inventory hosts (docs/inventory.md)."""
+
+    known_hosts: Path | None = Field(
+        default=None, description="the host keys trusted (OpenSSH known_hosts format); required with an inventory"
+    )
+    connect_timeout: Duration = Field(default=10.0, gt=0, le=300, description="TCP connect and SSH handshake")
+    keepalive_interval: Duration = Field(default=15.0, gt=0, le=3600, description="between keepalives on a connection")
+    keepalive_count_max: int = Field(default=3, ge=1, le=100, description="unanswered keepalives before it is dropped")
+    max_sessions_per_host: int = Field(
+        default=4, ge=1, le=64, description="commands run at once on one host (keep under sshd's MaxSessions / 2)"
+    )
+    failure_backoff: Duration = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="after a failed connection, steps for that host fail at once for this long (doubling, up to "
+        "10 times this), so nothing hammers a host that is down or refuses the key",
+    )
+
+
 # --- escalation (service/escalation/escalator.py, docs/escalation.md) ---------------------------------------
 
 _CHANNEL_NAME = r"^[a-z0-9][a-z0-9_-]*$"
@@ -255,6 +276,10 @@ class Settings(StrictModel):
     dry_run: bool = False
     rules: list[str] = Field(default_factory=lambda: ["rules/*.yaml"])
     playbooks: list[str] = Field(default_factory=lambda: ["playbooks/*.yaml"])
+    inventory: Path | None = Field(
+        default=None, description="hosts the ssh step may reach (Ansible YAML inventory); unset: steps run here"
+    )
+    ssh: SshSettings = Field(default_factory=SshSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
     webhook_auth: WebhookAuthSettings = Field(default_factory=WebhookAuthSettings)
     operator: OperatorSettings = Field(default_factory=OperatorSettings)
@@ -294,6 +319,15 @@ class Settings(StrictModel):
         if len(set(urls)) != len(urls):
             raise ValueError("each Alertmanager must be listed once")
         return urls
+
+    @model_validator(mode="after")
+    def _inventory_has_known_hosts(self) -> Self:
+        if self.inventory is not None and self.ssh.known_hosts is None:
+            raise ValueError("an inventory needs ssh.known_hosts: the host keys the remediator trusts")
+        return self
+
+    def inventory_path(self) -> Path | None:
+        return None if self.inventory is None else self.resolve(self.inventory)
 
     def alertmanagers(self) -> list[str]:
         """Every Alertmanager (the reconciler reads each, escalations go to each): `alertmanager_urls`,

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.inventory import Host, Inventory
 from service.times import Duration
+
+if TYPE_CHECKING:  # the pool module imports this package's helpers
+    from service.steps.ssh_connections import SshConnections
 
 DEFAULT_OUTPUT_LIMIT = 64 * 1024
 
@@ -62,6 +66,9 @@ class StepContext:
     generator_url: str = ""  # the alert's, where the alert_expr check finds its expression
     control: StepControl | None = None  # the run executing the step: control steps need it
     processes: ProcessRecorder | None = None  # where a step that starts a process group records it
+    inventory: Inventory | None = None  # the run's (None: no inventory configured, steps run here)
+    hosts: tuple[Host, ...] = ()  # the hosts the step acts on: the rule's, or a rolling step's current one
+    ssh: SshConnections | None = None  # the connection pool the ssh step uses
 
 
 @dataclass(frozen=True)
@@ -93,16 +100,23 @@ class StepControl(Protocol):
     @property
     def name(self) -> str: ...
 
-    def rolling_items(self, rolling: Any) -> list[str]:
-        """A rolling step's items, rendered in the step's template context."""
+    def rolling_items(self, rolling: Any) -> tuple[list[str], bool]:
+        """A rolling step's items, rendered in the step's template context, and whether they are
+        inventory hosts (its ``group``) rather than plain items. Raises StepError when there are none to
+        be had (a group without an inventory and no items)."""
         ...
 
-    async def run_steps(self, phase: str, steps: Sequence[Any], variables: Mapping[str, Any]) -> str | None:
-        """Run nested steps in order with `variables` added to the context: None, or why one failed."""
+    async def run_steps(
+        self, phase: str, steps: Sequence[Any], variables: Mapping[str, Any], host: str | None = None
+    ) -> str | None:
+        """Run nested steps in order with `variables` added to the context (and `host`, an inventory
+        host, as the one they act on): None, or why one failed."""
         ...
 
-    async def verify(self, phase: str, verify: Any, variables: Mapping[str, Any]) -> str | None:
-        """Poll a verify block until it holds (None) or its time is up (why not)."""
+    async def verify(
+        self, phase: str, verify: Any, variables: Mapping[str, Any], host: str | None = None
+    ) -> str | None:
+        """Poll a verify block until it holds (None) or its time is up (why not); `host` as for run_steps."""
         ...
 
     async def escalate(self, reason: str, severity: str) -> str:

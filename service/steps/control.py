@@ -79,16 +79,21 @@ async def approval(spec: ApprovalSpec, ctx: StepContext) -> StepOutcome:
 
 
 async def rolling(spec: RollingSpec, ctx: StepContext) -> StepOutcome:
-    """For each item, one at a time: the nested steps, then the check; stop at the first failure."""
+    """For each item (or inventory host of its group), one at a time: the nested steps, then the check;
+    stop at the first failure. Over a group, the nested steps and checks act on that host."""
     control = _control(ctx)
-    items = control.rolling_items(spec)
+    try:
+        items, on_hosts = control.rolling_items(spec)
+    except StepError as exc:
+        return StepOutcome.error(str(exc))
     done: list[str] = []
     for item in items:
         phase = f"{control.phase}/{control.name}[{item}]"
         variables = {spec.var: item}
-        failure = await control.run_steps(phase, spec.steps, variables)
+        host = item if on_hosts else None
+        failure = await control.run_steps(phase, spec.steps, variables, host)
         if failure is None and spec.check is not None:
-            failure = await control.verify(f"{phase}/check", spec.check, variables)
+            failure = await control.verify(f"{phase}/check", spec.check, variables, host)
         if failure is not None:
             return StepOutcome(
                 ok=False, status="failed", summary=f"{item}: {failure}", data={"done": done, "failed": item}

@@ -26,16 +26,10 @@ from service.steps.exec_env import (
 from service.steps.groups import end_group, signal_group
 
 
-class Spec(StepSpecBase):
-    """Run ``argv`` as a new process group; succeed when the exit code is in ``expect_exit``.
+class ProgramSpec(StepSpecBase):
+    """A program to run, here (``exec``) or on a host (``ssh``): its argv, environment, directory and
+    the exit codes that mean success."""
 
-    ``argv[0]`` is looked up on a fixed safe ``PATH`` (or is a path, relative to ``cwd``). Alert labels
-    and annotations reach the program as ``ALERT_LABEL_<NAME>`` / ``ALERT_ANNOTATION_<NAME>`` (left out
-    or cut, with a note, when the kernel would refuse them; see :mod:`service.steps.exec_env`) and the
-    execution id as ``REMEDIATOR_EXECUTION_ID``.
-    """
-
-    type: Literal["exec"]
     argv: list[str] = Field(min_length=1, description="program and its arguments, one element each")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
     cwd: str | None = None
@@ -67,6 +61,18 @@ class Spec(StepSpecBase):
             for entry in inherit:
                 check_inherit_entry(entry)
         return inherit
+
+
+class Spec(ProgramSpec):
+    """Run ``argv`` as a new process group; succeed when the exit code is in ``expect_exit``.
+
+    ``argv[0]`` is looked up on a fixed safe ``PATH`` (or is a path, relative to ``cwd``). Alert labels
+    and annotations reach the program as ``ALERT_LABEL_<NAME>`` / ``ALERT_ANNOTATION_<NAME>`` (left out
+    or cut, with a note, when the kernel would refuse them; see :mod:`service.steps.exec_env`) and the
+    execution id as ``REMEDIATOR_EXECUTION_ID``.
+    """
+
+    type: Literal["exec"]
 
 
 DRAIN_GRACE_S = 1.0  # after exit, how long a daemon the program started may hold the output pipe open
@@ -217,14 +223,30 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
     held_open = " (a background process still held its output open)" if output_open else ""
     if output_open:
         data["output_held_open"] = True
+    return program_outcome(spec, program, rc, killed_with, capture.merged, data, started, f"{held_open}{noted}")
+
+
+def program_outcome(
+    spec: ProgramSpec,
+    program: str,
+    rc: int | None,
+    killed_with: str | None,
+    buffer: TailBuffer,
+    data: dict[str, Any],
+    started: float,
+    note: str = "",
+) -> StepOutcome:
+    """How a program run ended, as a step outcome: timed out (its group killed with ``killed_with``),
+    or exited with ``rc`` (negative: the signal that ended it) checked against ``expect_exit``.
+    ``program`` names it in the summary (with where it ran, for the ssh step); ``note`` is appended."""
     duration = time.monotonic() - started
     if killed_with is not None:
         data["killed_with"] = killed_with
         return StepOutcome(
             ok=False,
             status="timeout",
-            summary=f"{program} still running after {spec.timeout:g}s: process group killed ({killed_with}){noted}",
-            output=capture.merged.text(),
+            summary=f"{program} still running after {spec.timeout:g}s: process group killed ({killed_with}){note}",
+            output=buffer.text(),
             exit_code=rc,
             data=data,
             duration_s=duration,
@@ -235,8 +257,8 @@ async def run(spec: Spec, ctx: StepContext) -> StepOutcome:
     return StepOutcome(
         ok=ok,
         status="ok" if ok else "failed",
-        summary=f"{program} {how}{expected}{held_open}{noted}",
-        output=capture.merged.text(),
+        summary=f"{program} {how}{expected}{note}",
+        output=buffer.text(),
         exit_code=rc,
         data=data,
         duration_s=duration,

@@ -14,6 +14,7 @@ from service.steps import exec as exec_step
 from service.steps import http as http_step
 from service.steps import nats as nats_step
 from service.steps import promql as promql_step
+from service.steps import ssh as ssh_step
 from service.steps import tcp as tcp_step
 
 
@@ -30,6 +31,7 @@ class StepType:
 
 STEP_TYPES: Mapping[str, StepType] = {
     "exec": StepType(exec_step.run, "io", exec_step.Spec),
+    "ssh": StepType(ssh_step.run, "io", ssh_step.Spec),
     "http": StepType(http_step.run, "io", http_step.Spec),
     "tcp": StepType(tcp_step.run, "io", tcp_step.Spec),
     "promql": StepType(promql_step.run, "io", promql_step.Spec),
@@ -44,13 +46,13 @@ STEP_TYPES: Mapping[str, StepType] = {
 
 # For pydantic models that embed a step: ``steps: list[IoStepSpec]`` picks the model by ``type``.
 IoStepSpec = Annotated[
-    exec_step.Spec | http_step.Spec | tcp_step.Spec | promql_step.Spec | nats_step.Spec,
+    exec_step.Spec | ssh_step.Spec | http_step.Spec | tcp_step.Spec | promql_step.Spec | nats_step.Spec,
     Field(discriminator="type"),
 ]
 
 
 async def run_step(
-    spec: exec_step.Spec | http_step.Spec | tcp_step.Spec | promql_step.Spec | nats_step.Spec,
+    spec: exec_step.Spec | ssh_step.Spec | http_step.Spec | tcp_step.Spec | promql_step.Spec | nats_step.Spec,
     ctx: StepContext,
 ) -> StepOutcome:
     """Run one I/O step with the runner of its type."""

@@ -250,6 +250,24 @@ class LimitsReset(_Answer):
 # --- simulate --------------------------------------------------------------------------------------
 
 
+class HostTarget(_Answer):
+    name: str = Field(description="the host's name in the inventory")
+    address: str
+    port: int
+    user: str = Field(description="the user the ssh step logs in as")
+
+
+class StepPlacement(_Answer):
+    phase: str
+    step: str
+    type: str
+    runs: Literal["here", "remote", "nowhere"] = Field(
+        description="here: on the remediator's host; remote: over ssh on `hosts`; nowhere: the step would fail"
+    )
+    hosts: list[HostTarget]
+    note: str
+
+
 class WouldRun(_Answer):
     rule: str
     playbook: str
@@ -258,7 +276,13 @@ class WouldRun(_Answer):
     mode: str
     rule_version: str
     playbook_version: str
-    error: str | None = Field(description="set: refused (a template or param failed), nothing would run")
+    error: str | None = Field(
+        description="set: refused (a template or param failed, or a host is not in the inventory), nothing would run"
+    )
+    hosts: list[HostTarget] = Field(description="the inventory hosts the rule resolved the alert to")
+    steps: list[StepPlacement] = Field(
+        default_factory=list, description="in decisions: where each step would run, and as whom"
+    )
 
 
 class MatcherCheck(_Answer):

@@ -34,6 +34,7 @@ from service.metrics import create_metrics
 from service.playbooks.templating import TemplateEngine
 from service.redaction import DEFAULT_PATTERNS, Redactor
 from service.settings import Secrets, Settings
+from service.steps.ssh_connections import SshConnections, SshOptions
 from service.store import NotificationReceipt, new_store
 from service.web.api import add_api_routes
 from service.web.intake import Intake, WebhookAuth, deliver
@@ -169,6 +170,21 @@ def dispatch_settings(settings: Settings) -> DispatchSettings:
     )
 
 
+def _ssh_connections(settings: Settings) -> SshConnections:
+    ssh = settings.ssh
+    known_hosts = None if ssh.known_hosts is None else settings.resolve(ssh.known_hosts)
+    return SshConnections(
+        SshOptions(
+            known_hosts=known_hosts,
+            connect_timeout=ssh.connect_timeout,
+            keepalive_interval=ssh.keepalive_interval,
+            keepalive_count_max=ssh.keepalive_count_max,
+            max_sessions_per_host=ssh.max_sessions_per_host,
+            failure_backoff=ssh.failure_backoff,
+        )
+    )
+
+
 def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None) -> web.Application:
     clock = clock or SystemClock()
     metrics = create_metrics()
@@ -193,6 +209,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         max_concurrent=settings.limits.max_concurrent_executions,
         observer=flow_metrics,
         redactor=Redactor(secrets.values(), (*DEFAULT_PATTERNS, *settings.redact_patterns)),
+        ssh=_ssh_connections(settings),
     )
     silences = (
         SilenceWatcher(

@@ -31,7 +31,7 @@ log = logging.getLogger("remediator.app")
 
 @dataclass
 class RulesHolder:
-    """The live rules and playbooks, swapped whole on a good reload; a bad one keeps the old set.
+    """The live rules, playbooks and inventory, swapped whole on a good reload; a bad one keeps the old set.
 
     Executions hold their own reference to the rule match and playbook they started with, so a
     reload never changes a run in flight.
@@ -54,7 +54,9 @@ class RulesHolder:
     def _parse(self) -> RuleSet | ConfigErrors:
         s = self.settings
         try:
-            return load_ruleset([g for g in s.rules if g], [g for g in s.playbooks if g], s.base_dir)
+            return load_ruleset(
+                [g for g in s.rules if g], [g for g in s.playbooks if g], s.base_dir, s.inventory_path()
+            )
         except ConfigErrors as exc:
             return exc
 

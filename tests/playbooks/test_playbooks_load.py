@@ -115,7 +115,7 @@ steps:
         (
             MINIMAL.replace("params.node", "execution.started"),
             "p.yaml:7: steps[0].argv[1]: execution.started is not provided "
-            "(known: fingerprint, id, playbook, rule, started_at, target)",
+            "(known: fingerprint, host, hosts, id, playbook, rule, started_at, target)",
         ),
         (
             MINIMAL + "    when: \"time_in(after='8h', tz='UTC')\"\n",
@@ -138,7 +138,7 @@ steps:
         (
             MINIMAL.replace("type: exec", "type: shell"),
             "p.yaml:6: steps[0].type: Input tag 'shell' found using 'type' does not match any of the expected tags: "
-            "'exec', 'http', 'tcp', 'promql', 'nats', 'wait', 'approval', 'rolling', 'escalate'",
+            "'exec', 'ssh', 'http', 'tcp', 'promql', 'nats', 'wait', 'approval', 'rolling', 'escalate'",
         ),
         (
             MINIMAL.replace('argv: ["echo", "{{ params.node }}"]', "argv: []"),
@@ -157,7 +157,8 @@ steps:
         (
             MINIMAL.replace("type: exec", "type: exce"),
             "p.yaml:6: steps[0].type: Input tag 'exce' found using 'type' does not match any of the expected tags: "
-            "'exec', 'http', 'tcp', 'promql', 'nats', 'wait', 'approval', 'rolling', 'escalate'; did you mean `exec`?",
+            "'exec', 'ssh', 'http', 'tcp', 'promql', 'nats', 'wait', 'approval', 'rolling', 'escalate'; did you mean"
+            " `exec`?",
         ),
         (
             MINIMAL.replace("    argv:", "    expectExit: [0]\n    argv:"),

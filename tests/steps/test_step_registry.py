@@ -18,7 +18,7 @@ ADAPTER: TypeAdapter[IoStepSpec] = TypeAdapter(IoStepSpec)
 
 
 def test_every_type_is_registered_under_its_discriminator() -> None:
-    io = {"exec", "http", "tcp", "promql", "nats"}
+    io = {"exec", "ssh", "http", "tcp", "promql", "nats"}
     control = {"wait", "escalate", "approval", "rolling", "alert_resolved", "alert_expr"}
     assert set(STEP_TYPES) == io | control
     for name, step_type in STEP_TYPES.items():
@@ -32,7 +32,7 @@ def test_every_type_is_registered_under_its_discriminator() -> None:
 
 def test_every_step_and_check_of_the_playbook_format_is_found_in_the_registry() -> None:
     models = {model for union in (Step, Check) for model in get_args(get_args(union)[0])}
-    assert len(models) == 11
+    assert len(models) == 12
     for model in models:
         (name,) = model.model_fields["type"].annotation.__args__
         assert STEP_TYPES[name].spec in (model, None)
