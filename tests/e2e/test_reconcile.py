@@ -46,8 +46,9 @@ def test_a_second_outage_no_webhook_reports_is_decided_by_reconciliation(stacks:
     assert report["execution"]["state"] == "refused" and report["execution"]["refusal"] == "cooldown"
     poll(lambda: escalation_events(stack.execution(second["id"])), 10, "the refusal's escalation")
     assert len(escalation_events(stack.execution(second["id"]))) == 1
-    # decided long before the group's next flush (30s after the previous one) could have said anything
-    assert decided_after_s < 20, decided_after_s
+    # decided before the group's next flush (30s after the previous one) could have said anything:
+    # Prometheus's detection (~1s) and a reconcile pass (every 5s) away, with room for a busy machine
+    assert decided_after_s < 28, decided_after_s
 
 
 @pytest.mark.timeout(180)
