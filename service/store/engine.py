@@ -207,6 +207,13 @@ class SQLiteEngine:
             return str(exc)
         return self._last_commit_error
 
+    def require_writable_file(self) -> None:
+        """Raise StoreError unless the store is open on the file it opened: what a commit checks
+        first, for an answer given without one."""
+        if self._write_conn is None:
+            raise StoreError("store is closed")
+        self._check_file()
+
     def _check_file(self) -> None:
         """The path still names the file this store opened: writes to a deleted or replaced file
         would be acknowledged and then lost."""

@@ -47,7 +47,10 @@ class StoreLifecycle(Protocol):
 
 
 class IntakeStore(Protocol):
-    """The webhook: a notification and its alerts, committed before the 200."""
+    """The webhook: a notification and its alerts, committed before the 200. One exception: a
+    notification whose every alert is a pure re-send of an occurrence already committed may be
+    acknowledged without a commit; its deliveries (count, last-seen time) wait for `write_resends`,
+    and a crash meanwhile loses them, never the occurrence."""
 
     async def record_notification(
         self,
@@ -57,6 +60,8 @@ class IntakeStore(Protocol):
         wanted: Sequence[bool] | None = None,
         source: OccurrenceSource = "webhook",
     ) -> NotificationReceipt: ...
+
+    async def write_resends(self) -> tuple[AlertEvent, ...]: ...
 
 
 class ReconcileStore(Protocol):

@@ -82,9 +82,10 @@ class AlertEvent:
 @dataclass(frozen=True)
 class NotificationReceipt:
     """What one committed notification became: its row, how many alerts it held, and the events
-    the dispatcher has to see (those stored as already dispatched are not among them)."""
+    the dispatcher has to see (those stored as already dispatched are not among them). No row
+    (None) when every alert was a re-send acknowledged from memory, written later."""
 
-    notification_id: int
+    notification_id: int | None
     alert_count: int
     events: tuple[AlertEvent, ...]
 

@@ -5,15 +5,21 @@
 The answer is 200 only once the notification and each of its alerts are durably committed, so an
 acknowledged alert is never lost; 503 when the store cannot commit (Alertmanager retries on 5xx);
 4xx for requests that retrying cannot fix. Nothing is stored for a rejected request.
+
+A notification whose every alert is a pure re-send of an occurrence already committed (Alertmanager
+re-sends every firing alert of a group on each group change and repeat_interval) is answered from
+the store's memory without a commit; `write_resends` writes those deliveries every second and hands
+the dispatcher what a rule wants to see again (service.store.remembered).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +30,7 @@ from service.alerts.webhook import WebhookNotification, describe_errors, parse
 from service.clock import Clock
 from service.errors import RequestError
 from service.metrics import Metrics
-from service.store import IntakeStore, NotificationReceipt, OccurrenceSource, StoreError
+from service.store import AlertEvent, IntakeStore, NotificationReceipt, OccurrenceSource, StoreError
 from service.web.access import as_bytes, same_secret
 
 log = logging.getLogger("remediator.intake")
@@ -32,6 +38,9 @@ log = logging.getLogger("remediator.intake")
 _READ_CHUNK = 64 * 1024
 # JSON is UTF-8 (RFC 8259); a body declared in another charset would be misread, not parsed.
 _JSON_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii"})
+
+# How often the deliveries acknowledged from memory are written: what a crash may lose of them.
+RESEND_WRITE_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,7 @@ class Intake:
     clock: Clock
     max_body_bytes: int
     wants: Callable[[str, Mapping[str, str]], bool]  # does a rule want an alert (status, labels)?
-    on_committed: Callable[[NotificationReceipt], None]
+    on_committed: Callable[[Sequence[AlertEvent]], None]  # hands committed events to the dispatcher
 
 
 def _error(
@@ -157,9 +166,9 @@ async def handle(intake: Intake, request: web.Request) -> web.Response:
         log.error("could not store notification", extra={"error": str(exc), "group_key": notification.groupKey})
         return _error(503, "the store cannot commit right now; retry", headers={"Retry-After": "5"})
     # Formatted directly, not through json.dumps: this is the one answer on the hot path.
+    notification_id = b"null" if receipt.notification_id is None else b"%d" % receipt.notification_id
     return web.Response(
-        body=b'{"status": "accepted", "notification_id": %d, "alerts": %d}'
-        % (receipt.notification_id, receipt.alert_count),
+        body=b'{"status": "accepted", "notification_id": %s, "alerts": %d}' % (notification_id, receipt.alert_count),
         content_type="application/json",
     )
 
@@ -177,8 +186,24 @@ async def deliver(
     wanted = [intake.wants(alert.status, alert.labels) for alert in notification.alerts]
     started = time.perf_counter()
     receipt = await intake.store.record_notification(notification, body, intake.clock.now(), wanted, source=source)
-    intake.metrics.webhook.observe_commit(time.perf_counter() - started)
+    if receipt.notification_id is None:
+        intake.metrics.webhook.count_remembered()
+    else:
+        intake.metrics.webhook.observe_commit(time.perf_counter() - started)
     for alert in notification.alerts:
         intake.metrics.webhook.count_alert(alert.status, source)
-    intake.on_committed(receipt)
+    intake.on_committed(receipt.events)
     return receipt
+
+
+async def write_resends(intake: Intake, interval: float = RESEND_WRITE_INTERVAL_S) -> None:
+    """Forever: every `interval`, write the deliveries acknowledged from memory and hand the
+    dispatcher the events a rule wants to see (the store's close writes the last ones)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            events = await intake.store.write_resends()
+        except StoreError as exc:  # they wait for the next write; /-/ready says what is wrong
+            log.error("could not write the deliveries acknowledged from memory", extra={"error": str(exc)})
+            continue
+        intake.on_committed(events)

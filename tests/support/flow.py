@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
+from service.web.runtime import INTAKE
 from support.app_client import Client
 
 T = TypeVar("T")
@@ -105,3 +106,10 @@ async def newest_finished(client: Client, states: Collection[str] = SETTLED) -> 
     """The newest execution's report once it is in one of `states` (for `poll`)."""
     rows = await executions(client)
     return None if not rows else await finished(client, rows[0]["id"], states)
+
+
+async def write_resends(client: Client) -> None:
+    """What the service does every second: write the deliveries acknowledged from memory and hand
+    the dispatcher their events (a test calls it where a second would have passed)."""
+    intake = client.app[INTAKE]
+    intake.on_committed(await intake.store.write_resends())

@@ -129,6 +129,9 @@ class MemoryStore:
                 events.append(event)
         return NotificationReceipt(notification_id, len(notification.alerts), tuple(events))
 
+    async def write_resends(self) -> tuple[AlertEvent, ...]:
+        return ()  # every delivery is stored at once: nothing waits
+
     # --- ReconcileStore ---------------------------------------------------------------------------
 
     async def occurrence_statuses(self, keys: Sequence[tuple[str, datetime]]) -> dict[tuple[str, datetime], str]:

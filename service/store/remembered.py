@@ -1,0 +1,153 @@
+"""Occurrences known committed, remembered so that a pure re-send is acknowledged without a commit.
+
+Alertmanager re-sends every firing alert of a group on each group change and each repeat_interval:
+the same occurrence, byte for byte. Such a re-send brings nothing to commit but one more delivery
+(receive_count, last_received_at), so when the store remembers the occurrence in exactly that state
+it answers at once and writes the deliveries in a later batch (`IntakeSQL.write_resends`).
+
+The memory is a cache of the store, never ahead of it: an occurrence goes in only once a commit of
+it is durable (with the state that commit stored), a delivery that may change it takes it out before
+its commit starts, and retention takes out what it deletes. It starts empty: after a restart the
+first re-send of each occurrence is committed as any delivery and remembered from then on. Both the
+occurrences and the deliveries waiting to be written are bounded in entries; past the bound the
+least recently delivered occurrence is forgotten, and a delivery that finds the waiting list full is
+committed at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pydantic_core import to_json
+
+from service.alerts.webhook import WebhookAlert, WebhookNotification
+
+# An occurrence as the store keys it: (fingerprint, starts_at as stored).
+OccurrenceKey = tuple[str, str]
+
+# About 300 bytes each (key, digest, ids): 50,000 firing alerts in some 15 MB.
+DEFAULT_LIMIT = 50_000
+
+
+def alert_state(alert: WebhookAlert, ends_at: str | None, labels_json: bytes, annotations_json: bytes) -> bytes:
+    """What a re-send must repeat exactly to change nothing: status, endsAt, labels and annotations
+    (the key holds fingerprint and startsAt). A 128-bit digest, so the memory stays small whatever
+    the annotations; JSON never holds a raw NUL, so the separators cannot be forged."""
+    parts = (alert.status.encode(), (ends_at or "").encode(), labels_json, annotations_json)
+    return hashlib.blake2b(b"\0".join(parts), digest_size=16).digest()
+
+
+def labels_json(labels: dict[str, str]) -> bytes:
+    """Labels or annotations as stored: pydantic's encoder (a fifth of json.dumps's time), keys in
+    the order received (sorted, from Alertmanager: Go marshals maps sorted)."""
+    return to_json(labels)
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    occurrence_id: int
+    event_id: int  # the alert event whose commit stored `state`: a later commit replaces it, never an earlier one
+    state: bytes
+
+
+@dataclass(slots=True)
+class Resend:
+    """The deliveries of one occurrence acknowledged from memory and not written yet."""
+
+    occurrence_id: int
+    deliveries: int
+    last_received_at: str
+    wanted: bool  # a rule wanted one of them: the dispatcher sees the occurrence again
+    status: str
+    notification: WebhookNotification  # the latest, stored with the deliveries (the event's notification)
+    body: bytes
+
+
+class RememberedOccurrences:
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        """`limit` bounds both the occurrences remembered and the occurrences with deliveries waiting;
+        0 remembers nothing (every delivery is committed before its answer)."""
+        self.limit = limit
+        self._known: OrderedDict[OccurrenceKey, Known] = OrderedDict()
+        self._waiting: dict[int, Resend] = {}
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    @property
+    def waiting(self) -> int:
+        """Occurrences with deliveries acknowledged from memory and not written yet."""
+        return len(self._waiting)
+
+    def committed(self, key: OccurrenceKey, state: bytes) -> int | None:
+        """The occurrence id when the store holds this occurrence in exactly this state (its commit
+        is durable), else None. A hit makes it the most recently delivered."""
+        known = self._known.get(key)
+        if known is None or known.state != state:
+            return None
+        self._known.move_to_end(key)
+        return known.occurrence_id
+
+    def remember(self, key: OccurrenceKey, known: Known) -> None:
+        """After `known`'s commit is durable."""
+        if self.limit <= 0:
+            return
+        current = self._known.get(key)
+        if current is not None and current.event_id > known.event_id:
+            return  # a later commit already stored a newer state
+        self._known[key] = known
+        self._known.move_to_end(key)
+        while len(self._known) > self.limit:
+            self._known.popitem(last=False)
+
+    def forget(self, keys: Iterable[OccurrenceKey]) -> list[int]:
+        """Before a commit that may change these occurrences, and once retention deleted them;
+        returns the ids of those that were remembered."""
+        forgotten = (self._known.pop(key, None) for key in keys)
+        return [known.occurrence_id for known in forgotten if known is not None]
+
+    def has_room(self, occurrence_ids: Iterable[int]) -> bool:
+        """Whether deliveries of these occurrences can wait without passing the bound."""
+        return len(self._waiting) + sum(1 for i in occurrence_ids if i not in self._waiting) <= self.limit
+
+    def delivered(
+        self,
+        occurrence_id: int,
+        received_at: str,
+        wanted: bool,
+        status: str,
+        notification: WebhookNotification,
+        body: bytes,
+    ) -> None:
+        """One more delivery of an occurrence, acknowledged from memory, to write later."""
+        resend = self._waiting.get(occurrence_id)
+        if resend is None:
+            self._waiting[occurrence_id] = Resend(occurrence_id, 1, received_at, wanted, status, notification, body)
+            return
+        resend.deliveries += 1
+        resend.last_received_at = received_at
+        resend.wanted = resend.wanted or wanted
+        resend.status, resend.notification, resend.body = status, notification, body
+
+    def waiting_ids(self) -> list[int]:
+        return list(self._waiting)
+
+    def take_waiting(self, occurrence_ids: Iterable[int] | None = None) -> list[Resend]:
+        """The deliveries to write now (of these occurrences, or all); they are no longer waiting."""
+        if occurrence_ids is None:
+            taken, self._waiting = list(self._waiting.values()), {}
+            return taken
+        return [resend for i in occurrence_ids if (resend := self._waiting.pop(i, None)) is not None]
+
+    def put_back(self, resends: Iterable[Resend]) -> None:
+        """Deliveries whose write failed wait for the next one, merged with those that came since."""
+        for resend in resends:
+            newer = self._waiting.get(resend.occurrence_id)
+            if newer is None:
+                self._waiting[resend.occurrence_id] = resend
+            else:
+                newer.deliveries += resend.deliveries
+                newer.wanted = newer.wanted or resend.wanted
