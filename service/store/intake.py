@@ -13,11 +13,10 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from service.alerts.webhook import WebhookAlert, WebhookNotification
 from service.store.engine import SQLiteEngine, Synchronous
@@ -88,37 +87,32 @@ def _alert_time(value: datetime) -> tuple[datetime, str]:
     return utc, timestamp(utc)
 
 
-@dataclass(frozen=True, slots=True)
-class _Delivery:
-    """One alert of a notification, prepared before any transaction (a batch re-run after a
-    neighbour failed repeats only its statements)."""
+class _Delivery(NamedTuple):
+    """One alert of a notification as the memory and the statements need it, prepared before any
+    transaction (a batch re-run after a neighbour failed repeats only its statements). A tuple: it
+    is made for every alert of every request."""
 
     alert: WebhookAlert
     key: OccurrenceKey
     state: bytes
-    starts_at: datetime
-    ends_at: datetime | None
     ends_at_text: str | None
-    labels: str
-    annotations: str
+    labels: bytes
+    annotations: bytes
     wanted: bool
 
 
 def _delivery(alert: WebhookAlert, wanted: bool) -> _Delivery:
-    starts_at, starts_at_text = _alert_time(alert.startsAt)
     ended = alert.ends_at
-    ends_at, ends_at_text = (None, None) if ended is None else _alert_time(ended)
+    ends_at_text = None if ended is None else _alert_time(ended)[1]
     labels, annotations = labels_json(alert.labels), labels_json(alert.annotations)
     return _Delivery(
-        alert=alert,
-        key=(alert.fingerprint, starts_at_text),
-        state=alert_state(alert, ends_at_text, labels, annotations),
-        starts_at=starts_at,
-        ends_at=ends_at,
-        ends_at_text=ends_at_text,
-        labels=labels.decode(),
-        annotations=annotations.decode(),
-        wanted=wanted,
+        alert,
+        (alert.fingerprint, _alert_time(alert.startsAt)[1]),
+        alert_state(alert.status, ends_at_text, labels, annotations),
+        ends_at_text,
+        labels,
+        annotations,
+        wanted,
     )
 
 
@@ -134,33 +128,35 @@ def _notification_row(notification: WebhookNotification, body: bytes, received: 
     )
 
 
-def _add_deliveries(resends: Sequence[Resend], conn: sqlite3.Connection) -> tuple[AlertEvent, ...]:
+def _add_deliveries(
+    resends: Sequence[Resend], wanted: Callable[[Resend], bool], conn: sqlite3.Connection
+) -> tuple[AlertEvent, ...]:
     """Each occurrence's deliveries acknowledged from memory: its count and last-seen time, one
-    alert event (to dispatch when a rule wanted it), and the latest notification that delivered it."""
+    alert event (to dispatch when a rule wants it), and the latest notification that delivered it."""
     cursor = conn.cursor()
     cursor.row_factory = sqlite3.Row
     notification_ids: dict[int, int] = {}  # by id() of the notification: a notification is stored once
     events = []
     for resend in resends:
-        row = cursor.execute(
-            _ADD_DELIVERIES, (resend.deliveries, resend.last_received_at, resend.occurrence_id)
-        ).fetchone()
+        received = timestamp(resend.last_received_at)
+        row = cursor.execute(_ADD_DELIVERIES, (resend.deliveries, received, resend.occurrence_id)).fetchone()
         if row is None:
-            continue  # retention deleted it after these deliveries (it never deletes one with deliveries waiting)
+            continue  # gone: nothing to count (retention keeps an occurrence with deliveries waiting)
         notification = resend.notification
         notification_id = notification_ids.get(id(notification))
         if notification_id is None:
             notification_id = conn.execute(
-                _INSERT_NOTIFICATION, _notification_row(notification, resend.body, resend.last_received_at)
+                _INSERT_NOTIFICATION, _notification_row(notification, resend.body, received)
             ).lastrowid
             assert notification_id is not None
             notification_ids[id(notification)] = notification_id
-        status, received = row["occurrence_status"], resend.last_received_at
+        status = row["occurrence_status"]
         # a stale firing of an occurrence resolved meanwhile: nothing to decide, as in the UPSERT
-        pending = resend.wanted and not (resend.status == "firing" and status == "resolved")
+        alert = resend.alert
+        pending = not (alert.status == "firing" and status == "resolved") and wanted(resend)
         event_id = conn.execute(
             _INSERT_ALERT_EVENT,
-            (notification_id, resend.occurrence_id, resend.status, status, None if pending else received),
+            (notification_id, resend.occurrence_id, alert.status, status, None if pending else received),
         ).lastrowid
         assert event_id is not None
         if pending:
@@ -168,7 +164,7 @@ def _add_deliveries(resends: Sequence[Resend], conn: sqlite3.Connection) -> tupl
                 AlertEvent(
                     id=event_id,
                     notification_id=notification_id,
-                    status=resend.status,
+                    status=alert.status,
                     previous_status=status,
                     occurrence=occurrence_row(row),
                     common_labels=notification.commonLabels,
@@ -210,24 +206,20 @@ class IntakeSQL(SQLiteEngine):
         forward only). ``source`` is how an occurrence this notification brings first came (a
         webhook, or the reconciler); an occurrence already stored keeps its own.
 
-        When every alert is a pure re-send of an occurrence remembered committed, nothing is
-        committed now: the receipt has no notification id, and `write_resends` writes the
-        deliveries later. Raises StoreError when the store cannot commit (or is closed, or its file
-        was deleted or replaced: an answer from memory promises the occurrence is in the store)."""
-        received = timestamp(received_at)
+        Deliveries of these occurrences acknowledged from memory and still waiting are written first,
+        in the same commit: counts and events stay in the order they came."""
         if wanted is None:
             wanted = [True] * len(notification.alerts)
         deliveries = [_delivery(alert, wants) for alert, wants in zip(notification.alerts, wanted, strict=True)]
-        if self._acknowledged_from_memory(notification, body, received, deliveries):
-            return NotificationReceipt(None, len(deliveries), ())
+        received = timestamp(received_at)
         notification_row = _notification_row(notification, body, received)
         rows = [
             (
                 d.alert.fingerprint,
                 d.key[1],
                 d.alert.labels.get("alertname", ""),
-                d.labels,
-                d.annotations,
+                d.labels.decode(),
+                d.annotations.decode(),
                 d.alert.generatorURL,
                 d.alert.status,
                 d.ends_at_text,
@@ -240,12 +232,17 @@ class IntakeSQL(SQLiteEngine):
 
         # Forgotten before the commit starts, remembered once it is durable: while it is in flight a
         # re-send of the state it replaces is committed too, in order, as it would be without memory.
-        # Their deliveries still waiting are written first, in the same commit: counts and events
-        # stay in the order they came.
-        earlier = self._remembered.take_waiting(self._remembered.forget(d.key for d in deliveries))
+        # Whether a rule wants their waiting deliveries: what it says of this one.
+        earlier_wanted: dict[int, bool] = {}
+        for d in deliveries:
+            for known in self._remembered.forget((d.key,)):
+                earlier_wanted[known.occurrence_id] = d.wanted
+        earlier = self._remembered.take_waiting(earlier_wanted)
 
         def insert(conn: sqlite3.Connection) -> tuple[NotificationReceipt, list[tuple[OccurrenceKey, Known]]]:
-            events = list(_add_deliveries(earlier, conn)) if earlier else []
+            events: list[AlertEvent] = []
+            if earlier:
+                events.extend(_add_deliveries(earlier, lambda resend: earlier_wanted[resend.occurrence_id], conn))
             notification_id = conn.execute(_INSERT_NOTIFICATION, notification_row).lastrowid
             assert notification_id is not None
             stored = []
@@ -266,16 +263,17 @@ class IntakeSQL(SQLiteEngine):
                     stored.append((d.key, Known(occurrence_id, event_id, d.state)))
                 if not pending:
                     continue
+                ended = alert.ends_at
                 occurrence = Occurrence(
                     id=occurrence_id,
                     fingerprint=alert.fingerprint,
-                    starts_at=d.starts_at,
+                    starts_at=_alert_time(alert.startsAt)[0],
                     alertname=alert.labels.get("alertname", ""),
                     labels=alert.labels,
                     annotations=alert.annotations,
                     generator_url=alert.generatorURL,
                     status=alert.status,
-                    ends_at=d.ends_at,
+                    ends_at=None if ended is None else _alert_time(ended)[0],
                     receive_count=receive_count,
                     source=first_source,
                 )
@@ -301,36 +299,41 @@ class IntakeSQL(SQLiteEngine):
             self._remembered.remember(key, known)
         return receipt
 
-    def _acknowledged_from_memory(
-        self, notification: WebhookNotification, body: bytes, received: str, deliveries: Sequence[_Delivery]
-    ) -> bool:
-        """Every alert a pure re-send of a remembered occurrence, room for its deliveries to wait, and
-        a store that takes writes: the deliveries wait for `write_resends`. False: commit now."""
+    def acknowledge_resend(self, notification: WebhookNotification, body: bytes, received_at: datetime) -> bool:
+        """True when every alert is a pure re-send of an occurrence remembered committed (same
+        fingerprint, startsAt, status, endsAt, labels, annotations) and its delivery can wait: it
+        is counted in memory and `write_resends` writes it. False: commit it (record_notification).
+        Raises StoreError when the store is closed or its file was deleted or replaced: an answer
+        from memory promises that the occurrence is in the store."""
         remembered = self._remembered
-        if not deliveries or remembered.limit <= 0 or self._last_commit_error is not None:
+        alerts = notification.alerts
+        if not alerts or not remembered.has_room(len(alerts)) or self._last_commit_error is not None:
             return False  # after a failed commit, one that goes through says the store is healthy again
-        occurrence_ids = []
-        for d in deliveries:
-            occurrence_id = remembered.committed(d.key, d.state)
-            if occurrence_id is None:
+        hits = []
+        for alert in alerts:
+            key = (alert.fingerprint, _alert_time(alert.startsAt)[1])
+            known = remembered.get(key)  # a new alert stops here, before its state is worked out
+            if known is None or known.state != _delivery(alert, False).state:
                 return False
-            occurrence_ids.append(occurrence_id)
-        if not remembered.has_room(occurrence_ids):
-            return False
+            hits.append((key, known, alert))
         self.require_writable_file()
-        for d, occurrence_id in zip(deliveries, occurrence_ids, strict=True):
-            remembered.delivered(occurrence_id, received, d.wanted, d.alert.status, notification, body)
+        for key, known, alert in hits:
+            remembered.delivered(key, known, received_at, alert, notification, body)
         return True
 
-    async def write_resends(self) -> tuple[AlertEvent, ...]:
+    async def write_resends(self, wants: Callable[[str, Mapping[str, str]], bool]) -> tuple[AlertEvent, ...]:
         """Write the deliveries acknowledged from memory since the last call, in one transaction;
-        returns the events the dispatcher has to see (of the occurrences a rule wanted). Deliveries
-        whose write fails wait for the next call."""
+        returns the events the dispatcher has to see: of the occurrences a rule `wants` (status,
+        labels) now. Deliveries whose write fails wait for the next call."""
         resends = self._remembered.take_waiting()
         if not resends:
             return ()
+
+        def wanted(resend: Resend) -> bool:
+            return wants(resend.alert.status, resend.alert.labels)
+
         try:
-            return await self.write(functools.partial(_add_deliveries, resends))
+            return await self.write(functools.partial(_add_deliveries, resends, wanted))
         except StoreError:
             self._remembered.put_back(resends)
             raise
@@ -338,8 +341,8 @@ class IntakeSQL(SQLiteEngine):
     async def close(self) -> None:
         """Write the deliveries still waiting, then close: a service that stops loses none of them."""
         if self.is_open:
-            try:
-                await self.write_resends()
+            try:  # queued for the dispatcher: it reads them at the next start
+                await self.write_resends(lambda _status, _labels: True)
             except StoreError as exc:
                 log.error(
                     "deliveries acknowledged from memory were not written",

@@ -20,6 +20,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import NamedTuple
 
 from pydantic_core import to_json
@@ -33,11 +34,11 @@ OccurrenceKey = tuple[str, str]
 DEFAULT_LIMIT = 50_000
 
 
-def alert_state(alert: WebhookAlert, ends_at: str | None, labels_json: bytes, annotations_json: bytes) -> bytes:
+def alert_state(status: str, ends_at: str | None, labels_json: bytes, annotations_json: bytes) -> bytes:
     """What a re-send must repeat exactly to change nothing: status, endsAt, labels and annotations
     (the key holds fingerprint and startsAt). A 128-bit digest, so the memory stays small whatever
     the annotations; JSON never holds a raw NUL, so the separators cannot be forged."""
-    parts = (alert.status.encode(), (ends_at or "").encode(), labels_json, annotations_json)
+    parts = (status.encode(), (ends_at or "").encode(), labels_json, annotations_json)
     return hashlib.blake2b(b"\0".join(parts), digest_size=16).digest()
 
 
@@ -59,9 +60,8 @@ class Resend:
 
     occurrence_id: int
     deliveries: int
-    last_received_at: str
-    wanted: bool  # a rule wanted one of them: the dispatcher sees the occurrence again
-    status: str
+    last_received_at: datetime  # formatted when written: not on the request's path
+    alert: WebhookAlert  # the latest: whether a rule wants it is asked when written
     notification: WebhookNotification  # the latest, stored with the deliveries (the event's notification)
     body: bytes
 
@@ -82,14 +82,9 @@ class RememberedOccurrences:
         """Occurrences with deliveries acknowledged from memory and not written yet."""
         return len(self._waiting)
 
-    def committed(self, key: OccurrenceKey, state: bytes) -> int | None:
-        """The occurrence id when the store holds this occurrence in exactly this state (its commit
-        is durable), else None. A hit makes it the most recently delivered."""
-        known = self._known.get(key)
-        if known is None or known.state != state:
-            return None
-        self._known.move_to_end(key)
-        return known.occurrence_id
+    def get(self, key: OccurrenceKey) -> Known | None:
+        """What the store holds of this occurrence, as its last durable commit left it (or None)."""
+        return self._known.get(key)
 
     def remember(self, key: OccurrenceKey, known: Known) -> None:
         """After `known`'s commit is durable."""
@@ -104,34 +99,34 @@ class RememberedOccurrences:
         if len(self._known) > self.limit:
             self._known.popitem(last=False)
 
-    def forget(self, keys: Iterable[OccurrenceKey]) -> list[int]:
+    def forget(self, keys: Iterable[OccurrenceKey]) -> list[Known]:
         """Before a commit that may change these occurrences, and once retention deleted them;
-        returns the ids of those that were remembered."""
+        returns what was remembered of them."""
         forgotten = (self._known.pop(key, None) for key in keys)
-        return [known.occurrence_id for known in forgotten if known is not None]
+        return [known for known in forgotten if known is not None]
 
-    def has_room(self, occurrence_ids: Iterable[int]) -> bool:
-        """Whether deliveries of these occurrences can wait without passing the bound."""
-        return len(self._waiting) + sum(1 for i in occurrence_ids if i not in self._waiting) <= self.limit
+    def has_room(self, occurrences: int) -> bool:
+        """Whether deliveries of this many more occurrences can wait without passing the bound."""
+        return len(self._waiting) + occurrences <= self.limit
 
     def delivered(
         self,
-        occurrence_id: int,
-        received_at: str,
-        wanted: bool,
-        status: str,
+        key: OccurrenceKey,
+        known: Known,
+        received_at: datetime,
+        alert: WebhookAlert,
         notification: WebhookNotification,
         body: bytes,
     ) -> None:
-        """One more delivery of an occurrence, acknowledged from memory, to write later."""
-        resend = self._waiting.get(occurrence_id)
+        """One more delivery of a remembered occurrence, acknowledged from memory, to write later; it
+        becomes the most recently delivered."""
+        self._known.move_to_end(key)
+        resend = self._waiting.get(known.occurrence_id)
         if resend is None:
-            self._waiting[occurrence_id] = Resend(occurrence_id, 1, received_at, wanted, status, notification, body)
+            self._waiting[known.occurrence_id] = Resend(known.occurrence_id, 1, received_at, alert, notification, body)
             return
         resend.deliveries += 1
-        resend.last_received_at = received_at
-        resend.wanted = resend.wanted or wanted
-        resend.status, resend.notification, resend.body = status, notification, body
+        resend.last_received_at, resend.alert, resend.notification, resend.body = received_at, alert, notification, body
 
     def waiting_ids(self) -> list[int]:
         return list(self._waiting)
@@ -151,4 +146,3 @@ class RememberedOccurrences:
                 self._waiting[resend.occurrence_id] = resend
             else:
                 newer.deliveries += resend.deliveries
-                newer.wanted = newer.wanted or resend.wanted

@@ -34,9 +34,9 @@ from service.metrics import create_metrics
 from service.playbooks.templating import TemplateEngine
 from service.redaction import DEFAULT_PATTERNS, Redactor
 from service.settings import Secrets, Settings
-from service.store import new_store
+from service.store import StoreError, new_store
 from service.web.api import add_api_routes
-from service.web.intake import Intake, WebhookAuth, deliver, write_resends
+from service.web.intake import Intake, WebhookAuth, deliver, write_resends, write_resends_every
 from service.web.openapi import openapi_document
 from service.web.pages import add_page_routes
 from service.web.runtime import INTAKE, OPENAPI, RUNTIME, SCHEDULER, SIMULATIONS, RulesHolder, Runtime
@@ -116,12 +116,18 @@ async def _reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _resends_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Deliveries acknowledged from memory written every second (the store's close writes the rest)."""
-    task = asyncio.create_task(write_resends(app[INTAKE]), name="resends")
+    """Deliveries acknowledged from memory written every second, and once more at the end (what the
+    stopped dispatcher does not see then, it reads from the store's queue at the next start)."""
+    intake = app[INTAKE]
+    task = asyncio.create_task(write_resends_every(intake), name="resends")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    try:
+        await write_resends(intake)
+    except StoreError as exc:
+        log.error("could not write the deliveries acknowledged from memory", extra={"error": str(exc)})
 
 
 async def _flow_ctx(app: web.Application) -> AsyncIterator[None]:

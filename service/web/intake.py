@@ -181,29 +181,34 @@ async def deliver(
 
     Raises StoreError when the store cannot commit: nothing was stored or handed over then.
     """
-    # An in-memory index lookup (microseconds), asked here rather than by the dispatcher so that an
-    # alert no rule wants is stored as dispatched in the same commit instead of costing a second one.
-    wanted = [intake.wants(alert.status, alert.labels) for alert in notification.alerts]
-    started = time.perf_counter()
-    receipt = await intake.store.record_notification(notification, body, intake.clock.now(), wanted, source=source)
-    if receipt.notification_id is None:
+    now = intake.clock.now()
+    if intake.store.acknowledge_resend(notification, body, now):
         intake.metrics.webhook.count_remembered()
+        receipt = NotificationReceipt(None, len(notification.alerts), ())
     else:
+        # An in-memory index lookup (microseconds), asked here rather than by the dispatcher so that an
+        # alert no rule wants is stored as dispatched in the same commit instead of costing a second one.
+        wanted = [intake.wants(alert.status, alert.labels) for alert in notification.alerts]
+        started = time.perf_counter()
+        receipt = await intake.store.record_notification(notification, body, now, wanted, source=source)
         intake.metrics.webhook.observe_commit(time.perf_counter() - started)
+        intake.on_committed(receipt.events)
     for alert in notification.alerts:
         intake.metrics.webhook.count_alert(alert.status, source)
-    intake.on_committed(receipt.events)
     return receipt
 
 
-async def write_resends(intake: Intake, interval: float = RESEND_WRITE_INTERVAL_S) -> None:
-    """Forever: every `interval`, write the deliveries acknowledged from memory and hand the
-    dispatcher the events a rule wants to see (the store's close writes the last ones)."""
+async def write_resends(intake: Intake) -> None:
+    """Write the deliveries acknowledged from memory and hand the dispatcher the events a rule wants
+    to see. Raises StoreError when the store cannot commit (they wait for the next write)."""
+    intake.on_committed(await intake.store.write_resends(intake.wants))
+
+
+async def write_resends_every(intake: Intake, interval: float = RESEND_WRITE_INTERVAL_S) -> None:
+    """Forever: `write_resends` every `interval`."""
     while True:
         await asyncio.sleep(interval)
         try:
-            events = await intake.store.write_resends()
-        except StoreError as exc:  # they wait for the next write; /-/ready says what is wrong
+            await write_resends(intake)
+        except StoreError as exc:  # /-/ready says what is wrong
             log.error("could not write the deliveries acknowledged from memory", extra={"error": str(exc)})
-            continue
-        intake.on_committed(events)

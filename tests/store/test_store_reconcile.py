@@ -44,12 +44,9 @@ async def deliver(
     return receipt
 
 
-# These tests read each delivery's hand-over: SQLite remembers no occurrence, so that every re-send
-# is committed at once (answers from memory: tests/store/test_store_remembered.py).
 @pytest.fixture(params=["sqlite", "memory"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    path = tmp_path / "s.db"
-    opened = SQLiteStore(path, remembered=0) if request.param == "sqlite" else MemoryStore(path)
+    opened = SQLiteStore(tmp_path / "s.db") if request.param == "sqlite" else MemoryStore(tmp_path / "s.db")
     await opened.open()
     try:
         yield opened
@@ -59,7 +56,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 @pytest.fixture
 async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    opened = SQLiteStore(tmp_path / "s.db", remembered=0)
+    opened = SQLiteStore(tmp_path / "s.db")
     await opened.open()
     try:
         yield opened

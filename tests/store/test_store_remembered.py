@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -44,10 +44,20 @@ def body_of(
 
 
 async def deliver(store: SQLiteStore, clock: FakeClock, body: bytes, wanted: bool = True) -> int | None:
-    """The notification id, None when acknowledged from memory."""
-    receipt = await store.record_notification(parse(body), body, clock.now(), [wanted])
+    """As the intake does: the notification id, None when acknowledged from memory."""
+    notification, now = parse(body), clock.now()
     clock.advance(1)
-    return receipt.notification_id
+    if store.acknowledge_resend(notification, body, now):
+        return None
+    return (await store.record_notification(notification, body, now, [wanted])).notification_id
+
+
+def wants_all(status: str, labels: Mapping[str, str]) -> bool:
+    return True
+
+
+def wants_none(status: str, labels: Mapping[str, str]) -> bool:
+    return False
 
 
 def occurrences(path: Path) -> list[tuple[Any, ...]]:
@@ -68,11 +78,11 @@ def test_the_memory_stays_bounded_under_a_million_distinct_alerts() -> None:
         memory.remember((f"{n:016x}", STARTS), Known(n, n, b"state"))
     assert len(memory) == 50_000
     # the most recently delivered stay, the oldest went
-    assert memory.committed((f"{999_999:016x}", STARTS), b"state") == 999_999
-    assert memory.committed((f"{950_000:016x}", STARTS), b"state") == 950_000
-    assert memory.committed((f"{949_999:016x}", STARTS), b"state") is None
+    assert memory.get((f"{999_999:016x}", STARTS)) == Known(999_999, 999_999, b"state")
+    assert memory.get((f"{950_000:016x}", STARTS)) is not None
+    assert memory.get((f"{949_999:016x}", STARTS)) is None
     # so do the deliveries waiting to be written: past the bound, they are committed at once
-    assert memory.has_room(range(50_000)) and not memory.has_room(range(50_001))
+    assert memory.has_room(50_000) and not memory.has_room(50_001)
 
 
 def test_a_later_commit_is_never_replaced_by_an_earlier_one() -> None:
@@ -80,7 +90,7 @@ def test_a_later_commit_is_never_replaced_by_an_earlier_one() -> None:
     key = ("aa01", STARTS)
     memory.remember(key, Known(1, 7, b"newer"))
     memory.remember(key, Known(1, 6, b"older"))
-    assert memory.committed(key, b"newer") == 1 and memory.committed(key, b"older") is None
+    assert memory.get(key) == Known(1, 7, b"newer")
 
 
 async def test_a_pure_re_send_is_acknowledged_from_memory_and_written_later(tmp_path: Path) -> None:
@@ -92,14 +102,14 @@ async def test_a_pure_re_send_is_acknowledged_from_memory_and_written_later(tmp_
         # nothing written: the occurrence was committed by the first delivery
         [(_, _, receive_count, _, _)] = occurrences(store.path)
         assert (receive_count, count(store.path, "notifications"), count(store.path, "alert_events")) == (1, 1, 1)
-        [event] = await store.write_resends()
+        [event] = await store.write_resends(wants_all)
         # one write for both: their count and last-seen time, one event, the latest notification
         [(_, status, receive_count, last_received_at, _)] = occurrences(store.path)
         assert (status, receive_count, last_received_at) == ("firing", 3, timestamp(last_at + timedelta(seconds=1)))
         assert (event.status, event.previous_status, event.occurrence.receive_count) == ("firing", "firing", 3)
         assert [e.id for e in await store.undispatched_alert_events(10)][-1] == event.id
         assert count(store.path, "notifications") == 2
-        assert await store.write_resends() == ()  # nothing waits any more
+        assert await store.write_resends(wants_all) == ()  # nothing waits any more
 
 
 async def test_a_re_send_no_rule_wants_is_written_as_dispatched(tmp_path: Path) -> None:
@@ -107,7 +117,7 @@ async def test_a_re_send_no_rule_wants_is_written_as_dispatched(tmp_path: Path) 
     async with opened(tmp_path / "s.db") as store:
         await deliver(store, clock, body_of(), wanted=False)
         assert await deliver(store, clock, body_of(), wanted=False) is None
-        assert await store.write_resends() == ()
+        assert await store.write_resends(wants_none) == ()
         assert await store.undispatched_alert_events(10) == []
         assert occurrences(store.path)[0][2] == 2
 
@@ -149,7 +159,7 @@ async def test_a_resolve_is_committed_and_a_stale_firing_after_it_changes_nothin
         assert await deliver(store, clock, body_of(status="resolved")) is None
         # a late firing (the other Alertmanager of a pair) is committed, and leaves it resolved
         assert await deliver(store, clock, body_of()) is not None
-        await store.write_resends()
+        await store.write_resends(wants_all)
         assert occurrences(store.path)[0][1:3] == ("resolved", 4)
 
 
@@ -217,5 +227,5 @@ async def test_retention_forgets_what_it_deletes_and_keeps_what_has_deliveries_w
         assert [row[0] for row in occurrences(store.path)] == ["ac02"]
         # the deleted one is no longer remembered: its re-send is committed, as a new occurrence
         assert await deliver(store, clock, body_of("ac01"), wanted=False) is not None
-        await store.write_resends()
+        await store.write_resends(wants_none)
         assert [row[:3] for row in occurrences(store.path)] == [("ac02", "firing", 2), ("ac01", "firing", 1)]

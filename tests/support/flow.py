@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
+from service.web.intake import write_resends as write_resends_now
 from service.web.runtime import INTAKE
 from support.app_client import Client
 
@@ -111,5 +112,4 @@ async def newest_finished(client: Client, states: Collection[str] = SETTLED) -> 
 async def write_resends(client: Client) -> None:
     """What the service does every second: write the deliveries acknowledged from memory and hand
     the dispatcher their events (a test calls it where a second would have passed)."""
-    intake = client.app[INTAKE]
-    intake.on_committed(await intake.store.write_resends())
+    await write_resends_now(client.app[INTAKE])

@@ -5,7 +5,7 @@ run on it as well as on SQLite, which shows those Protocols are all the flow nee
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -129,8 +129,11 @@ class MemoryStore:
                 events.append(event)
         return NotificationReceipt(notification_id, len(notification.alerts), tuple(events))
 
-    async def write_resends(self) -> tuple[AlertEvent, ...]:
-        return ()  # every delivery is stored at once: nothing waits
+    def acknowledge_resend(self, notification: WebhookNotification, body: bytes, received_at: datetime) -> bool:
+        return False  # every delivery is stored at once: nothing waits
+
+    async def write_resends(self, wants: Callable[[str, Mapping[str, str]], bool]) -> tuple[AlertEvent, ...]:
+        return ()
 
     # --- ReconcileStore ---------------------------------------------------------------------------
 
