@@ -317,6 +317,7 @@ class IntakeSQL(SQLiteEngine):
                 return False
             hits.append((key, known, alert))
         self.require_writable_file()
+        self.answered_without_commit()
         for key, known, alert in hits:
             remembered.delivered(key, known, received_at, alert, notification, body)
         return True
