@@ -179,7 +179,9 @@ async def deliver(
     """A validated notification from either way alerts arrive — a webhook, or the reconciler reading
     Alertmanager (service.flow.reconciler) — committed, counted and handed to the dispatcher.
 
-    Raises StoreError when the store cannot commit: nothing was stored or handed over then.
+    A notification of pure re-sends is acknowledged from the store's memory instead: nothing to
+    commit or hand over now (`write_resends` does both later). Raises StoreError when the store
+    cannot commit: nothing was stored or handed over then.
     """
     now = intake.clock.now()
     if intake.store.acknowledge_resend(notification, body, now):
