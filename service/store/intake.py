@@ -1,9 +1,9 @@
 """Intake's writes and the dispatcher's queue: notifications, alert occurrences, alert events.
 
-A notification whose every alert is a pure re-send of an occurrence the store remembers committed
-(service.store.remembered) is acknowledged without a commit: its deliveries wait, one entry per
-occurrence however often it is re-sent, and `write_resends` writes them in one transaction later.
-Everything else is committed before `record_notification` returns.
+`acknowledge_resend` answers a notification whose every alert is a pure re-send of an occurrence
+the store remembers committed (service.store.remembered) without a commit: its deliveries wait, one
+entry per occurrence however often it is re-sent, and `write_resends` writes them in one
+transaction later. `record_notification` commits everything else before it returns.
 """
 
 from __future__ import annotations
