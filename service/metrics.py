@@ -30,6 +30,10 @@ class WebhookMetrics(Collector):
         self._commit_bounds = (*sorted(commit_buckets), float("inf"))
         self._commit_counts = [0] * len(self._commit_bounds)
         self._commit_sum = 0.0
+        self._remembered = 0
+
+    def count_remembered(self) -> None:
+        self._remembered += 1
 
     def count_request(self, code: int) -> None:
         self._requests[code] = self._requests.get(code, 0) + 1
@@ -57,6 +61,13 @@ class WebhookMetrics(Collector):
         for (status, source), count in sorted(self._alerts.items()):
             alerts.add_metric([status, source], count)
         yield alerts
+        remembered = CounterMetricFamily(
+            "remediator_webhook_remembered_notifications",
+            "Notifications acknowledged from memory, without a commit: every alert a pure re-send of an"
+            " occurrence already committed (their deliveries are written within a second).",
+        )
+        remembered.add_metric([], self._remembered)
+        yield remembered
         cumulative, buckets = 0, []
         for bound, count in zip(self._commit_bounds, self._commit_counts, strict=True):
             cumulative += count

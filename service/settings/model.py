@@ -35,6 +35,13 @@ class StoreSettings(StrictModel):
     )
     retention_days: float = Field(default=30.0, gt=0, le=3650, description="executions older than this are pruned")
     prune_interval_seconds: Duration = Field(default=3600.0, ge=10, le=86400)
+    remembered_occurrences: int = Field(
+        default=50_000,
+        ge=0,
+        le=10_000_000,
+        description="committed alert occurrences kept in memory, so that a pure re-send is acknowledged without"
+        " a commit (its delivery count is written within a second); 0: every delivery is committed first",
+    )
 
 
 class WebhookAuthSettings(StrictModel):

@@ -52,14 +52,16 @@ from service.store.records import (
     TargetActivity,
     TargetHistory,
 )
+from service.store.remembered import DEFAULT_LIMIT
 from service.store.schema import MIGRATIONS
 from service.store.sqlite import SQLiteStore
 
 
-def new_store(path: Path, synchronous: Synchronous = "full") -> ServiceStore:
+def new_store(path: Path, synchronous: Synchronous = "full", remembered: int = DEFAULT_LIMIT) -> ServiceStore:
     """The store the service runs on. Callers hold it by the Protocols they use; which backend
-    serves them is decided here (SQLite today; PostgreSQL for replicas is planned)."""
-    return SQLiteStore(path, synchronous)
+    serves them is decided here (SQLite today; PostgreSQL for replicas is planned). `remembered`:
+    how many committed occurrences it remembers for re-sends (service.store.remembered)."""
+    return SQLiteStore(path, synchronous, remembered=remembered)
 
 
 __all__ = [

@@ -6,7 +6,9 @@ caller still waits for its own durable COMMIT, but concurrent posts share one fs
 exactly one writer, so `database is locked` cannot happen. The COMMIT, which waits for the fsync,
 runs on the loop too while commits take under a few milliseconds (cheaper than handing each one
 to a thread); after a slower one, commits go to the writer thread until one is quick again, so a
-disk that stalls holds up the loop for one commit, and after that only the writes. Before a batch
+disk that stalls holds up the loop for one commit, and after that only the writes. So does the
+COMMIT after requests were answered without one (re-sends from memory): the loop has other work
+than waiting for the disk. Before a batch
 starts, the flush yields to the loop while that brings more writes, so requests the loop is still
 reading join it rather than wait out a whole commit for the next one. If any job of a batch fails,
 the batch is rolled back and its jobs re-run one transaction each, so a bad job never takes its
@@ -150,6 +152,7 @@ class SQLiteEngine:
         self._pending: list[_Job] = []
         self._flushing: asyncio.Task[None] | None = None
         self._commit_in_thread = False
+        self._answered_without_commit = False
         self._monotonic = monotonic
         self._ownership: _Ownership | None = None
         self._identity: tuple[int, int] = (0, 0)
@@ -206,6 +209,19 @@ class SQLiteEngine:
         except StoreError as exc:
             return str(exc)
         return self._last_commit_error
+
+    def answered_without_commit(self) -> None:
+        """A request was answered on the loop without a commit (a re-send from memory): the next
+        COMMIT waits for its fsync on the writer thread, so that the loop goes on answering such
+        requests meanwhile instead of holding them all up for the disk."""
+        self._answered_without_commit = True
+
+    def require_writable_file(self) -> None:
+        """Raise StoreError unless the store is open on the file it opened: what a commit checks
+        first, for an answer given without one."""
+        if self._write_conn is None:
+            raise StoreError("store is closed")
+        self._check_file()
 
     def _check_file(self) -> None:
         """The path still names the file this store opened: writes to a deleted or replaced file
@@ -308,7 +324,8 @@ class SQLiteEngine:
                 await asyncio.get_running_loop().run_in_executor(self._writer, _begin_waiting, conn)
             results = [work(conn) for work in works]
             started = self._monotonic()
-            if self._commit_in_thread:
+            if self._commit_in_thread or self._answered_without_commit:
+                self._answered_without_commit = False
                 await asyncio.get_running_loop().run_in_executor(self._writer, conn.execute, "COMMIT")
             else:
                 conn.execute("COMMIT")

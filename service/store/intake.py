@@ -1,21 +1,40 @@
-"""Intake's writes and the dispatcher's queue: notifications, alert occurrences, alert events."""
+"""Intake's writes and the dispatcher's queue: notifications, alert occurrences, alert events.
+
+`acknowledge_resend` answers a notification whose every alert is a pure re-send of an occurrence
+the store remembers committed (service.store.remembered) without a commit: its deliveries wait, one
+entry per occurrence however often it is re-sent, and `write_resends` writes them in one
+transaction later. `record_notification` commits everything else before it returns.
+"""
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
-
-from pydantic_core import to_json
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from service.alerts.webhook import WebhookAlert, WebhookNotification
-from service.store.engine import SQLiteEngine
+from service.store.engine import SQLiteEngine, Synchronous
+from service.store.errors import StoreError
 from service.store.records import AlertEvent, NotificationReceipt, Occurrence, OccurrenceSource
+from service.store.remembered import (
+    DEFAULT_LIMIT,
+    Known,
+    OccurrenceKey,
+    RememberedOccurrences,
+    Resend,
+    alert_state,
+    labels_json,
+)
 from service.store.rows import occurrence_row
 from service.times import timestamp
+
+log = logging.getLogger("remediator.store")
 
 _INSERT_NOTIFICATION = (
     "INSERT INTO notifications (received_at, receiver, status, group_key, external_url, alert_count, body)"
@@ -46,6 +65,16 @@ _UPSERT_OCCURRENCE = (
 )
 
 
+# Deliveries acknowledged from memory: the occurrence is unchanged but for its delivery count and
+# last-seen time (previous_status = status, as the UPSERT leaves a re-send).
+_ADD_DELIVERIES = (
+    "UPDATE occurrences SET previous_status = status, receive_count = receive_count + ?,"
+    " last_received_at = max(last_received_at, ?) WHERE id = ?"
+    " RETURNING id AS occurrence_id, fingerprint, starts_at, alertname, labels, annotations, generator_url,"
+    " status AS occurrence_status, ends_at, receive_count, source"
+)
+
+
 _INSERT_ALERT_EVENT = (
     "INSERT INTO alert_events (notification_id, occurrence_id, status, previous_status, dispatched_at)"
     " VALUES (?, ?, ?, ?, ?)"
@@ -60,7 +89,113 @@ def _alert_time(value: datetime) -> tuple[datetime, str]:
     return utc, timestamp(utc)
 
 
+class _Delivery(NamedTuple):
+    """One alert of a notification as the memory and the statements need it, prepared before any
+    transaction (a batch re-run after a neighbour failed repeats only its statements). A tuple: it
+    is made for every alert of every request."""
+
+    alert: WebhookAlert
+    key: OccurrenceKey
+    state: bytes
+    ends_at_text: str | None
+    labels: bytes
+    annotations: bytes
+    wanted: bool
+
+
+def _delivery(alert: WebhookAlert, wanted: bool) -> _Delivery:
+    ended = alert.ends_at
+    ends_at_text = None if ended is None else _alert_time(ended)[1]
+    labels, annotations = labels_json(alert.labels), labels_json(alert.annotations)
+    return _Delivery(
+        alert,
+        (alert.fingerprint, _alert_time(alert.startsAt)[1]),
+        alert_state(alert.status, ends_at_text, labels, annotations),
+        ends_at_text,
+        labels,
+        annotations,
+        wanted,
+    )
+
+
+def _notification_row(notification: WebhookNotification, body: bytes, received: str) -> tuple[Any, ...]:
+    return (
+        received,
+        notification.receiver,
+        notification.status,
+        notification.groupKey,
+        notification.externalURL,
+        len(notification.alerts),
+        body.decode("utf-8"),
+    )
+
+
+def _add_deliveries(
+    resends: Sequence[Resend], wanted: Callable[[Resend], bool], conn: sqlite3.Connection
+) -> tuple[AlertEvent, ...]:
+    """Each occurrence's deliveries acknowledged from memory: its count and last-seen time, one
+    alert event (to dispatch when a rule wants it), and the latest notification that delivered it."""
+    cursor = conn.cursor()
+    cursor.row_factory = sqlite3.Row
+    notification_ids: dict[int, int] = {}  # by id() of the notification: a notification is stored once
+    events = []
+    for resend in resends:
+        received = timestamp(resend.last_received_at)
+        row = cursor.execute(_ADD_DELIVERIES, (resend.deliveries, received, resend.occurrence_id)).fetchone()
+        if row is None:
+            continue  # gone: nothing to count (retention keeps an occurrence with deliveries waiting)
+        notification = resend.notification
+        notification_id = notification_ids.get(id(notification))
+        if notification_id is None:
+            notification_id = conn.execute(
+                _INSERT_NOTIFICATION, _notification_row(notification, resend.body, received)
+            ).lastrowid
+            assert notification_id is not None
+            notification_ids[id(notification)] = notification_id
+        status = row["occurrence_status"]
+        # a stale firing of an occurrence resolved meanwhile: nothing to decide, as in the UPSERT
+        alert = resend.alert
+        rule_wants = wanted(resend)
+        if rule_wants:  # a reload since may want what no rule wanted when it was first stored
+            conn.execute("UPDATE occurrences SET matched = 1 WHERE id = ? AND matched = 0", (resend.occurrence_id,))
+        pending = not (alert.status == "firing" and status == "resolved") and rule_wants
+        event_id = conn.execute(
+            _INSERT_ALERT_EVENT,
+            (notification_id, resend.occurrence_id, alert.status, status, None if pending else received),
+        ).lastrowid
+        assert event_id is not None
+        if pending:
+            events.append(
+                AlertEvent(
+                    id=event_id,
+                    notification_id=notification_id,
+                    status=alert.status,
+                    previous_status=status,
+                    occurrence=occurrence_row(row),
+                    common_labels=notification.commonLabels,
+                    external_url=notification.externalURL,
+                )
+            )
+    return tuple(events)
+
+
 class IntakeSQL(SQLiteEngine):
+    def __init__(
+        self,
+        path: Path,
+        synchronous: Synchronous = "full",
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        remembered: int = DEFAULT_LIMIT,
+    ) -> None:
+        """`remembered`: how many committed occurrences to remember for re-sends (0: none)."""
+        super().__init__(path, synchronous, monotonic=monotonic)
+        self._remembered = RememberedOccurrences(remembered)
+
+    @property
+    def remembered(self) -> RememberedOccurrences:
+        return self._remembered
+
     async def record_notification(
         self,
         notification: WebhookNotification,
@@ -75,75 +210,80 @@ class IntakeSQL(SQLiteEngine):
         a stale "firing" for an occurrence already resolved, which leaves it resolved (status moves
         forward only). ``source`` is how an occurrence this notification brings first came (a
         webhook, or the reconciler); an occurrence already stored keeps its own. The receipt names the
-        alerts no rule wants whose occurrence this notification brought first."""
-        received = timestamp(received_at)
-        notification_row = (
-            received,
-            notification.receiver,
-            notification.status,
-            notification.groupKey,
-            notification.externalURL,
-            len(notification.alerts),
-            body.decode("utf-8"),
-        )
-        # Everything but the statements is prepared before the transaction: a batch's statements
-        # then run back to back, and a batch re-run after a neighbour failed repeats only them.
+        alerts no rule wants whose occurrence this notification brought first.
+
+        Deliveries of these occurrences acknowledged from memory and still waiting are written first,
+        in the same commit: counts and events stay in the order they came."""
         if wanted is None:
             wanted = [True] * len(notification.alerts)
-        occurrences: list[tuple[WebhookAlert, datetime, datetime | None, tuple[Any, ...], bool]] = []
-        for alert, rule_wants in zip(notification.alerts, wanted, strict=True):
-            starts_at, starts_at_text = _alert_time(alert.startsAt)
-            ended = alert.ends_at
-            ends_at, ends_at_text = (None, None) if ended is None else _alert_time(ended)
-            row = (
-                alert.fingerprint,
-                starts_at_text,
-                alert.labels.get("alertname", ""),
-                # pydantic's encoder: a fifth of json.dumps's time; keys stay in the order received
-                # (sorted, from Alertmanager: Go marshals maps sorted)
-                to_json(alert.labels).decode(),
-                to_json(alert.annotations).decode(),
-                alert.generatorURL,
-                alert.status,
-                ends_at_text,
+        deliveries = [_delivery(alert, wants) for alert, wants in zip(notification.alerts, wanted, strict=True)]
+        received = timestamp(received_at)
+        notification_row = _notification_row(notification, body, received)
+        rows = [
+            (
+                d.alert.fingerprint,
+                d.key[1],
+                d.alert.labels.get("alertname", ""),
+                d.labels.decode(),
+                d.annotations.decode(),
+                d.alert.generatorURL,
+                d.alert.status,
+                d.ends_at_text,
                 received,
                 received,
                 source,
-                int(rule_wants),
+                int(d.wanted),
             )
-            occurrences.append((alert, starts_at, ends_at, row, rule_wants))
+            for d in deliveries
+        ]
 
-        def insert(conn: sqlite3.Connection) -> NotificationReceipt:
+        # Forgotten before the commit starts, remembered once it is durable: while it is in flight a
+        # re-send of the state it replaces is committed too, in order, as it would be without memory.
+        # Whether a rule wants their waiting deliveries: what it says of this one.
+        earlier_wanted: dict[int, bool] = {}
+        for d in deliveries:
+            for known in self._remembered.forget((d.key,)):
+                earlier_wanted[known.occurrence_id] = d.wanted
+        earlier = self._remembered.take_waiting(earlier_wanted)
+
+        def insert(conn: sqlite3.Connection) -> tuple[NotificationReceipt, list[tuple[OccurrenceKey, Known]]]:
+            events: list[AlertEvent] = []
+            if earlier:
+                events.extend(_add_deliveries(earlier, lambda resend: earlier_wanted[resend.occurrence_id], conn))
             notification_id = conn.execute(_INSERT_NOTIFICATION, notification_row).lastrowid
             assert notification_id is not None
-            events = []
             unmatched = []
-            for index, (alert, starts_at, ends_at, row, rule_wants) in enumerate(occurrences):
+            stored = []
+            for index, (d, row) in enumerate(zip(deliveries, rows, strict=True)):
+                alert = d.alert
                 occurrence_id, previous_status, receive_count, status, first_source = conn.execute(
                     _UPSERT_OCCURRENCE, row
                 ).fetchone()
                 # a stale firing left the occurrence resolved: nothing to decide, never a run
                 stale = alert.status == "firing" and status == "resolved"
-                pending = not stale and (rule_wants or (alert.status == "resolved" and previous_status == "firing"))
+                pending = not stale and (d.wanted or (alert.status == "resolved" and previous_status == "firing"))
                 event_id = conn.execute(
                     _INSERT_ALERT_EVENT,
                     (notification_id, occurrence_id, alert.status, previous_status, None if pending else received),
                 ).lastrowid
                 assert event_id is not None
-                if not rule_wants and receive_count == 1:
+                if not d.wanted and receive_count == 1:
                     unmatched.append(index)
+                if not stale:  # the occurrence is now stored in this delivery's state
+                    stored.append((d.key, Known(occurrence_id, event_id, d.state)))
                 if not pending:
                     continue
+                ended = alert.ends_at
                 occurrence = Occurrence(
                     id=occurrence_id,
                     fingerprint=alert.fingerprint,
-                    starts_at=starts_at,
+                    starts_at=_alert_time(alert.startsAt)[0],
                     alertname=alert.labels.get("alertname", ""),
                     labels=alert.labels,
                     annotations=alert.annotations,
                     generator_url=alert.generatorURL,
                     status=alert.status,
-                    ends_at=ends_at,
+                    ends_at=None if ended is None else _alert_time(ended)[0],
                     receive_count=receive_count,
                     source=first_source,
                 )
@@ -158,9 +298,69 @@ class IntakeSQL(SQLiteEngine):
                         external_url=notification.externalURL,
                     )
                 )
-            return NotificationReceipt(notification_id, len(occurrences), tuple(events), tuple(unmatched))
+            receipt = NotificationReceipt(notification_id, len(rows), tuple(events), tuple(unmatched))
+            return receipt, stored
 
-        return await self.write(insert)
+        try:
+            receipt, stored = await self.write(insert)
+        except StoreError:  # nothing committed (a cancelled caller's job still commits: not here)
+            self._remembered.put_back(earlier)
+            raise
+        for key, known in stored:
+            self._remembered.remember(key, known)
+        return receipt
+
+    def acknowledge_resend(self, notification: WebhookNotification, body: bytes, received_at: datetime) -> bool:
+        """True when every alert is a pure re-send of an occurrence remembered committed (same
+        fingerprint, startsAt, status, endsAt, labels, annotations) and its delivery can wait: it
+        is counted in memory and `write_resends` writes it. False: commit it (record_notification).
+        Raises StoreError when the store is closed or its file was deleted or replaced: an answer
+        from memory promises that the occurrence is in the store."""
+        remembered = self._remembered
+        alerts = notification.alerts
+        if not alerts or not remembered.has_room(len(alerts)) or self._last_commit_error is not None:
+            return False  # after a failed commit, one that goes through says the store is healthy again
+        hits = []
+        for alert in alerts:
+            key = (alert.fingerprint, _alert_time(alert.startsAt)[1])
+            known = remembered.get(key)  # a new alert stops here, before its state is worked out
+            if known is None or known.state != _delivery(alert, False).state:
+                return False
+            hits.append((key, known, alert))
+        self.require_writable_file()
+        self.answered_without_commit()
+        for key, known, alert in hits:
+            remembered.delivered(key, known, received_at, alert, notification, body)
+        return True
+
+    async def write_resends(self, wants: Callable[[str, Mapping[str, str]], bool]) -> tuple[AlertEvent, ...]:
+        """Write the deliveries acknowledged from memory since the last call, in one transaction;
+        returns the events the dispatcher has to see: of the occurrences a rule `wants` (status,
+        labels) now. Deliveries whose write fails wait for the next call."""
+        resends = self._remembered.take_waiting()
+        if not resends:
+            return ()
+
+        def wanted(resend: Resend) -> bool:
+            return wants(resend.alert.status, resend.alert.labels)
+
+        try:
+            return await self.write(functools.partial(_add_deliveries, resends, wanted))
+        except StoreError:
+            self._remembered.put_back(resends)
+            raise
+
+    async def close(self) -> None:
+        """Write the deliveries still waiting, then close: a service that stops loses none of them."""
+        if self.is_open:
+            try:  # queued for the dispatcher: it reads them at the next start
+                await self.write_resends(lambda _status, _labels: True)
+            except StoreError as exc:
+                log.error(
+                    "deliveries acknowledged from memory were not written",
+                    extra={"error": str(exc), "occurrences": self._remembered.waiting},
+                )
+        await super().close()
 
     async def count_notifications(self) -> int:
         return await self.read(lambda conn: int(conn.execute("SELECT count(*) FROM notifications").fetchone()[0]))

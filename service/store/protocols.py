@@ -8,7 +8,7 @@ store cannot do it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,7 +49,12 @@ class StoreLifecycle(Protocol):
 
 
 class IntakeStore(Protocol):
-    """The webhook: a notification and its alerts, committed before the 200."""
+    """The webhook: a notification and its alerts, committed before the 200. One exception: a
+    notification whose every alert is a pure re-send of an occurrence already committed may be
+    acknowledged from memory (`acknowledge_resend`); its deliveries (count, last-seen time) wait for
+    `write_resends`, and a crash meanwhile loses them, never the occurrence."""
+
+    def acknowledge_resend(self, notification: WebhookNotification, body: bytes, received_at: datetime) -> bool: ...
 
     async def record_notification(
         self,
@@ -59,6 +64,8 @@ class IntakeStore(Protocol):
         wanted: Sequence[bool] | None = None,
         source: OccurrenceSource = "webhook",
     ) -> NotificationReceipt: ...
+
+    async def write_resends(self, wants: Callable[[str, Mapping[str, str]], bool]) -> tuple[AlertEvent, ...]: ...
 
 
 class ReconcileStore(Protocol):

@@ -83,9 +83,10 @@ class AlertEvent:
 class NotificationReceipt:
     """What one committed notification became: its row, how many alerts it held, the events the
     dispatcher has to see (those stored as already dispatched are not among them), and which of its
-    alerts (by position) no rule wants and were first received now."""
+    alerts (by position) no rule wants and were first received now. No row (None) when every alert
+    was a re-send acknowledged from memory, written later."""
 
-    notification_id: int
+    notification_id: int | None
     alert_count: int
     events: tuple[AlertEvent, ...]
     new_unmatched: tuple[int, ...] = ()

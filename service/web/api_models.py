@@ -99,7 +99,9 @@ class ReloadFailed(_Answer):
 
 class WebhookAccepted(_Answer):
     status: Literal["accepted"]
-    notification_id: int
+    notification_id: int | None = Field(
+        description="the stored notification; null when every alert was a re-send acknowledged from memory"
+    )
     alerts: int
 
 

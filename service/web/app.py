@@ -35,9 +35,9 @@ from service.playbooks.templating import TemplateEngine
 from service.redaction import DEFAULT_PATTERNS, Redactor
 from service.settings import Secrets, Settings
 from service.steps.ssh_connections import SshConnections, SshOptions
-from service.store import NotificationReceipt, new_store
+from service.store import StoreError, new_store
 from service.web.api import add_api_routes
-from service.web.intake import Intake, WebhookAuth, deliver
+from service.web.intake import Intake, WebhookAuth, deliver, write_resends, write_resends_every
 from service.web.openapi import openapi_document
 from service.web.pages import add_page_routes
 from service.web.runtime import INTAKE, OPENAPI, RUNTIME, SCHEDULER, SIMULATIONS, RulesHolder, Runtime
@@ -117,6 +117,21 @@ async def _reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
+async def _resends_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Deliveries acknowledged from memory written every second, and once more at the end (what the
+    stopped dispatcher does not see then, it reads from the store's queue at the next start)."""
+    intake = app[INTAKE]
+    task = asyncio.create_task(write_resends_every(intake), name="resends")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    try:
+        await write_resends(intake)
+    except StoreError as exc:
+        log.error("could not write the deliveries acknowledged from memory", extra={"error": str(exc)})
+
+
 async def _flow_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = app[RUNTIME]
     await runtime.dispatcher.recover()
@@ -188,7 +203,9 @@ def _ssh_connections(settings: Settings) -> SshConnections:
 def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None) -> web.Application:
     clock = clock or SystemClock()
     metrics = create_metrics()
-    store = new_store(settings.resolve(settings.store.path), settings.store.synchronous)
+    store = new_store(
+        settings.resolve(settings.store.path), settings.store.synchronous, settings.store.remembered_occurrences
+    )
     holder = RulesHolder(settings, metrics, clock)
     holder.load()  # the CLI refuses to serve with invalid rules; here a failure leaves /-/ready at 503
     escalator = Escalator(store, clock, Policy.from_settings(settings, secrets, clock), metrics)
@@ -236,9 +253,6 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
     app[OPENAPI] = json.dumps(openapi_document()).encode()
     app[SIMULATIONS] = asyncio.Semaphore(1)
 
-    def committed(receipt: NotificationReceipt) -> None:
-        dispatcher.submit(receipt.events)
-
     app[INTAKE] = intake = Intake(
         store=store,
         auth=WebhookAuth(
@@ -250,7 +264,7 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
         clock=clock,
         max_body_bytes=settings.limits.max_body_bytes,
         wants=dispatcher.wants,
-        on_committed=committed,
+        on_committed=dispatcher.submit,
     )
     if settings.reconcile.enabled:
 
@@ -272,7 +286,16 @@ def create_app(settings: Settings, secrets: Secrets, clock: Clock | None = None)
             observer=metrics.reconcile,
         )
     app.cleanup_ctx.extend(
-        [_store_ctx, _scheduler_ctx, _escalation_ctx, _silences_ctx, _reconcile_ctx, _flow_ctx, _sighup_ctx]
+        [
+            _store_ctx,
+            _scheduler_ctx,
+            _escalation_ctx,
+            _silences_ctx,
+            _reconcile_ctx,
+            _resends_ctx,
+            _flow_ctx,
+            _sighup_ctx,
+        ]
     )
     add_api_routes(app)
     add_page_routes(app)

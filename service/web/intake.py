@@ -5,15 +5,21 @@
 The answer is 200 only once the notification and each of its alerts are durably committed, so an
 acknowledged alert is never lost; 503 when the store cannot commit (Alertmanager retries on 5xx);
 4xx for requests that retrying cannot fix. Nothing is stored for a rejected request.
+
+A notification whose every alert is a pure re-send of an occurrence already committed (Alertmanager
+re-sends every firing alert of a group on each group change and repeat_interval) is answered from
+the store's memory without a commit; `write_resends` writes those deliveries every second and hands
+the dispatcher what a rule wants to see again (service.store.remembered).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +30,7 @@ from service.alerts.webhook import WebhookAlert, WebhookNotification, describe_e
 from service.clock import Clock
 from service.errors import RequestError
 from service.metrics import Metrics
-from service.store import IntakeStore, NotificationReceipt, OccurrenceSource, StoreError
+from service.store import AlertEvent, IntakeStore, NotificationReceipt, OccurrenceSource, StoreError
 from service.web.access import as_bytes, same_secret
 
 log = logging.getLogger("remediator.intake")
@@ -32,6 +38,9 @@ log = logging.getLogger("remediator.intake")
 _READ_CHUNK = 64 * 1024
 # JSON is UTF-8 (RFC 8259); a body declared in another charset would be misread, not parsed.
 _JSON_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii"})
+
+# How often the deliveries acknowledged from memory are written: what a crash may lose of them.
+RESEND_WRITE_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -84,7 +93,7 @@ class Intake:
     clock: Clock
     max_body_bytes: int
     wants: Callable[[str, Mapping[str, str]], bool]  # does a rule want an alert (status, labels)?
-    on_committed: Callable[[NotificationReceipt], None]
+    on_committed: Callable[[Sequence[AlertEvent]], None]  # hands committed events to the dispatcher
 
 
 def _error(
@@ -157,9 +166,9 @@ async def handle(intake: Intake, request: web.Request) -> web.Response:
         log.error("could not store notification", extra={"error": str(exc), "group_key": notification.groupKey})
         return _error(503, "the store cannot commit right now; retry", headers={"Retry-After": "5"})
     # Formatted directly, not through json.dumps: this is the one answer on the hot path.
+    notification_id = b"null" if receipt.notification_id is None else b"%d" % receipt.notification_id
     return web.Response(
-        body=b'{"status": "accepted", "notification_id": %d, "alerts": %d}'
-        % (receipt.notification_id, receipt.alert_count),
+        body=b'{"status": "accepted", "notification_id": %s, "alerts": %d}' % (notification_id, receipt.alert_count),
         content_type="application/json",
     )
 
@@ -170,19 +179,26 @@ async def deliver(
     """A validated notification from either way alerts arrive — a webhook, or the reconciler reading
     Alertmanager (service.flow.reconciler) — committed, counted and handed to the dispatcher.
 
-    Raises StoreError when the store cannot commit: nothing was stored or handed over then.
+    A notification of pure re-sends is acknowledged from the store's memory instead: nothing to
+    commit or hand over now (`write_resends` does both later). Raises StoreError when the store
+    cannot commit: nothing was stored or handed over then.
     """
-    # An in-memory index lookup (microseconds), asked here rather than by the dispatcher so that an
-    # alert no rule wants is stored as dispatched in the same commit instead of costing a second one.
-    wanted = [intake.wants(alert.status, alert.labels) for alert in notification.alerts]
-    started = time.perf_counter()
-    receipt = await intake.store.record_notification(notification, body, intake.clock.now(), wanted, source=source)
-    intake.metrics.webhook.observe_commit(time.perf_counter() - started)
+    now = intake.clock.now()
+    if intake.store.acknowledge_resend(notification, body, now):
+        intake.metrics.webhook.count_remembered()
+        receipt = NotificationReceipt(None, len(notification.alerts), ())
+    else:
+        # An in-memory index lookup (microseconds), asked here rather than by the dispatcher so that an
+        # alert no rule wants is stored as dispatched in the same commit instead of costing a second one.
+        wanted = [intake.wants(alert.status, alert.labels) for alert in notification.alerts]
+        started = time.perf_counter()
+        receipt = await intake.store.record_notification(notification, body, now, wanted, source=source)
+        intake.metrics.webhook.observe_commit(time.perf_counter() - started)
+        intake.on_committed(receipt.events)
     for alert in notification.alerts:
         intake.metrics.webhook.count_alert(alert.status, source)
     for index in receipt.new_unmatched:
         _unmatched(intake, notification.alerts[index], source)
-    intake.on_committed(receipt)
     return receipt
 
 
@@ -195,3 +211,19 @@ def _unmatched(intake: Intake, alert: WebhookAlert, source: OccurrenceSource) ->
         "no rule matches the alert",
         extra={"alertname": alertname, "fingerprint": alert.fingerprint, "status": alert.status, "source": source},
     )
+
+
+async def write_resends(intake: Intake) -> None:
+    """Write the deliveries acknowledged from memory and hand the dispatcher the events a rule wants
+    to see. Raises StoreError when the store cannot commit (they wait for the next write)."""
+    intake.on_committed(await intake.store.write_resends(intake.wants))
+
+
+async def write_resends_every(intake: Intake, interval: float = RESEND_WRITE_INTERVAL_S) -> None:
+    """Forever: `write_resends` every `interval`."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await write_resends(intake)
+        except StoreError as exc:  # /-/ready says what is wrong
+            log.error("could not write the deliveries acknowledged from memory", extra={"error": str(exc)})

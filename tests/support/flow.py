@@ -9,6 +9,8 @@ from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
+from service.web.intake import write_resends as write_resends_now
+from service.web.runtime import INTAKE
 from support.app_client import Client
 
 T = TypeVar("T")
@@ -105,3 +107,9 @@ async def newest_finished(client: Client, states: Collection[str] = SETTLED) -> 
     """The newest execution's report once it is in one of `states` (for `poll`)."""
     rows = await executions(client)
     return None if not rows else await finished(client, rows[0]["id"], states)
+
+
+async def write_resends(client: Client) -> None:
+    """What the service does every second: write the deliveries acknowledged from memory and hand
+    the dispatcher their events (a test calls it where a second would have passed)."""
+    await write_resends_now(client.app[INTAKE])

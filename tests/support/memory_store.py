@@ -6,7 +6,7 @@ run on it as well as on SQLite, which shows those Protocols are all the flow nee
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -134,6 +134,12 @@ class MemoryStore:
             if pending:
                 events.append(event)
         return NotificationReceipt(notification_id, len(notification.alerts), tuple(events))
+
+    def acknowledge_resend(self, notification: WebhookNotification, body: bytes, received_at: datetime) -> bool:
+        return False  # every delivery is stored at once: nothing waits
+
+    async def write_resends(self, wants: Callable[[str, Mapping[str, str]], bool]) -> tuple[AlertEvent, ...]:
+        return ()
 
     # --- ReconcileStore ---------------------------------------------------------------------------
 

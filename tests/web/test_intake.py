@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from support.app_client import AppClient, Client
+from support.flow import write_resends
 
 from service.settings import Secrets, Settings
 from service.web.runtime import RUNTIME
@@ -73,9 +74,21 @@ async def test_captured_firing_then_resolved_are_stored_as_one_occurrence(make_c
 
 async def test_repeat_of_the_same_notification_is_the_same_occurrence(make_client: ClientFactory) -> None:
     client = await make_client()
+    answers = []
     for _ in range(3):
-        assert (await client.post("/hooks/alertmanager", data=FIRING, headers=JSON)).status == 200
-    assert stored_counts(client) == (3, 1, 3)
+        answer = await client.post("/hooks/alertmanager", data=FIRING, headers=JSON)
+        assert answer.status == 200
+        answers.append((await answer.json())["notification_id"])
+    # the re-sends are acknowledged from memory: the occurrence was committed by the first
+    assert answers == [1, None, None]
+    assert stored_counts(client) == (1, 1, 1)
+    await write_resends(client)
+    # both deliveries in one write: the latest notification and one event, the count of both
+    assert stored_counts(client) == (2, 1, 2)
+    with sqlite3.connect(client.app[RUNTIME].store.path) as conn:
+        assert conn.execute("SELECT receive_count FROM occurrences").fetchone() == (3,)
+    metrics = await (await client.get("/metrics")).text()
+    assert "remediator_webhook_remembered_notifications_total 2.0" in metrics
 
 
 async def test_captured_request_with_its_real_headers_and_bearer_token(make_client: ClientFactory) -> None:

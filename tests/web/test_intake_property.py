@@ -61,7 +61,10 @@ def _near_valid() -> st.SearchStrategy[Any]:
 class _Harness:
     def __init__(self, tmp: Path) -> None:
         self.loop = asyncio.new_event_loop()
-        config = Settings.model_validate({"store": {"path": str(tmp / "prop.db")}, "rules": [], "playbooks": []})
+        # Each 200 stores one notification: nothing acknowledged from memory (tests/store/test_store_remembered.py)
+        config = Settings.model_validate(
+            {"store": {"path": str(tmp / "prop.db"), "remembered_occurrences": 0}, "rules": [], "playbooks": []}
+        )
 
         async def start() -> TestClient[Any, Any]:
             client: TestClient[Any, Any] = TestClient(TestServer(create_app(config, Secrets(None, None, None))))

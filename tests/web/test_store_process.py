@@ -58,5 +58,7 @@ def test_a_deleted_store_file_answers_503_and_is_not_ready(service: ServiceProce
     body = json.loads(FIRING)
     body["alerts"][0]["fingerprint"] = "aaaa000000000002"
     assert _status(f"{service.url}/hooks/alertmanager", json.dumps(body).encode()) == 503
+    # a re-send of the occurrence committed before: the memory knows it, but a 200 would promise it is stored
+    assert _status(f"{service.url}/hooks/alertmanager", FIRING) == 503
     assert _status(f"{service.url}/-/ready") == 503
     assert _status(f"{service.url}/-/healthy") == 200
