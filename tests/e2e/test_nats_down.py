@@ -17,7 +17,6 @@ from demo.stack import REPO, Stack, StackOptions
 from demo.timings import fix_timings
 from e2e.stack import now, step, wait_alert_resolved, wait_firing
 
-OVERHEAD_BUDGET_S = 0.050
 NATS_ALERTS = ("NatsServerDown", "NatsConnectionLost")
 
 
@@ -56,7 +55,6 @@ def test_nats_killed_restarted_verified_resolved(stacks: Any, record_timings: An
     alertname = report["alert"]["alertname"]
     timings = fix_timings(report, fault_at, active.get(alertname, min(active.values())), verify_interval=1.0)
     record_timings([f"NATS killed -> fixed ({alertname}), execution {run['id']}", *timings.lines()])
-    assert timings.overhead_s < OVERHEAD_BUDGET_S, timings.lines()
 
 
 # The NATS host's side of the runbook scripts: each runs only when started through that host's sshd
@@ -121,6 +119,5 @@ def test_nats_killed_restarted_through_ssh_on_the_nats_host(stacks: Any, record_
         alertname = report["alert"]["alertname"]
         timings = fix_timings(report, fault_at, active.get(alertname, min(active.values())), verify_interval=1.0)
         record_timings([f"NATS killed -> fixed through ssh ({alertname}), execution {run['id']}", *timings.lines()])
-        assert timings.overhead_s < OVERHEAD_BUDGET_S, timings.lines()
-    finally:
+        finally:
         hosts.stop_all()
