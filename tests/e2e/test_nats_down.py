@@ -119,5 +119,5 @@ def test_nats_killed_restarted_through_ssh_on_the_nats_host(stacks: Any, record_
         alertname = report["alert"]["alertname"]
         timings = fix_timings(report, fault_at, active.get(alertname, min(active.values())), verify_interval=1.0)
         record_timings([f"NATS killed -> fixed through ssh ({alertname}), execution {run['id']}", *timings.lines()])
-        finally:
+    finally:
         hosts.stop_all()
