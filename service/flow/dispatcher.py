@@ -53,9 +53,9 @@ def new_execution_id(clock: Clock) -> str:
 
 
 # Refusals that decide nothing about the alert: a re-send of their occurrence is decided again (a
-# pause may have been lifted; a dispatch that failed is retried), where any other refusal is final
-# for its occurrence and a re-send of it is a repeat.
-_UNDECIDED = frozenset({"paused", "dispatch_failed"})
+# pause may have been lifted, a host added to the inventory; a dispatch that failed is retried),
+# where any other refusal is final for its occurrence and a re-send of it is a repeat.
+_UNDECIDED = frozenset({"paused", "unknown_host", "dispatch_failed"})
 
 
 @dataclass(frozen=True)
