@@ -62,7 +62,7 @@ _UNDECIDED = frozenset({"paused", "unknown_host", "dispatch_failed"})
 class DispatchSettings:
     storm: admission.StormGuard
     dry_run: bool
-    refusal_grace_s: float = 300.0  # service.flow.paging
+    refusal_grace_s: float  # service.flow.paging; its default is the setting's (escalation.refusal_grace)
 
 
 class Dispatcher:

@@ -100,3 +100,10 @@ def router_series(stack: Stack, name: str, **labels: str) -> float:
         if line.startswith(name + "{") and all(w in line for w in wanted):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def finished_report(stack: Stack, execution_id: str) -> dict[str, Any] | None:
+    """The execution's report once it is in a final state (for `poll`), else None."""
+    report = stack.execution(execution_id)
+    done = ("succeeded", "failed", "escalated", "interrupted", "cancelled")
+    return report if report["execution"]["state"] in done else None

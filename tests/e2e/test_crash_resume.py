@@ -16,6 +16,7 @@ import pytest
 
 from demo.processes import pid_alive, poll
 from demo.stack import Stack
+from e2e.stack import finished_report
 
 RULE = "nats-process-down"
 
@@ -38,11 +39,6 @@ def _script_pids(stack: Stack, name: str) -> list[int]:
 def _run(stack: Stack) -> dict[str, Any] | None:
     rows = [r for r in stack.executions(rule=RULE) if r["state"] != "refused"]
     return rows[0] if rows else None
-
-
-def _finished(stack: Stack, execution_id: str) -> dict[str, Any] | None:
-    report = stack.execution(execution_id)
-    return report if report["execution"]["state"] in ("succeeded", "failed", "escalated", "interrupted") else None
 
 
 @pytest.mark.timeout(150)
@@ -73,7 +69,7 @@ def test_killed_during_nats_start_ends_the_old_script_and_resumes_with_a_correct
         for group in groups:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(group, signal.SIGKILL)
-    report = poll(lambda: _finished(stack, run["id"]), 60, "the resumed NATS restart to finish")
+    report = poll(lambda: finished_report(stack, run["id"]), 60, "the resumed NATS restart to finish")
     assert report["execution"]["state"] == "succeeded", report
     [ended] = [e["message"] for e in report["timeline"] if e["kind"] == "recovery"]
     assert "step nats_start was still running after the restart" in ended
@@ -104,7 +100,7 @@ def test_killed_during_verification_resumes_verifying_and_does_not_restart_nats_
     assert restarted_pid is not None
 
     stack.start_remediator()
-    report = poll(lambda: _finished(stack, run["id"]), 60, "the resumed verification")
+    report = poll(lambda: finished_report(stack, run["id"]), 60, "the resumed verification")
     assert (report["execution"]["state"], report["execution"]["reason"]) == ("succeeded", "verified"), report
     [resumed] = [e["message"] for e in report["timeline"] if e["kind"] == "resume"]
     assert "verification" in resumed

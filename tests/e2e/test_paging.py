@@ -12,7 +12,7 @@ import pytest
 
 from demo.processes import poll
 from demo.stack import Stack
-from e2e.stack import escalation_events, remediation_alerts
+from e2e.stack import escalation_events, finished_report, remediation_alerts
 
 RULE = "nats-process-down"
 NATS_ALERTS = ("NatsServerDown", "NatsConnectionLost")
@@ -61,7 +61,7 @@ def test_two_alerts_for_one_nats_outage_make_one_run_and_no_page(stacks: Any) ->
     runs = [r for r in rows if r["state"] != "refused"]
     [refused] = [r for r in rows if r["state"] == "refused"]
     assert len(runs) == 1
-    run = poll(lambda: _finished(stack, runs[0]["id"]), 60, "the NATS restart to verify")
+    run = poll(lambda: finished_report(stack, runs[0]["id"]), 60, "the NATS restart to verify")
     assert run["execution"]["state"] == "succeeded", run
     # the second alert was shown on the run, and its page waits for the run
     notes = [e["message"] for e in stack.execution(refused["id"])["timeline"] if e["kind"] == "page"]
@@ -101,11 +101,6 @@ def test_nats_flapping_within_its_cooldown_pages_at_most_once_and_never_while_th
     # not while the run was running or verifying: the page came after the run had finished
     first_report = stack.execution(first["id"])
     assert pages[0][1]["at"] > first_report["execution"]["finished_at"]
-
-
-def _finished(stack: Stack, execution_id: str) -> dict[str, Any] | None:
-    report = stack.execution(execution_id)
-    return report if report["execution"]["state"] in ("succeeded", "failed", "escalated") else None
 
 
 def _nats_alerts_quiet(stack: Stack) -> bool:

@@ -57,7 +57,7 @@ class Harness:
             rules=lambda: ruleset,
             executor=cast(Any, None),  # shadow mode never reaches the executor
             clock=self.clock,
-            settings=DispatchSettings(StormGuard(1000, 60), dry_run=False),
+            settings=DispatchSettings(StormGuard(1000, 60), dry_run=False, refusal_grace_s=0),
             escalation=self.escalation,
             decisions=self,
         )
