@@ -22,7 +22,7 @@ from service.playbooks.params import ParamSpec
 from service.playbooks.templating import TemplateEngine
 from service.steps import StepSpecBase
 from service.steps.exec import Spec as ExecSpec
-from service.steps.exec_env import check_env_name
+from service.steps.exec_env import EnvVars
 from service.steps.http import Spec as HttpSpec
 from service.steps.nats import Spec as NatsSpec
 from service.steps.promql import Spec as PromqlSpec
@@ -170,7 +170,7 @@ class Playbook(StrictModel):
     runbook: str = Field(default="", description='e.g. "T-OPS-04 §1A"')
     params: dict[Annotated[str, Field(pattern=_IDENT_RE)], ParamSpec] = Field(default_factory=dict)
     timeout: Duration = Field(default=900, gt=0, le=86400, description="the whole run, verification included")
-    env: dict[str, str] = Field(
+    env: EnvVars = Field(
         default_factory=dict,
         description="environment of every exec step (steps, verify checks, on_failure, rolling); a step's own env wins",
     )
@@ -179,13 +179,6 @@ class Playbook(StrictModel):
     steps: list[Step] = Field(min_length=1)
     verify: Verify | None = None
     on_failure: OnFailure = Field(default_factory=OnFailure)
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
-        for name in env:
-            check_env_name(name)
-        return env
 
 
 @dataclass(frozen=True)

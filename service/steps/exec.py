@@ -16,10 +16,10 @@ from service.steps.capture import TailBuffer
 from service.steps.exec_env import (
     MAX_NOTES,
     ChildEnv,
+    EnvVars,
     Unpassable,
     build_env,
     check_declared,
-    check_env_name,
     check_inherit_entry,
     inherited_env,
 )
@@ -31,7 +31,7 @@ class ProgramSpec(StepSpecBase):
     the exit codes that mean success."""
 
     argv: list[str] = Field(min_length=1, description="program and its arguments, one element each")
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables")
+    env: EnvVars = Field(default_factory=dict, description="extra environment variables")
     cwd: str | None = None
     expect_exit: list[int] = Field(default_factory=lambda: [0], min_length=1)
     inherit_env: bool | list[str] = Field(
@@ -46,13 +46,6 @@ class ProgramSpec(StepSpecBase):
         if not argv[0]:
             raise ValueError("argv[0] (the program) must not be empty")
         return argv
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
-        for name in env:
-            check_env_name(name)
-        return env
 
     @field_validator("inherit_env")
     @classmethod

@@ -14,6 +14,9 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import AfterValidator
 
 from service.errors import StepError
 
@@ -51,6 +54,16 @@ def check_env_name(name: str) -> None:
     if name == "PATH":
         # PATH is fixed so a rendered value can never redirect argv[0]; name the program by path.
         raise ValueError("PATH cannot be set; give argv[0] as an absolute path instead")
+
+
+def _valid_names(env: dict[str, str]) -> dict[str, str]:
+    for name in env:
+        check_env_name(name)
+    return env
+
+
+# Variables a playbook sets for a program (a step's `env`, the playbook's shared `env`): names checked.
+EnvVars = Annotated[dict[str, str], AfterValidator(_valid_names)]
 
 
 def check_inherit_entry(entry: str) -> None:
