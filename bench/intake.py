@@ -15,7 +15,7 @@ work must not starve the webhook). Rounds repeat all of it, interleaved, because
 requests/s, p50, p99, the server's CPU time per request and the share answered from memory for every
 run, each run's ratio to the bare run of its round, and the medians against the targets.
 
-    .venv/bin/python bench/intake.py [--rounds 3] [--duration 10] [--connections 16]
+    .venv/bin/python bench/intake.py [--rounds 3] [--duration 10] [--connections 16] [--only TEXT]
 """
 
 from __future__ import annotations
@@ -268,21 +268,27 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--only", default="", help="measure only the cases whose name contains this text")
     args = parser.parse_args()
+    cases = [case for case in CASES if args.only in case[0]]
+    if not cases:
+        raise SystemExit(f"no case name contains {args.only!r}: " + ", ".join(name for name, _, _ in CASES))
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install -y wrk")
     print(
         f"{'round':5} {'server':34} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>7} {'x bare':>6}"
         f" {'cpu us/req':>10} {'memory':>6}"
     )
-    ratios: dict[str, list[float]] = {name: [] for name, _, _ in CASES}
-    p99s: dict[str, list[float]] = {name: [] for name, _, _ in CASES}
+    ratios: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+    p99s: dict[str, list[float]] = {name: [] for name, _, _ in cases}
     non_2xx = 0
     with tempfile.TemporaryDirectory(prefix="bench-intake-") as tmp:
         for number in range(1, args.rounds + 1):
             baseline = bare(args)
             print_row(number, baseline, baseline)
             for index, (name, rules, traffic) in enumerate(CASES):
+                if (name, rules, traffic) not in cases:
+                    continue
                 result = serve_case(Path(tmp), number * len(CASES) + index, rules, traffic, name, args)
                 print_row(number, result, baseline)
                 ratios[name].append(result.requests_per_s / baseline.requests_per_s)
@@ -290,7 +296,7 @@ def main() -> int:
                 non_2xx += result.non_2xx
     print(f"\nmedians of {args.rounds} rounds ({args.connections} connections):")
     met = non_2xx == 0
-    for name, _, _ in CASES:
+    for name, _, _ in cases:
         ratio, p99 = statistics.median(ratios[name]), statistics.median(p99s[name])
         target = TARGETS.get(name)
         verdict = ""

@@ -28,7 +28,9 @@ from service.store.remembered import (
     OccurrenceKey,
     RememberedOccurrences,
     Resend,
+    SeenBody,
     alert_state,
+    body_digest,
     labels_json,
 )
 from service.store.rows import occurrence_row
@@ -310,28 +312,55 @@ class IntakeSQL(SQLiteEngine):
             self._remembered.remember(key, known)
         return receipt
 
+    def acknowledge_repeated_body(self, body: bytes, received_at: datetime) -> WebhookNotification | None:
+        """A body seen before byte for byte (the whole notification re-sent), whose every occurrence
+        is still remembered in the state it brought: acknowledged from memory as `acknowledge_resend`
+        would, without validating or digesting its alerts again; returns the notification as
+        validated then. None: validate it and go the usual way. Raises StoreError as
+        `acknowledge_resend` does."""
+        seen = self._remembered.seen_body(body_digest(body))
+        if seen is None or not self._can_acknowledge(len(seen.deliveries)):
+            return None
+        self._acknowledge(seen, body, received_at)
+        return seen.notification
+
     def acknowledge_resend(self, notification: WebhookNotification, body: bytes, received_at: datetime) -> bool:
         """True when every alert is a pure re-send of an occurrence remembered committed (same
         fingerprint, startsAt, status, endsAt, labels, annotations) and its delivery can wait: it
         is counted in memory and `write_resends` writes it. False: commit it (record_notification).
         Raises StoreError when the store is closed or its file was deleted or replaced: an answer
         from memory promises that the occurrence is in the store."""
-        remembered = self._remembered
         alerts = notification.alerts
-        if not alerts or not remembered.has_room(len(alerts)) or self._last_commit_error is not None:
-            return False  # after a failed commit, one that goes through says the store is healthy again
-        hits = []
+        if not alerts or not self._can_acknowledge(len(alerts)):
+            return False
+        deliveries = []
         for alert in alerts:
             key = (alert.fingerprint, _alert_time(alert.startsAt)[1])
-            known = remembered.get(key)  # a new alert stops here, before its state is worked out
-            if known is None or known.state != _delivery(alert, False).state:
+            known = self._remembered.get(key)  # a new alert stops here, before its state is worked out
+            if known is None:
                 return False
-            hits.append((key, known, alert))
+            state = _delivery(alert, False).state
+            if known.state != state:
+                return False
+            deliveries.append((key, state))
+        seen = SeenBody(notification, tuple(deliveries))
+        self._acknowledge(seen, body, received_at)
+        self._remembered.remember_body(body_digest(body), seen)
+        return True
+
+    def _can_acknowledge(self, alerts: int) -> bool:
+        # after a failed commit, one that goes through says the store is healthy again
+        return self._remembered.has_room(alerts) and self._last_commit_error is None
+
+    def _acknowledge(self, seen: SeenBody, body: bytes, received_at: datetime) -> None:
+        """Count each delivery in memory; `seen`'s occurrences are remembered in the state it brings."""
         self.require_writable_file()
         self.answered_without_commit()
-        for key, known, alert in hits:
-            remembered.delivered(key, known, received_at, alert, notification, body)
-        return True
+        remembered = self._remembered
+        for (key, _state), alert in zip(seen.deliveries, seen.notification.alerts, strict=True):
+            known = remembered.get(key)
+            assert known is not None
+            remembered.delivered(key, known, received_at, alert, seen.notification, body)
 
     async def write_resends(self, wants: Callable[[str, Mapping[str, str]], bool]) -> tuple[AlertEvent, ...]:
         """Write the deliveries acknowledged from memory since the last call, in one transaction;

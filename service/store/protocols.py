@@ -54,6 +54,8 @@ class IntakeStore(Protocol):
     acknowledged from memory (`acknowledge_resend`); its deliveries (count, last-seen time) wait for
     `write_resends`, and a crash meanwhile loses them, never the occurrence."""
 
+    def acknowledge_repeated_body(self, body: bytes, received_at: datetime) -> WebhookNotification | None: ...
+
     def acknowledge_resend(self, notification: WebhookNotification, body: bytes, received_at: datetime) -> bool: ...
 
     async def record_notification(

@@ -12,6 +12,14 @@ first re-send of each occurrence is committed as any delivery and remembered fro
 occurrences and the deliveries waiting to be written are bounded in entries; past the bound the
 least recently delivered occurrence is forgotten, and a delivery that finds the waiting list full is
 committed at once.
+
+It also remembers the bodies of recent re-sends: a re-send is most often the whole notification
+again, byte for byte (the same group with the same alerts). A body acknowledged from memory once
+maps to the notification as it was validated then and the occurrence state each alert brought, so
+its next copies are recognised by a digest of their bytes, without validating or digesting each
+alert again. Only re-sent bodies are kept (a storm of new alerts would only churn them), and a body
+is only a shortcut to the occurrences: each must still be remembered in that state, or the body is
+validated as any other.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ OccurrenceKey = tuple[str, str]
 
 # About 300 bytes each (key, ids and digest): 50,000 firing alerts in some 15 MB.
 DEFAULT_LIMIT = 50_000
+# Bodies hold their parsed alerts (1-2 KB each): at most this many alerts in all, or `limit` if lower.
+BODY_ALERTS_LIMIT = 5_000
 
 _IDS = struct.Struct("<qq")  # occurrence id, event id
 
@@ -45,6 +55,10 @@ def alert_state(status: str, ends_at: str | None, labels_json: bytes, annotation
     return hashlib.blake2b(b"\0".join(parts), digest_size=16).digest()
 
 
+def body_digest(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=16).digest()
+
+
 def labels_json(labels: dict[str, str]) -> bytes:
     """Labels or annotations as stored: pydantic's encoder (a fifth of json.dumps's time), keys in
     the order received (sorted, from Alertmanager: Go marshals maps sorted)."""
@@ -55,6 +69,14 @@ class Known(NamedTuple):
     occurrence_id: int
     event_id: int  # the alert event whose commit stored `state`: a later commit replaces it, never an earlier one
     state: bytes
+
+
+class SeenBody(NamedTuple):
+    """A body acknowledged or committed before: the notification as validated then, and per alert
+    the occurrence and the state it brought."""
+
+    notification: WebhookNotification
+    deliveries: tuple[tuple[OccurrenceKey, bytes], ...]
 
 
 @dataclass(slots=True)
@@ -78,6 +100,9 @@ class RememberedOccurrences:
         # at every full collection, and half the size of a tuple.
         self._known: OrderedDict[OccurrenceKey, bytes] = OrderedDict()
         self._waiting: dict[int, Resend] = {}
+        self._bodies: OrderedDict[bytes, SeenBody] = OrderedDict()  # by body_digest
+        self._body_alerts = 0
+        self._body_alerts_limit = min(limit, BODY_ALERTS_LIMIT)
 
     def __len__(self) -> int:
         return len(self._known)
@@ -118,6 +143,36 @@ class RememberedOccurrences:
                 del self._known[key]
                 forgotten.append(known)
         return forgotten
+
+    def seen_body(self, digest: bytes) -> SeenBody | None:
+        """The body of this digest as last seen, if every occurrence it brought is still remembered
+        in the state it brought (else it is forgotten: None)."""
+        seen = self._bodies.get(digest)
+        if seen is None:
+            return None
+        for key, state in seen.deliveries:
+            packed = self._known.get(key)
+            if packed is None or packed[_IDS.size :] != state:
+                self._forget_body(digest)
+                return None
+        self._bodies.move_to_end(digest)
+        return seen
+
+    def remember_body(self, digest: bytes, seen: SeenBody) -> None:
+        """A body whose every occurrence is remembered in the state it brought."""
+        alerts = len(seen.deliveries)
+        if alerts > self._body_alerts_limit:
+            return
+        self._forget_body(digest)
+        self._bodies[digest] = seen
+        self._body_alerts += alerts
+        while self._body_alerts > self._body_alerts_limit:
+            self._forget_body(next(iter(self._bodies)))
+
+    def _forget_body(self, digest: bytes) -> None:
+        seen = self._bodies.pop(digest, None)
+        if seen is not None:
+            self._body_alerts -= len(seen.deliveries)
 
     def has_room(self, occurrences: int) -> bool:
         """Whether deliveries of this many more occurrences can wait without passing the bound."""

@@ -155,20 +155,32 @@ async def handle(intake: Intake, request: web.Request) -> web.Response:
         return _error(413, f"body larger than the limit of {intake.max_body_bytes} bytes")
     except Unreadable as exc:
         return _error(400, str(exc))
+    notification: WebhookNotification | None = None
     try:
-        notification = parse(body)
-    except ValidationError as exc:
-        details = describe_errors(exc)
-        return _error(400, "invalid Alertmanager webhook payload: " + details[0]["field"], details)
-    try:
+        # The whole notification again, byte for byte, is the most common request: answered before
+        # it is validated again (the store checks that nothing it says has changed since).
+        repeated = intake.store.acknowledge_repeated_body(body, intake.clock.now())
+        if repeated is not None:
+            _count(intake, repeated, "webhook", remembered=True)
+            return _accepted(None, len(repeated.alerts))
+        try:
+            notification = parse(body)
+        except ValidationError as exc:
+            details = describe_errors(exc)
+            return _error(400, "invalid Alertmanager webhook payload: " + details[0]["field"], details)
         receipt = await deliver(intake, notification, body)
     except StoreError as exc:
-        log.error("could not store notification", extra={"error": str(exc), "group_key": notification.groupKey})
+        group_key = None if notification is None else notification.groupKey
+        log.error("could not store notification", extra={"error": str(exc), "group_key": group_key})
         return _error(503, "the store cannot commit right now; retry", headers={"Retry-After": "5"})
+    return _accepted(receipt.notification_id, receipt.alert_count)
+
+
+def _accepted(notification_id: int | None, alerts: int) -> web.Response:
     # Formatted directly, not through json.dumps: this is the one answer on the hot path.
-    notification_id = b"null" if receipt.notification_id is None else b"%d" % receipt.notification_id
+    number = b"null" if notification_id is None else b"%d" % notification_id
     return web.Response(
-        body=b'{"status": "accepted", "notification_id": %s, "alerts": %d}' % (notification_id, receipt.alert_count),
+        body=b'{"status": "accepted", "notification_id": %s, "alerts": %d}' % (number, alerts),
         content_type="application/json",
     )
 
@@ -185,21 +197,26 @@ async def deliver(
     """
     now = intake.clock.now()
     if intake.store.acknowledge_resend(notification, body, now):
-        intake.metrics.webhook.count_remembered()
-        receipt = NotificationReceipt(None, len(notification.alerts), ())
-    else:
-        # An in-memory index lookup (microseconds), asked here rather than by the dispatcher so that an
-        # alert no rule wants is stored as dispatched in the same commit instead of costing a second one.
-        wanted = [intake.wants(alert.status, alert.labels) for alert in notification.alerts]
-        started = time.perf_counter()
-        receipt = await intake.store.record_notification(notification, body, now, wanted, source=source)
-        intake.metrics.webhook.observe_commit(time.perf_counter() - started)
-        intake.on_committed(receipt.events)
-    for alert in notification.alerts:
-        intake.metrics.webhook.count_alert(alert.status, source)
+        _count(intake, notification, source, remembered=True)
+        return NotificationReceipt(None, len(notification.alerts), ())
+    # An in-memory index lookup (microseconds), asked here rather than by the dispatcher so that an
+    # alert no rule wants is stored as dispatched in the same commit instead of costing a second one.
+    wanted = [intake.wants(alert.status, alert.labels) for alert in notification.alerts]
+    started = time.perf_counter()
+    receipt = await intake.store.record_notification(notification, body, now, wanted, source=source)
+    intake.metrics.webhook.observe_commit(time.perf_counter() - started)
+    intake.on_committed(receipt.events)
+    _count(intake, notification, source, remembered=False)
     for index in receipt.new_unmatched:
         _unmatched(intake, notification.alerts[index], source)
     return receipt
+
+
+def _count(intake: Intake, notification: WebhookNotification, source: OccurrenceSource, *, remembered: bool) -> None:
+    if remembered:
+        intake.metrics.webhook.count_remembered()
+    for alert in notification.alerts:
+        intake.metrics.webhook.count_alert(alert.status, source)
 
 
 def _unmatched(intake: Intake, alert: WebhookAlert, source: OccurrenceSource) -> None:

@@ -18,7 +18,7 @@ from support.flow import alert_body
 from service.alerts.webhook import parse
 from service.clock import FakeClock
 from service.store import SQLiteStore, StoreError
-from service.store.remembered import Known, RememberedOccurrences
+from service.store.remembered import BODY_ALERTS_LIMIT, Known, RememberedOccurrences, SeenBody, body_digest
 from service.times import timestamp
 
 STARTS = "2026-11-27T19:53:15.250000+00:00"
@@ -45,8 +45,11 @@ def body_of(
 
 async def deliver(store: SQLiteStore, clock: FakeClock, body: bytes, wanted: bool = True) -> int | None:
     """As the intake does: the notification id, None when acknowledged from memory."""
-    notification, now = parse(body), clock.now()
+    now = clock.now()
     clock.advance(1)
+    if store.acknowledge_repeated_body(body, now) is not None:
+        return None
+    notification = parse(body)
     if store.acknowledge_resend(notification, body, now):
         return None
     return (await store.record_notification(notification, body, now, [wanted])).notification_id
@@ -110,6 +113,71 @@ async def test_a_pure_re_send_is_acknowledged_from_memory_and_written_later(tmp_
         assert [e.id for e in await store.undispatched_alert_events(10)][-1] == event.id
         assert count(store.path, "notifications") == 2
         assert await store.write_resends(wants_all) == ()  # nothing waits any more
+
+
+async def test_a_body_re_sent_byte_for_byte_is_recognised_by_its_bytes(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with opened(tmp_path / "s.db") as store:
+        body = body_of()
+        # committed, then a first re-send checked alert by alert: only a re-sent body is remembered
+        assert store.acknowledge_repeated_body(body, clock.now()) is None
+        assert await deliver(store, clock, body) == 1
+        assert store.acknowledge_repeated_body(body, clock.now()) is None
+        assert store.acknowledge_resend(parse(body), body, clock.now())
+        # from now on its bytes are enough: the notification as validated then
+        repeated = store.acknowledge_repeated_body(body, clock.now())
+        assert repeated is not None and repeated.alerts[0].fingerprint == "aa01"
+        # the same alert in other bytes is still a re-send, checked alert by alert
+        spaced = body.replace(b", ", b",  ")
+        assert store.acknowledge_repeated_body(spaced, clock.now()) is None
+        assert await deliver(store, clock, spaced) is None
+        await store.write_resends(wants_all)
+        assert occurrences(store.path)[0][2] == 4
+
+
+async def test_a_re_sent_body_whose_occurrence_changed_since_is_committed(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with opened(tmp_path / "s.db") as store:
+        body, changed = body_of(), body_of(change=_annotations)
+        await deliver(store, clock, body)
+        assert [await deliver(store, clock, body) for _ in range(2)] == [None, None]
+        assert await deliver(store, clock, changed) is not None
+        # the old bytes no longer say what is stored: not acknowledged, committed as the change back
+        assert store.acknowledge_repeated_body(body, clock.now()) is None
+        assert await deliver(store, clock, body) is not None
+        await store.write_resends(wants_all)
+        assert occurrences(store.path)[0][2] == 5
+
+
+async def test_a_re_sent_body_is_not_acknowledged_once_its_occurrence_is_forgotten(tmp_path: Path) -> None:
+    clock = FakeClock()
+    async with opened(tmp_path / "s.db") as store:
+        body = body_of()
+        await deliver(store, clock, body)
+        await deliver(store, clock, body)
+        assert store.acknowledge_repeated_body(body, clock.now()) is not None
+        store.remembered.forget([("aa01", STARTS)])  # as retention does
+        assert store.acknowledge_repeated_body(body, clock.now()) is None
+
+
+def test_the_bodies_remembered_are_bounded_in_alerts() -> None:
+    memory = RememberedOccurrences(limit=50_000)
+    notification = parse(body_of())
+    for n in range(BODY_ALERTS_LIMIT + 100):
+        key = (f"{n:016x}", STARTS)
+        memory.remember(key, Known(n, n, b"state"))
+        memory.remember_body(f"{n}".encode(), SeenBody(notification, ((key, b"state"),)))
+    # the oldest bodies went, though their occurrences are still remembered
+    assert memory.seen_body(b"0") is None and memory.seen_body(b"99") is None
+    assert memory.seen_body(b"100") is not None
+    assert memory.seen_body(f"{BODY_ALERTS_LIMIT + 99}".encode()) is not None
+    # a memory for fewer occurrences keeps as few bodies' alerts
+    small = RememberedOccurrences(limit=3)
+    for n in range(5):
+        key = (f"{n:016x}", STARTS)
+        small.remember(key, Known(n, n, b"state"))
+        small.remember_body(body_digest(f"{n}".encode()), SeenBody(notification, ((key, b"state"),)))
+    assert [small.seen_body(body_digest(f"{n}".encode())) is not None for n in range(5)] == [False] * 2 + [True] * 3
 
 
 async def test_a_re_send_no_rule_wants_is_written_as_dispatched(tmp_path: Path) -> None:
@@ -195,11 +263,16 @@ async def test_a_re_send_to_a_deleted_store_file_is_refused(tmp_path: Path) -> N
     """A 200 from memory promises the occurrence is stored: not in a file that is gone."""
     clock = FakeClock()
     async with opened(tmp_path / "s.db") as store:
-        await deliver(store, clock, body_of())
+        body = body_of()
+        await deliver(store, clock, body)
+        await deliver(store, clock, body)  # its bytes are remembered too
         for suffix in ("", "-wal", "-shm"):
             Path(f"{store.path}{suffix}").unlink(missing_ok=True)
         with pytest.raises(StoreError, match="deleted or replaced"):
-            await deliver(store, clock, body_of())
+            store.acknowledge_repeated_body(body, clock.now())
+        spaced = body.replace(b", ", b",  ")
+        with pytest.raises(StoreError, match="deleted or replaced"):
+            store.acknowledge_resend(parse(spaced), spaced, clock.now())
 
 
 async def test_the_memory_starts_empty_after_a_restart_and_closing_writes_what_waits(tmp_path: Path) -> None:

@@ -135,6 +135,9 @@ class MemoryStore:
                 events.append(event)
         return NotificationReceipt(notification_id, len(notification.alerts), tuple(events))
 
+    def acknowledge_repeated_body(self, body: bytes, received_at: datetime) -> WebhookNotification | None:
+        return None  # every delivery is stored at once: nothing waits
+
     def acknowledge_resend(self, notification: WebhookNotification, body: bytes, received_at: datetime) -> bool:
         return False  # every delivery is stored at once: nothing waits
 
