@@ -129,12 +129,16 @@ class UnmatchedMetrics:
             ["alertname"],
             registry=registry,
         )
-        self._named: set[str] = set()
+        self._series: dict[str, Counter] = {}  # alertname -> its child; labels() costs a lock and a few calls
 
     def count(self, alertname: str) -> None:
-        if alertname not in self._named and len(self._named) < self.MAX_ALERTNAMES:
-            self._named.add(alertname)
-        self.counter.labels(alertname if alertname in self._named else self.OTHER).inc()
+        series = self._series.get(alertname)
+        if series is None:
+            if len(self._series) < self.MAX_ALERTNAMES:
+                series = self._series[alertname] = self.counter.labels(alertname)
+            else:
+                series = self.counter.labels(self.OTHER)
+        series.inc()
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -159,7 +160,8 @@ async def handle(intake: Intake, request: web.Request) -> web.Response:
     try:
         # The whole notification again, byte for byte, is the most common request: answered before
         # it is validated again (the store checks that nothing it says has changed since).
-        repeated = intake.store.acknowledge_repeated_body(body, intake.clock.now())
+        now = intake.clock.now()
+        repeated = intake.store.acknowledge_repeated_body(body, now)
         if repeated is not None:
             _count(intake, repeated, "webhook", remembered=True)
             return _accepted(None, len(repeated.alerts))
@@ -168,7 +170,7 @@ async def handle(intake: Intake, request: web.Request) -> web.Response:
         except ValidationError as exc:
             details = describe_errors(exc)
             return _error(400, "invalid Alertmanager webhook payload: " + details[0]["field"], details)
-        receipt = await deliver(intake, notification, body)
+        receipt = await deliver(intake, notification, body, received_at=now)
     except StoreError as exc:
         group_key = None if notification is None else notification.groupKey
         log.error("could not store notification", extra={"error": str(exc), "group_key": group_key})
@@ -186,16 +188,20 @@ def _accepted(notification_id: int | None, alerts: int) -> web.Response:
 
 
 async def deliver(
-    intake: Intake, notification: WebhookNotification, body: bytes, source: OccurrenceSource = "webhook"
+    intake: Intake,
+    notification: WebhookNotification,
+    body: bytes,
+    source: OccurrenceSource = "webhook",
+    received_at: datetime | None = None,
 ) -> NotificationReceipt:
     """A validated notification from either way alerts arrive — a webhook, or the reconciler reading
     Alertmanager (service.flow.reconciler) — committed, counted and handed to the dispatcher.
 
     A notification of pure re-sends is acknowledged from the store's memory instead: nothing to
     commit or hand over now (`write_resends` does both later). Raises StoreError when the store
-    cannot commit: nothing was stored or handed over then.
+    cannot commit: nothing was stored or handed over then. `received_at`: when it arrived (now).
     """
-    now = intake.clock.now()
+    now = intake.clock.now() if received_at is None else received_at
     if intake.store.acknowledge_resend(notification, body, now):
         _count(intake, notification, source, remembered=True)
         return NotificationReceipt(None, len(notification.alerts), ())
@@ -224,10 +230,11 @@ def _unmatched(intake: Intake, alert: WebhookAlert, source: OccurrenceSource) ->
     per occurrence (its re-sends are not repeated), in the log, /metrics and the index page."""
     alertname = alert.labels.get("alertname", "")
     intake.metrics.unmatched.count(alertname)
-    log.info(
-        "no rule matches the alert",
-        extra={"alertname": alertname, "fingerprint": alert.fingerprint, "status": alert.status, "source": source},
-    )
+    if log.isEnabledFor(logging.INFO):  # a storm of new alerts comes this way: no record built for nothing
+        log.info(
+            "no rule matches the alert",
+            extra={"alertname": alertname, "fingerprint": alert.fingerprint, "status": alert.status, "source": source},
+        )
 
 
 async def write_resends(intake: Intake) -> None:
