@@ -1,19 +1,20 @@
 """Intake throughput and latency on Alertmanager's traffic: the real receiver against a bare aiohttp ceiling.
 
 Each server runs in turn on core 0 under the same wrk load on core 1 (bench/intake_post.lua, 16
-connections, store.synchronous=full). A round measures the bare handler, then the receiver on three
-kinds of traffic, each with no rules and with the shipped remediator.yaml (its rules and playbooks
-loaded, the reconciler on; the Alertmanager, Prometheus and NATS it names point at closed ports here):
+connections, store.synchronous=full). A round measures the receiver on three kinds of traffic, each
+with no rules and with the shipped remediator.yaml (its rules and playbooks loaded, the reconciler
+on; the Alertmanager, Prometheus and NATS it names point at closed ports here):
 
 - new: every request a new alert occurrence (a storm; the store's worst case);
 - resend: the same 100 firing alerts re-sent unchanged (Alertmanager's repeat_interval and group changes);
 - mix: 9 re-sends to 1 new or changed alert;
 
 and last the mix with no rules while 50 executions run `exec` steps of 3 s each (the remediator's own
-work must not starve the webhook). Rounds repeat all of it, interleaved, because shared hosts drift by
-10-20% within a minute and a drift between two back-to-back runs would show as a ratio. Prints
-requests/s, p50, p99, the server's CPU time per request and the share answered from memory for every
-run, each run's ratio to the bare run of its round, and the medians against the targets.
+work must not starve the webhook). Shared hosts drift by 10-30% within a minute, and a drift between
+two runs would show as a ratio: so each case runs between two runs of the bare handler and its ratio
+is to their mean; rounds repeat all of it. Prints requests/s, p50, p99, the server's CPU time per
+request and the share answered from memory for every run, each case's ratio, and the medians of the
+rounds against the targets.
 
     .venv/bin/python bench/intake.py [--rounds 3] [--duration 10] [--connections 16] [--only TEXT]
 """
@@ -284,16 +285,21 @@ def main() -> int:
     non_2xx = 0
     with tempfile.TemporaryDirectory(prefix="bench-intake-") as tmp:
         for number in range(1, args.rounds + 1):
-            baseline = bare(args)
-            print_row(number, baseline, baseline)
+            before = bare(args)
+            print_row(number, before, None)
             for index, (name, rules, traffic) in enumerate(CASES):
                 if (name, rules, traffic) not in cases:
                     continue
                 result = serve_case(Path(tmp), number * len(CASES) + index, rules, traffic, name, args)
+                after = bare(args)
+                # the bare runs just before and just after: the host's drift over the case cancels out
+                baseline = (before.requests_per_s + after.requests_per_s) / 2
                 print_row(number, result, baseline)
-                ratios[name].append(result.requests_per_s / baseline.requests_per_s)
+                print_row(number, after, None)
+                ratios[name].append(result.requests_per_s / baseline)
                 p99s[name].append(result.p99_ms)
                 non_2xx += result.non_2xx
+                before = after
     print(f"\nmedians of {args.rounds} rounds ({args.connections} connections):")
     met = non_2xx == 0
     for name, _, _ in cases:
@@ -309,12 +315,13 @@ def main() -> int:
     return 0 if met else 1
 
 
-def print_row(number: int, result: Result, baseline: Result) -> None:
-    ratio = result.requests_per_s / baseline.requests_per_s
-    memory = f"{result.from_memory:6.0%}" if result is not baseline else f"{'':6}"
+def print_row(number: int, result: Result, baseline_rps: float | None) -> None:
+    """A run; `baseline_rps` is the bare rate its ratio is to (None: a bare run)."""
+    ratio = f"{result.requests_per_s / baseline_rps:6.2f}" if baseline_rps else f"{'':6}"
+    memory = f"{result.from_memory:6.0%}" if baseline_rps else f"{'':6}"
     print(
         f"{number:5d} {result.name:34} {result.requests_per_s:8.0f} {result.p50_ms:7.2f} {result.p99_ms:7.2f}"
-        f" {result.non_2xx:7d} {ratio:6.2f} {result.cpu_us_per_request:10.0f} {memory} {result.note}",
+        f" {result.non_2xx:7d} {ratio} {result.cpu_us_per_request:10.0f} {memory} {result.note}",
         flush=True,
     )
 
