@@ -248,7 +248,7 @@ class IntakeSQL(SQLiteEngine):
                 earlier_wanted[known.occurrence_id] = d.wanted
         earlier = self._remembered.take_waiting(earlier_wanted)
 
-        def insert(conn: sqlite3.Connection) -> tuple[NotificationReceipt, list[tuple[OccurrenceKey, Known]]]:
+        def insert(conn: sqlite3.Connection) -> tuple[NotificationReceipt, list[tuple[OccurrenceKey, Known]], bool]:
             events: list[AlertEvent] = []
             if earlier:
                 events.extend(_add_deliveries(earlier, lambda resend: earlier_wanted[resend.occurrence_id], conn))
@@ -256,6 +256,7 @@ class IntakeSQL(SQLiteEngine):
             assert notification_id is not None
             unmatched = []
             stored = []
+            all_seen_before = True  # every occurrence was stored before: a change, likely re-sent as it is now
             for index, (d, row) in enumerate(zip(deliveries, rows, strict=True)):
                 alert = d.alert
                 occurrence_id, previous_status, receive_count, status, first_source = conn.execute(
@@ -269,8 +270,10 @@ class IntakeSQL(SQLiteEngine):
                     (notification_id, occurrence_id, alert.status, previous_status, None if pending else received),
                 ).lastrowid
                 assert event_id is not None
-                if not d.wanted and receive_count == 1:
-                    unmatched.append(index)
+                if receive_count == 1:
+                    all_seen_before = False
+                    if not d.wanted:
+                        unmatched.append(index)
                 if not stale:  # the occurrence is now stored in this delivery's state
                     stored.append((d.key, Known(occurrence_id, event_id, d.state)))
                 if not pending:
@@ -301,15 +304,20 @@ class IntakeSQL(SQLiteEngine):
                     )
                 )
             receipt = NotificationReceipt(notification_id, len(rows), tuple(events), tuple(unmatched))
-            return receipt, stored
+            return receipt, stored, all_seen_before
 
         try:
-            receipt, stored = await self.write(insert)
+            receipt, stored, all_seen_before = await self.write(insert)
         except StoreError:  # nothing committed (a cancelled caller's job still commits: not here)
             self._remembered.put_back(earlier)
             raise
         for key, known in stored:
             self._remembered.remember(key, known)
+        if all_seen_before and len(stored) == len(deliveries):
+            # Its next copies are answered by their bytes. Not a notification that brought an
+            # occurrence first: a storm of new alerts would only churn the bodies remembered.
+            seen = SeenBody(notification, tuple((d.key, d.state) for d in deliveries))
+            self._remembered.remember_body(body_digest(body), seen)
         return receipt
 
     def acknowledge_repeated_body(self, body: bytes, received_at: datetime) -> WebhookNotification | None:

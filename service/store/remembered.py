@@ -14,12 +14,12 @@ least recently delivered occurrence is forgotten, and a delivery that finds the 
 committed at once.
 
 It also remembers the bodies of recent re-sends: a re-send is most often the whole notification
-again, byte for byte (the same group with the same alerts). A body acknowledged from memory once
-maps to the notification as it was validated then and the occurrence state each alert brought, so
-its next copies are recognised by a digest of their bytes, without validating or digesting each
-alert again. Only re-sent bodies are kept (a storm of new alerts would only churn them), and a body
-is only a shortcut to the occurrences: each must still be remembered in that state, or the body is
-validated as any other.
+again, byte for byte (the same group with the same alerts). A body acknowledged from memory, or
+committed as a change to occurrences stored before, maps to the notification as it was validated
+then and the occurrence state each alert brought, so its next copies are recognised by a digest of
+their bytes, without validating or digesting each alert again. A body that brought an occurrence
+first is not kept (a storm of new alerts would only churn them), and a body is only a shortcut to
+the occurrences: each must still be remembered in that state, or the body is validated as any other.
 """
 
 from __future__ import annotations

@@ -142,11 +142,14 @@ async def test_a_re_sent_body_whose_occurrence_changed_since_is_committed(tmp_pa
         await deliver(store, clock, body)
         assert [await deliver(store, clock, body) for _ in range(2)] == [None, None]
         assert await deliver(store, clock, changed) is not None
+        # a change to an occurrence stored before is re-sent as it is now: its bytes are remembered
+        assert store.acknowledge_repeated_body(changed, clock.now()) is not None
         # the old bytes no longer say what is stored: not acknowledged, committed as the change back
         assert store.acknowledge_repeated_body(body, clock.now()) is None
         assert await deliver(store, clock, body) is not None
+        assert store.acknowledge_repeated_body(changed, clock.now()) is None
         await store.write_resends(wants_all)
-        assert occurrences(store.path)[0][2] == 5
+        assert occurrences(store.path)[0][2] == 6
 
 
 async def test_a_re_sent_body_is_not_acknowledged_once_its_occurrence_is_forgotten(tmp_path: Path) -> None:
