@@ -250,12 +250,19 @@ def serve_case(tmp: Path, number: int, rules: str, traffic: str, name: str, args
     else:
         env |= {"REMEDIATOR_RULES": "", "REMEDIATOR_PLAYBOOKS": ""}
     seed = number * 1_000_000 + 1_000_000 * len(CASES) * 10  # apart from the 100 re-sent fingerprints
-    with serving(argv, env, port) as proc:
-        if rules == "exec":
-            start_executions(port)
-        result = measure(name, proc, port, traffic, seed, args)
-        note = f"{running(port)} still running" if rules == "exec" else ""
-        return dataclasses.replace(result, from_memory=remembered_share(port), note=note)
+    try:
+        with serving(argv, env, port) as proc:
+            if rules == "exec":
+                start_executions(port)
+            result = measure(name, proc, port, traffic, seed, args)
+            note = f"{running(port)} still running" if rules == "exec" else ""
+            return dataclasses.replace(result, from_memory=remembered_share(port), note=note)
+    finally:
+        # Its store gone and the disk synced before the next run: the kernel writing back this run's
+        # dirty pages would otherwise take CPU from whichever run comes next.
+        for path in tmp.glob(f"bench-{number}-*"):
+            path.unlink()
+        os.sync()
 
 
 def bare(args: argparse.Namespace) -> Result:
