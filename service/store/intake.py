@@ -1,9 +1,10 @@
 """Intake's writes and the dispatcher's queue: notifications, alert occurrences, alert events.
 
-`acknowledge_resend` answers a notification whose every alert is a pure re-send of an occurrence
-the store remembers committed (service.store.remembered) without a commit: its deliveries wait, one
-entry per occurrence however often it is re-sent, and `write_resends` writes them in one
-transaction later. `record_notification` commits everything else before it returns.
+`acknowledge_repeated_body` and `acknowledge_resend` answer a notification whose every alert is a
+pure re-send of an occurrence the store remembers committed (service.store.remembered) without a
+commit: its deliveries wait, one entry per occurrence however often it is re-sent, and
+`write_resends` writes them in one transaction later. `record_notification` commits everything else
+before it returns. The statements themselves are in service.store.deliveries.
 """
 
 from __future__ import annotations
@@ -14,11 +15,20 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple
 
-from service.alerts.webhook import WebhookAlert, WebhookNotification
+from service.alerts.webhook import WebhookNotification
+from service.store.deliveries import (
+    INSERT_NOTIFICATION,
+    UPSERT_OCCURRENCE,
+    add_deliveries,
+    alert_time,
+    delivery,
+    insert_event,
+    notification_row,
+    pending_event,
+)
 from service.store.engine import SQLiteEngine, Synchronous
 from service.store.errors import StoreError
 from service.store.records import AlertEvent, NotificationReceipt, Occurrence, OccurrenceSource
@@ -29,156 +39,12 @@ from service.store.remembered import (
     RememberedOccurrences,
     Resend,
     SeenBody,
-    alert_state,
     body_digest,
-    labels_json,
 )
 from service.store.rows import occurrence_row
 from service.times import timestamp
 
 log = logging.getLogger("remediator.store")
-
-_INSERT_NOTIFICATION = (
-    "INSERT INTO notifications (received_at, receiver, status, group_key, external_url, alert_count, body)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-# A re-send of a known occurrence updates it; previous_status = status keeps the status before this
-# delivery, since SET reads the row as it was. Status moves forward only: a "firing" for an
-# occurrence already resolved (an Alertmanager HA pair's late second copy, a stale re-send) leaves
-# it resolved, with the ends_at, labels and annotations of its resolve; the delivery still counts
-# (receive_count, last_received_at). RETURNING reads the row as this statement left it, so a firing
-# delivery that returns "resolved" was stale. `source` is written on insert only; `matched` once set
-# stays set (some rule wanted a delivery of the occurrence).
-_STALE = "(status = 'resolved' AND excluded.status = 'firing')"
-_UPSERT_OCCURRENCE = (
-    "INSERT INTO occurrences (fingerprint, starts_at, alertname, labels, annotations, generator_url, status,"
-    " ends_at, first_received_at, last_received_at, receive_count, source, matched)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?)"
-    " ON CONFLICT (fingerprint, starts_at) DO UPDATE SET previous_status = status,"
-    " matched = max(matched, excluded.matched),"
-    f" status = CASE WHEN {_STALE} THEN status ELSE excluded.status END,"
-    f" ends_at = CASE WHEN {_STALE} THEN ends_at ELSE excluded.ends_at END,"
-    f" labels = CASE WHEN {_STALE} THEN labels ELSE excluded.labels END,"
-    f" annotations = CASE WHEN {_STALE} THEN annotations ELSE excluded.annotations END,"
-    " last_received_at = excluded.last_received_at, receive_count = receive_count + 1"
-    " RETURNING id, previous_status, receive_count, status, source"
-)
-
-
-# Deliveries acknowledged from memory: the occurrence is unchanged but for its delivery count and
-# last-seen time (previous_status = status, as the UPSERT leaves a re-send).
-_ADD_DELIVERIES = (
-    "UPDATE occurrences SET previous_status = status, receive_count = receive_count + ?,"
-    " last_received_at = max(last_received_at, ?) WHERE id = ?"
-    " RETURNING id AS occurrence_id, fingerprint, starts_at, alertname, labels, annotations, generator_url,"
-    " status AS occurrence_status, ends_at, receive_count, source"
-)
-
-
-_INSERT_ALERT_EVENT = (
-    "INSERT INTO alert_events (notification_id, occurrence_id, status, previous_status, dispatched_at)"
-    " VALUES (?, ?, ?, ?, ?)"
-)
-
-
-@functools.lru_cache(maxsize=4096)
-def _alert_time(value: datetime) -> tuple[datetime, str]:
-    """An alert's time in UTC, and as stored. Cached: Alertmanager re-sends an alert's times with
-    every notification of its group, and formatting one costs more than its cache lookup."""
-    utc = value.astimezone(UTC)
-    return utc, timestamp(utc)
-
-
-class _Delivery(NamedTuple):
-    """One alert of a notification as the memory and the statements need it, prepared before any
-    transaction (a batch re-run after a neighbour failed repeats only its statements). A tuple: it
-    is made for every alert of every request."""
-
-    alert: WebhookAlert
-    key: OccurrenceKey
-    state: bytes
-    ends_at_text: str | None
-    labels: bytes
-    annotations: bytes
-    wanted: bool
-
-
-def _delivery(alert: WebhookAlert, wanted: bool) -> _Delivery:
-    ended = alert.ends_at
-    ends_at_text = None if ended is None else _alert_time(ended)[1]
-    labels, annotations = labels_json(alert.labels), labels_json(alert.annotations)
-    return _Delivery(
-        alert,
-        (alert.fingerprint, _alert_time(alert.startsAt)[1]),
-        alert_state(alert.status, ends_at_text, labels, annotations),
-        ends_at_text,
-        labels,
-        annotations,
-        wanted,
-    )
-
-
-def _notification_row(notification: WebhookNotification, body: bytes, received: str) -> tuple[Any, ...]:
-    return (
-        received,
-        notification.receiver,
-        notification.status,
-        notification.groupKey,
-        notification.externalURL,
-        len(notification.alerts),
-        body.decode("utf-8"),
-    )
-
-
-def _add_deliveries(
-    resends: Sequence[Resend], wanted: Callable[[Resend], bool], conn: sqlite3.Connection
-) -> tuple[AlertEvent, ...]:
-    """Each occurrence's deliveries acknowledged from memory: its count and last-seen time, one
-    alert event (to dispatch when a rule wants it), and the latest notification that delivered it."""
-    cursor = conn.cursor()
-    cursor.row_factory = sqlite3.Row
-    notification_ids: dict[int, int] = {}  # by id() of the notification: a notification is stored once
-    events = []
-    for resend in resends:
-        received = timestamp(resend.last_received_at)
-        row = cursor.execute(_ADD_DELIVERIES, (resend.deliveries, received, resend.occurrence_id)).fetchone()
-        if row is None:
-            continue  # gone: nothing to count (retention keeps an occurrence with deliveries waiting)
-        notification = resend.notification
-        notification_id = notification_ids.get(id(notification))
-        if notification_id is None:
-            notification_id = conn.execute(
-                _INSERT_NOTIFICATION, _notification_row(notification, resend.body, received)
-            ).lastrowid
-            assert notification_id is not None
-            notification_ids[id(notification)] = notification_id
-        status = row["occurrence_status"]
-        # a stale firing of an occurrence resolved meanwhile: nothing to decide, as in the UPSERT
-        alert = resend.alert
-        rule_wants = wanted(resend)
-        if rule_wants:  # a reload since may want what no rule wanted when it was first stored
-            conn.execute("UPDATE occurrences SET matched = 1 WHERE id = ? AND matched = 0", (resend.occurrence_id,))
-        pending = not (alert.status == "firing" and status == "resolved") and rule_wants
-        event_id = conn.execute(
-            _INSERT_ALERT_EVENT,
-            (notification_id, resend.occurrence_id, alert.status, status, None if pending else received),
-        ).lastrowid
-        assert event_id is not None
-        if pending:
-            events.append(
-                AlertEvent(
-                    id=event_id,
-                    notification_id=notification_id,
-                    status=alert.status,
-                    previous_status=status,
-                    occurrence=occurrence_row(row),
-                    common_labels=notification.commonLabels,
-                    external_url=notification.externalURL,
-                )
-            )
-    return tuple(events)
 
 
 class IntakeSQL(SQLiteEngine):
@@ -218,9 +84,9 @@ class IntakeSQL(SQLiteEngine):
         in the same commit: counts and events stay in the order they came."""
         if wanted is None:
             wanted = [True] * len(notification.alerts)
-        deliveries = [_delivery(alert, wants) for alert, wants in zip(notification.alerts, wanted, strict=True)]
+        deliveries = [delivery(alert, wants) for alert, wants in zip(notification.alerts, wanted, strict=True)]
         received = timestamp(received_at)
-        notification_row = _notification_row(notification, body, received)
+        notification_values = notification_row(notification, body, received)
         rows = [
             (
                 d.alert.fingerprint,
@@ -251,8 +117,8 @@ class IntakeSQL(SQLiteEngine):
         def insert(conn: sqlite3.Connection) -> tuple[NotificationReceipt, list[tuple[OccurrenceKey, Known]], bool]:
             events: list[AlertEvent] = []
             if earlier:
-                events.extend(_add_deliveries(earlier, lambda resend: earlier_wanted[resend.occurrence_id], conn))
-            notification_id = conn.execute(_INSERT_NOTIFICATION, notification_row).lastrowid
+                events.extend(add_deliveries(earlier, lambda resend: earlier_wanted[resend.occurrence_id], conn))
+            notification_id = conn.execute(INSERT_NOTIFICATION, notification_values).lastrowid
             assert notification_id is not None
             unmatched = []
             stored = []
@@ -260,16 +126,14 @@ class IntakeSQL(SQLiteEngine):
             for index, (d, row) in enumerate(zip(deliveries, rows, strict=True)):
                 alert = d.alert
                 occurrence_id, previous_status, receive_count, status, first_source = conn.execute(
-                    _UPSERT_OCCURRENCE, row
+                    UPSERT_OCCURRENCE, row
                 ).fetchone()
                 # a stale firing left the occurrence resolved: nothing to decide, never a run
                 stale = alert.status == "firing" and status == "resolved"
                 pending = not stale and (d.wanted or (alert.status == "resolved" and previous_status == "firing"))
-                event_id = conn.execute(
-                    _INSERT_ALERT_EVENT,
-                    (notification_id, occurrence_id, alert.status, previous_status, None if pending else received),
-                ).lastrowid
-                assert event_id is not None
+                event_id = insert_event(
+                    conn, notification_id, occurrence_id, alert.status, previous_status, pending, received
+                )
                 if receive_count == 1:
                     all_seen_before = False
                     if not d.wanted:
@@ -282,26 +146,18 @@ class IntakeSQL(SQLiteEngine):
                 occurrence = Occurrence(
                     id=occurrence_id,
                     fingerprint=alert.fingerprint,
-                    starts_at=_alert_time(alert.startsAt)[0],
+                    starts_at=alert_time(alert.startsAt)[0],
                     alertname=alert.labels.get("alertname", ""),
                     labels=alert.labels,
                     annotations=alert.annotations,
                     generator_url=alert.generatorURL,
                     status=alert.status,
-                    ends_at=None if ended is None else _alert_time(ended)[0],
+                    ends_at=None if ended is None else alert_time(ended)[0],
                     receive_count=receive_count,
                     source=first_source,
                 )
                 events.append(
-                    AlertEvent(
-                        id=event_id,
-                        notification_id=notification_id,
-                        status=alert.status,
-                        previous_status=previous_status,
-                        occurrence=occurrence,
-                        common_labels=notification.commonLabels,
-                        external_url=notification.externalURL,
-                    )
+                    pending_event(event_id, notification_id, notification, alert.status, previous_status, occurrence)
                 )
             receipt = NotificationReceipt(notification_id, len(rows), tuple(events), tuple(unmatched))
             return receipt, stored, all_seen_before
@@ -343,11 +199,11 @@ class IntakeSQL(SQLiteEngine):
             return False
         deliveries = []
         for alert in alerts:
-            key = (alert.fingerprint, _alert_time(alert.startsAt)[1])
+            key = (alert.fingerprint, alert_time(alert.startsAt)[1])
             known = self._remembered.get(key)  # a new alert stops here, before its state is worked out
             if known is None:
                 return False
-            state = _delivery(alert, False).state
+            state = delivery(alert, False).state
             if known.state != state:
                 return False
             deliveries.append((key, state))
@@ -382,7 +238,7 @@ class IntakeSQL(SQLiteEngine):
             return wants(resend.alert.status, resend.alert.labels)
 
         try:
-            return await self.write(functools.partial(_add_deliveries, resends, wanted))
+            return await self.write(functools.partial(add_deliveries, resends, wanted))
         except StoreError:
             self._remembered.put_back(resends)
             raise
