@@ -1,22 +1,28 @@
 """Intake throughput and latency on Alertmanager's traffic: the real receiver against a bare aiohttp ceiling.
 
 Each server runs in turn on core 0 under the same wrk load on core 1 (bench/intake_post.lua, 16
-connections, store.synchronous=full). A round measures the receiver on three kinds of traffic, each
-with no rules and with the shipped remediator.yaml (its rules and playbooks loaded, the reconciler
-on; the Alertmanager, Prometheus and NATS it names point at closed ports here):
+connections, store.synchronous=full by default). A round measures the receiver on three kinds of
+traffic, each with no rules and with the shipped remediator.yaml (its rules and playbooks loaded,
+the reconciler on; the Alertmanager, Prometheus and NATS it names point at closed ports here):
 
 - new: every request a new alert occurrence (a storm; the store's worst case);
 - resend: the same 100 firing alerts re-sent unchanged (Alertmanager's repeat_interval and group changes);
 - mix: 9 re-sends to 1 new or changed alert;
 
-and last the mix with no rules while 50 executions run `exec` steps of 3 s each (the remediator's own
-work must not starve the webhook). Shared hosts drift by 10-30% within a minute, and a drift between
-two runs would show as a ratio: so each case runs between two runs of the bare handler and its ratio
-is to their mean; rounds repeat all of it. Prints requests/s, p50, p99, the server's CPU time per
-request and the share answered from memory for every run, each case's ratio, and the medians of the
-rounds against the targets.
+then the floor (bench/floor_server.py: the service's own validation and statements, grouped commits,
+bodies seen before answered at once, and nothing else) on new alerts and on the mix: what any
+receiver that keeps the promise of a 200 reaches on this host; and last the mix with no rules while
+50 executions run `exec` steps of 3 s each (the remediator's own work must not starve the webhook).
+--synchronous normal measures all of it without an fsync per commit (what the disk costs), and
+--checkout DIR the receiver of another checkout (a git worktree of an older commit) instead.
+
+Shared hosts drift by 10-30% within a minute, and a drift between two runs would show as a ratio:
+so each case runs between two runs of the bare handler and its ratio is to their mean; rounds repeat
+all of it. Prints requests/s, p50, p99, the server's CPU time per request and the share answered
+from memory for every run, each case's ratio, and the medians of the rounds against the targets.
 
     .venv/bin/python bench/intake.py [--rounds 3] [--duration 10] [--connections 16] [--only TEXT]
+                                     [--synchronous full|normal] [--checkout DIR]
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ CASES = [
     ("new, shipped rules", "shipped", "new"),
     ("resend, shipped rules", "shipped", "resend"),
     ("mix, shipped rules", "shipped", "mix"),
+    ("floor, new", "floor", "new"),
+    ("floor, mix", "floor", "mix"),
     (f"mix, {RUNNING} executions running", "exec", "mix"),
 ]
 TARGETS = {"new, shipped rules": 0.5, "resend, shipped rules": 0.7, "mix, shipped rules": 0.7}
@@ -83,7 +91,7 @@ class Result:
     non_2xx: int
     requests: int
     cpu_us_per_request: float = 0.0
-    from_memory: float = 0.0  # share of 200s answered from memory
+    from_memory: float | None = None  # share of 200s answered from memory (None: not counted)
     note: str = ""
 
 
@@ -227,17 +235,24 @@ def running(port: int) -> int:
 
 def serve_case(tmp: Path, number: int, rules: str, traffic: str, name: str, args: argparse.Namespace) -> Result:
     port = free_port()
+    store = tmp / f"bench-{number}-{rules}-{traffic}.db"
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: the shipped config's neighbours are not contacted
     env = {
         "REMEDIATOR_LISTEN_PORT": str(port),
-        "REMEDIATOR_STORE__PATH": str(tmp / f"bench-{number}-{rules}-{traffic}.db"),
+        "REMEDIATOR_STORE__PATH": str(store),
+        "REMEDIATOR_STORE__SYNCHRONOUS": args.synchronous,
         "REMEDIATOR_LOG_LEVEL": "warning",
         "REMEDIATOR_ALERTMANAGER_URL": dead,
         "REMEDIATOR_PROMETHEUS_URL": dead,
     }
     argv = [sys.executable, "-m", "service.cli", "serve"]
-    if rules == "shipped":
-        argv += ["--config", str(ROOT / "remediator.yaml")]
+    checkout = args.checkout or ROOT
+    if args.checkout is not None and rules != "floor":
+        env["PYTHONPATH"] = str(checkout)  # its service package, not this one
+    if rules == "floor":
+        argv = [sys.executable, str(ROOT / "bench/floor_server.py"), str(port), str(store), args.synchronous]
+    elif rules == "shipped":
+        argv += ["--config", str(checkout / "remediator.yaml")]
     elif rules == "exec":
         (tmp / "rules.yaml").write_text(SLOW_RULES)
         (tmp / "slow.yaml").write_text(slow_playbook())
@@ -256,7 +271,8 @@ def serve_case(tmp: Path, number: int, rules: str, traffic: str, name: str, args
                 start_executions(port)
             result = measure(name, proc, port, traffic, seed, args)
             note = f"{running(port)} still running" if rules == "exec" else ""
-            return dataclasses.replace(result, from_memory=remembered_share(port), note=note)
+            from_memory = None if rules == "floor" else remembered_share(port)
+            return dataclasses.replace(result, from_memory=from_memory, note=note)
     finally:
         # Its store gone and the disk synced before the next run: the kernel writing back this run's
         # dirty pages would otherwise take CPU from whichever run comes next.
@@ -277,6 +293,12 @@ def main() -> int:
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--only", default="", help="measure only the cases whose name contains this text")
+    parser.add_argument(
+        "--synchronous", choices=["full", "normal"], default="full", help="store.synchronous of every store measured"
+    )
+    parser.add_argument(
+        "--checkout", type=Path, default=None, help="measure the receiver of this checkout (the floor stays this one's)"
+    )
     args = parser.parse_args()
     cases = [case for case in CASES if args.only in case[0]]
     if not cases:
@@ -325,7 +347,7 @@ def main() -> int:
 def print_row(number: int, result: Result, baseline_rps: float | None) -> None:
     """A run; `baseline_rps` is the bare rate its ratio is to (None: a bare run)."""
     ratio = f"{result.requests_per_s / baseline_rps:6.2f}" if baseline_rps else f"{'':6}"
-    memory = f"{result.from_memory:6.0%}" if baseline_rps else f"{'':6}"
+    memory = f"{'':6}" if result.from_memory is None else f"{result.from_memory:6.0%}"
     print(
         f"{number:5d} {result.name:34} {result.requests_per_s:8.0f} {result.p50_ms:7.2f} {result.p99_ms:7.2f}"
         f" {result.non_2xx:7d} {ratio} {result.cpu_us_per_request:10.0f} {memory} {result.note}",
