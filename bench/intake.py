@@ -179,9 +179,9 @@ def metric(text: str, name: str) -> float:
 
 
 @contextmanager
-def serving(argv: list[str], env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+def serving(argv: list[str], env: dict[str, str], port: int, cwd: Path = ROOT) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(
-        pinned(0, argv), env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        pinned(0, argv), env={**os.environ, **env}, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
         poll(lambda: ready(f"http://127.0.0.1:{port}/-/ready", proc), 30, "the server to be ready")
@@ -246,9 +246,7 @@ def serve_case(tmp: Path, number: int, rules: str, traffic: str, name: str, args
         "REMEDIATOR_PROMETHEUS_URL": dead,
     }
     argv = [sys.executable, "-m", "service.cli", "serve"]
-    checkout = args.checkout or ROOT
-    if args.checkout is not None and rules != "floor":
-        env["PYTHONPATH"] = str(checkout)  # its service package, not this one
+    checkout = args.checkout or ROOT  # `python -m` imports the service package of its working directory
     if rules == "floor":
         argv = [sys.executable, str(ROOT / "bench/floor_server.py"), str(port), str(store), args.synchronous]
     elif rules == "shipped":
@@ -266,7 +264,7 @@ def serve_case(tmp: Path, number: int, rules: str, traffic: str, name: str, args
         env |= {"REMEDIATOR_RULES": "", "REMEDIATOR_PLAYBOOKS": ""}
     seed = number * 1_000_000 + 1_000_000 * len(CASES) * 10  # apart from the 100 re-sent fingerprints
     try:
-        with serving(argv, env, port) as proc:
+        with serving(argv, env, port, ROOT if rules == "floor" else checkout) as proc:
             if rules == "exec":
                 start_executions(port)
             result = measure(name, proc, port, traffic, seed, args)
