@@ -33,6 +33,7 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from service.settings import Secrets, Settings
+from service.store.engine import SQLiteEngine
 from service.times import timestamp
 from service.web.app import RUNTIME, create_app
 
@@ -170,6 +171,7 @@ async def main(executions: int, requests: int) -> None:
         await server.start_server()
         try:
             store = app[RUNTIME].store
+            assert isinstance(store, SQLiteEngine)  # filled with raw rows, through the SQLite store's own writes
             started = time.perf_counter()
             for first in range(0, executions, BATCH):
                 await store.write(insert(rows(first, min(BATCH, executions - first))))
