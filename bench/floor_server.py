@@ -64,9 +64,16 @@ class Floor:
             while self.pending:
                 await asyncio.sleep(0)  # the requests the loop is reading join this commit
                 batch, self.pending = self.pending, []
-                self.conn.execute("BEGIN IMMEDIATE")
-                ids = [self.insert(notification, body) for notification, body, _ in batch]
-                self.conn.execute("COMMIT")
+                try:
+                    self.conn.execute("BEGIN IMMEDIATE")
+                    ids = [self.insert(notification, body) for notification, body, _ in batch]
+                    self.conn.execute("COMMIT")
+                except sqlite3.Error as exc:  # the whole batch answers 500: none of it is committed
+                    if self.conn.in_transaction:
+                        self.conn.execute("ROLLBACK")
+                    for _, _, future in batch:
+                        future.set_exception(exc)
+                    continue
                 for (_, _, future), notification_id in zip(batch, ids, strict=True):
                     future.set_result(notification_id)
         finally:
