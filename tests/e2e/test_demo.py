@@ -27,6 +27,10 @@ SCENARIOS = (
 REPORT_LINK = re.compile(r"http://127\.0\.0\.1:\d+/executions/ex-[0-9a-f]+-[0-9a-f]+")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class DemoProcess:
     """`python -m service.cli demo` with its output collected line by line, never waited on unbounded."""
 
@@ -39,6 +43,9 @@ class DemoProcess:
             stdin=subprocess.DEVNULL,
             cwd=stack.REPO,
             text=True,
+            # as a terminal's foreground job gets it: pytest started by a script's `&` inherits SIGINT
+            # ignored, and Python then keeps it ignored, so the Ctrl-C test would send it for nothing
+            preexec_fn=_default_sigint,
         )
         self.lines: list[str] = []
 
